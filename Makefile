@@ -1,0 +1,25 @@
+# Two commands do all the set-up on a fresh machine with Python 3.11+:
+#   make demo   installs into .venv, generates demo images, runs the whole pipeline, says where the results are
+#   make test   installs into .venv (with test extras) and runs the whole test suite
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install ui
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/cv-dataops demo
+
+ui: $(STAMP)
+	$(VENV)/bin/cv-dataops ui
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest

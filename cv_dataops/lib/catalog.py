@@ -1,0 +1,88 @@
+"""Named catalog tables as Parquet under a data root.
+
+A table partitioned by batch is one file per batch (``catalog/<table>/<batch_id>.parquet``), so re-running a batch
+replaces exactly its own rows; other tables are one file (``catalog/<table>/all.parquet``). Reading a table
+concatenates its files. DuckDB and pyarrow can read the same files directly (``catalog/<table>/*.parquet``).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cv_dataops.lib.storage import Storage, check_key
+from cv_dataops.lib.tables import TableDefinition, table_definition
+
+CATALOG_PREFIX = "catalog"
+UNPARTITIONED = "all"
+
+
+class Catalog:
+    def __init__(self, storage: Storage):
+        self.storage = storage
+
+    def __repr__(self) -> str:
+        return f"Catalog({self.storage.uri!r})"
+
+    @staticmethod
+    def _definition(table: TableDefinition | str) -> TableDefinition:
+        return table if isinstance(table, TableDefinition) else table_definition(table)
+
+    def key(self, table: TableDefinition | str, partition: str | None = None) -> str:
+        definition = self._definition(table)
+        if definition.partitioned_by_batch and partition is None:
+            raise ValueError(f"table {definition.name!r} is written one batch at a time: give the batch")
+        name = check_key(partition) if definition.partitioned_by_batch else UNPARTITIONED
+        return f"{CATALOG_PREFIX}/{definition.name}/{name}.parquet"
+
+    def uri(self, table: TableDefinition | str, partition: str | None = None) -> str:
+        return self.storage.uri_of(self.key(table, partition))
+
+    def write(self, table: TableDefinition | str, data: pa.Table, partition: str | None = None) -> str:
+        """Validate ``data`` against the table's schema and publish it atomically; returns its URI."""
+        definition = self._definition(table)
+        conformed = definition.conform(data)
+        buffer = io.BytesIO()
+        pq.write_table(conformed, buffer, compression="zstd")
+        key = self.key(definition, partition)
+        self.storage.write_bytes(key, buffer.getvalue())
+        return self.storage.uri_of(key)
+
+    def partitions(self, table: TableDefinition | str) -> list[str]:
+        definition = self._definition(table)
+        prefix = f"{CATALOG_PREFIX}/{definition.name}/"
+        names = [info.key[len(prefix):-len(".parquet")] for info in self.storage.list(prefix)
+                 if info.key.endswith(".parquet") and "/" not in info.key[len(prefix):]]
+        return sorted(names)
+
+    def read_file(self, table: TableDefinition | str, partition: str | None = None,
+                  columns: Sequence[str] | None = None) -> pa.Table:
+        """One stored file as it is on disk (no casting), for checks that verify what was written."""
+        data = self.storage.read_bytes(self.key(table, partition))
+        return pq.read_table(io.BytesIO(data), columns=list(columns) if columns else None)
+
+    def read(self, table: TableDefinition | str, partitions: Iterable[str] | None = None,
+             columns: Sequence[str] | None = None) -> pa.Table:
+        """The current version of a table (all batches unless ``partitions`` is given), in the code's schema."""
+        definition = self._definition(table)
+        if definition.partitioned_by_batch:
+            names = self.partitions(definition) if partitions is None else list(partitions)
+        else:
+            names = [UNPARTITIONED] if self.storage.exists(self.key(definition)) else []
+        schema = definition.arrow_schema
+        if columns:
+            schema = pa.schema([schema.field(c) for c in columns])
+        parts = []
+        for name in names:
+            try:
+                part = self.read_file(definition, None if name == UNPARTITIONED else name, columns)
+            except FileNotFoundError:
+                continue  # a batch with no file yet has no rows
+            parts.append(part.select(schema.names).cast(schema))
+        return pa.concat_tables(parts) if parts else schema.empty_table()
+
+    def delete(self, table: TableDefinition | str, partition: str | None = None) -> None:
+        self.storage.delete(self.key(table, partition))

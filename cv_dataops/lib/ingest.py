@@ -1,0 +1,277 @@
+"""Safe decoding of landed objects into `images`, `quarantine` and `objects` rows.
+
+Every object ends in exactly one outcome. Decoding is defensive: the declared pixel count is checked before any
+pixel is decoded (decompression bombs are refused, not loaded), the container is verified and the first frame is
+fully decoded (truncated uploads are caught), and no exception from a decoder escapes as a crash.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import posixpath
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+
+import pyarrow as pa
+from PIL import Image, UnidentifiedImageError
+
+from cv_dataops.lib.landing import BatchManifest
+from cv_dataops.lib.storage import ObjectInfo, Storage
+from cv_dataops.lib.tables import IMAGES, OBJECTS, QUARANTINE
+
+SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "BMP", "TIFF", "WEBP"})
+LABELS_CSV = "labels.csv"
+LABEL_MODES = ("imagefolder", "csv", "none")
+
+_EXIF_IFD = 0x8769
+_TAG_MAKE, _TAG_MODEL, _TAG_ORIENTATION, _TAG_DATETIME = 0x010F, 0x0110, 0x0112, 0x0132
+_TAG_DATETIME_ORIGINAL, _TAG_OFFSET_TIME_ORIGINAL = 0x9003, 0x9011
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    """What the ingester accepts. ``max_pixels`` defaults to Pillow's own decompression-bomb threshold."""
+
+    max_pixels: int = 89_478_485
+    min_side: int = 8
+    formats: frozenset[str] = SUPPORTED_FORMATS
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    width: int
+    height: int
+    format: str
+    mode: str
+    frames: int
+    has_alpha: bool
+    exif_orientation: int | None = None
+    captured_at: datetime | None = None
+    camera_make: str | None = None
+    camera_model: str | None = None
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: str
+    detail: str
+
+
+def _unidentified_reason(data: bytes) -> Refusal:
+    """Tell image formats we do not ingest apart from bytes that are no image at all."""
+    head = data[:1024]
+    if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"hevc", b"mif1", b"msf1", b"avif", b"avis"):
+        return Refusal("unsupported_format", f"HEIF/AVIF container (brand {head[8:12].decode()})")
+    if head.startswith((b"\xff\x0a", b"\x00\x00\x00\x0cJXL ")):
+        return Refusal("unsupported_format", "JPEG XL")
+    if b"<svg" in head.lower():
+        return Refusal("unsupported_format", "SVG vector image")
+    sample = head[:64].decode("latin-1", errors="replace").strip().replace("\n", " ")
+    return Refusal("not_an_image", f"no image decoder recognises the bytes (start: {sample[:40]!r})")
+
+
+def _decode_failure(error: BaseException) -> Refusal:
+    text = f"{type(error).__name__}: {error}"
+    lowered = text.lower()
+    if isinstance(error, EOFError) or "truncated" in lowered or "premature end" in lowered:
+        return Refusal("truncated", text)
+    return Refusal("corrupt", text)
+
+
+def _exif_text(value: object) -> str | None:
+    if isinstance(value, bytes):
+        value = value.decode("latin-1", errors="replace")
+    if not isinstance(value, str):
+        return None
+    value = value.replace("\x00", "").strip()
+    return value or None
+
+
+def _exif_time(value: object, offset: object) -> datetime | None:
+    """EXIF 'YYYY:MM:DD HH:MM:SS' as UTC; camera-local when no OffsetTimeOriginal is recorded."""
+    text = _exif_text(value)
+    if not text:
+        return None
+    try:
+        moment = datetime.strptime(text[:19], "%Y:%m:%d %H:%M:%S")
+    except ValueError:
+        return None
+    zone = UTC
+    offset_text = _exif_text(offset)
+    if offset_text and len(offset_text) == 6 and offset_text[0] in "+-":
+        try:
+            sign = 1 if offset_text[0] == "+" else -1
+            zone = timezone(sign * timedelta(hours=int(offset_text[1:3]), minutes=int(offset_text[4:6])))
+        except ValueError:
+            zone = UTC
+    return moment.replace(tzinfo=zone).astimezone(UTC)
+
+
+def _read_exif(image: Image.Image) -> dict:
+    try:
+        exif = image.getexif()
+        sub = exif.get_ifd(_EXIF_IFD)
+    except Exception:  # malformed EXIF never refuses an otherwise good image
+        return {}
+    orientation = exif.get(_TAG_ORIENTATION)
+    return {
+        "exif_orientation": orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else None,
+        "captured_at": _exif_time(sub.get(_TAG_DATETIME_ORIGINAL) or exif.get(_TAG_DATETIME),
+                                  sub.get(_TAG_OFFSET_TIME_ORIGINAL)),
+        "camera_make": _exif_text(exif.get(_TAG_MAKE)),
+        "camera_model": _exif_text(exif.get(_TAG_MODEL)),
+    }
+
+
+def inspect_image(data: bytes, limits: IngestLimits = IngestLimits()) -> ImageFacts | Refusal:
+    """Decide whether ``data`` is an image we ingest, and describe it; never raises for bad data."""
+    if not data:
+        return Refusal("empty_file", "the object has zero bytes")
+    try:
+        # Pillow only reads the header here; a size over its own bomb threshold raises before any decoding.
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as error:
+        return Refusal("too_many_pixels", str(error))
+    except UnidentifiedImageError:
+        return _unidentified_reason(data)
+    except Exception as error:
+        return _decode_failure(error)
+    image_format = image.format or "unknown"
+    if image_format not in limits.formats:
+        return Refusal("unsupported_format", f"{image_format} images are not ingested")
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        return Refusal("too_many_pixels", f"{width}x{height} = {width * height} pixels > limit {limits.max_pixels}")
+    if min(width, height) < limits.min_side:
+        return Refusal("too_small", f"{width}x{height} is below the minimum side of {limits.min_side} pixels")
+    mode, frames = image.mode, int(getattr(image, "n_frames", 1) or 1)
+    has_alpha = "A" in image.getbands() or (mode == "P" and "transparency" in image.info)
+    exif = _read_exif(image)
+    try:
+        Image.open(io.BytesIO(data)).verify()  # container checks (CRCs, chunk structure) on a fresh handle
+        Image.open(io.BytesIO(data)).load()  # decode the first frame fully: catches truncated data
+    except Image.DecompressionBombError as error:
+        return Refusal("too_many_pixels", str(error))
+    except Exception as error:
+        return _decode_failure(error)
+    if exif.get("exif_orientation") in (5, 6, 7, 8):
+        width, height = height, width
+    return ImageFacts(width, height, image_format, mode, frames, bool(has_alpha), **exif)
+
+
+class LabelSource:
+    """Labels given at landing: the ImageFolder folder name, a ``labels.csv`` at the landing root, or none."""
+
+    def __init__(self, mode: str, landing: Storage | None = None):
+        if mode not in LABEL_MODES:
+            raise ValueError(f"labels must be one of {', '.join(LABEL_MODES)}, not {mode!r}")
+        self.mode = mode
+        self.by_path: dict[str, str] = {}
+        self.by_name: dict[str, str] = {}
+        if mode == "csv":
+            if landing is None:
+                raise ValueError("csv labels need the landing zone")
+            self._load_csv(landing)
+
+    def _load_csv(self, landing: Storage) -> None:
+        try:
+            text = landing.read_text(LABELS_CSV)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"--labels csv: no {LABELS_CSV} at {landing.uri_of(LABELS_CSV)}") from None
+        reader = csv.DictReader(io.StringIO(text))
+        columns = set(reader.fieldnames or [])
+        if "label" not in columns or not columns & {"path", "filename"}:
+            raise ValueError(f"{LABELS_CSV} needs a 'label' column and a 'path' or 'filename' column; "
+                             f"it has {sorted(columns)}")
+        for row in reader:
+            label = (row.get("label") or "").strip() or None
+            if label is None:
+                continue
+            if row.get("path"):
+                self.by_path[row["path"].strip().lstrip("./")] = label
+            if row.get("filename"):
+                self.by_name[row["filename"].strip()] = label
+
+    def is_sidecar(self, key: str) -> bool:
+        return self.mode == "csv" and key == LABELS_CSV
+
+    def label_for(self, key: str) -> str | None:
+        if self.mode == "imagefolder":
+            folder = posixpath.dirname(key)
+            return posixpath.basename(folder) or None
+        if self.mode == "csv":
+            return self.by_path.get(key) or self.by_name.get(posixpath.basename(key))
+        return None
+
+
+@dataclass
+class BatchResult:
+    images: pa.Table
+    quarantine: pa.Table
+    objects: pa.Table
+    reasons: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0
+
+
+def _examine(info: ObjectInfo, landing: Storage, limits: IngestLimits) -> tuple[str | None, ImageFacts | Refusal]:
+    """(image_id, facts or refusal) for one object; runs in worker threads."""
+    if info.unsafe_reason:
+        return None, Refusal("unsafe_path", info.unsafe_reason)
+    try:
+        data = landing.read_bytes(info.key)
+    except Exception as error:
+        return None, Refusal("unreadable", f"{type(error).__name__}: {error}")
+    return hashlib.sha256(data).hexdigest(), inspect_image(data, limits)
+
+
+def ingest_batch(manifest: BatchManifest, landing: Storage, *, known_image_ids: set[str] | frozenset[str] = frozenset(),
+                 labels: LabelSource | None = None, limits: IngestLimits = IngestLimits(), workers: int = 8,
+                 progress: Callable[[int], None] | None = None, now: datetime | None = None) -> BatchResult:
+    """Examine every object of a batch and sort it into images, duplicates, quarantine or sidecars.
+
+    ``known_image_ids`` are the images earlier batches already hold: the same bytes landing again are recorded in
+    ``objects`` as a duplicate of that image instead of a second image row.
+    """
+    labels = labels or LabelSource("none")
+    now = now or datetime.now(UTC)
+    batch_id = manifest.batch_id
+    objects = sorted(manifest.objects, key=lambda info: info.key)
+    to_examine = [info for info in objects if not labels.is_sidecar(info.key)]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        examined: Mapping[str, tuple[str | None, ImageFacts | Refusal]] = {}
+        for info, outcome in zip(to_examine, pool.map(lambda i: _examine(i, landing, limits), to_examine),
+                                 strict=True):
+            examined[info.key] = outcome
+            if progress:
+                progress(1)
+    seen = set(known_image_ids)
+    images, quarantine, ledger, reasons, duplicates = [], [], [], {}, 0
+    for info in objects:
+        uri = landing.uri_of(info.key) if not info.unsafe_reason else f"{landing.uri.rstrip('/')}/{info.key}"
+        row = {"uri": uri, "batch_id": batch_id, "relative_path": info.key, "version": info.version,
+               "bytes": info.size}
+        if labels.is_sidecar(info.key):
+            ledger.append({**row, "outcome": "sidecar"})
+            continue
+        image_id, result = examined[info.key]
+        if isinstance(result, Refusal):
+            reasons[result.reason] = reasons.get(result.reason, 0) + 1
+            quarantine.append({"uri": uri, "batch_id": batch_id, "relative_path": info.key, "reason": result.reason,
+                               "detail": result.detail, "bytes": info.size, "quarantined_at": now})
+            ledger.append({**row, "outcome": "quarantined"})
+            continue
+        if image_id in seen:
+            duplicates += 1
+            ledger.append({**row, "outcome": "duplicate", "image_id": image_id})
+            continue
+        seen.add(image_id)
+        images.append({"image_id": image_id, "uri": uri, "batch_id": batch_id, "relative_path": info.key,
+                       "bytes": info.size, "label": labels.label_for(info.key), "ingested_at": now,
+                       **vars(result)})
+        ledger.append({**row, "outcome": "image", "image_id": image_id})
+    return BatchResult(IMAGES.from_rows(images), QUARANTINE.from_rows(quarantine), OBJECTS.from_rows(ledger),
+                       reasons, duplicates)

@@ -1,0 +1,185 @@
+"""The common data model: every catalog table's schema, defined once.
+
+Stages write these tables, external tools read them, the Dagster UI shows them (``dagster/column_schema``), and
+``docs/data-model.md`` documents them; all four come from the definitions below. Column names are a public
+contract: add columns freely, never rename or remove one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+# Why an object can be refused at ingestion: a closed set, so dashboards and alerts can rely on it.
+QUARANTINE_REASONS: dict[str, str] = {
+    "empty_file": "The object has zero bytes.",
+    "not_an_image": "No image decoder recognises the bytes (text, HTML, archives, ...).",
+    "unsupported_format": "An image format cv-dataops does not ingest (e.g. HEIC, SVG, PSD, ICO).",
+    "truncated": "The image data ends before the image does (an interrupted upload or copy).",
+    "corrupt": "The decoder recognised the format but failed on the data.",
+    "too_many_pixels": "Width x height exceeds the pixel limit (decompression-bomb protection); never decoded.",
+    "too_small": "The shorter side is below the minimum size; too small to be useful.",
+    "unsafe_path": "The key escapes the landing zone (a symlink pointing outside it, '..' or an absolute key).",
+    "unreadable": "Listed, but reading the bytes failed (removed after listing, permission denied, ...).",
+}
+
+# What became of each landed object; every landed object gets exactly one outcome.
+OBJECT_OUTCOMES: dict[str, str] = {
+    "image": "A new image: its row is in `images`.",
+    "duplicate": "The same bytes as an image already in `images` (same `image_id`); this URI is recorded here.",
+    "quarantined": "Refused: its row, with the reason, is in `quarantine`.",
+    "sidecar": "A metadata file the landing zone carries for us (`labels.csv` with `--labels csv`).",
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: pa.DataType
+    description: str
+    nullable: bool = True
+
+
+@dataclass(frozen=True)
+class TableDefinition:
+    """A named catalog table: its columns and whether it is stored one file per batch."""
+
+    name: str
+    description: str
+    columns: tuple[Column, ...]
+    partitioned_by_batch: bool
+    written_by: str
+
+    @property
+    def arrow_schema(self) -> pa.Schema:
+        return pa.schema([pa.field(c.name, c.type, nullable=c.nullable) for c in self.columns])
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def empty(self) -> pa.Table:
+        return self.arrow_schema.empty_table()
+
+    def from_rows(self, rows: Iterable[Mapping[str, object]]) -> pa.Table:
+        """Build a table from dicts; missing nullable columns become nulls, unknown keys are an error."""
+        rows = list(rows)
+        known = set(self.column_names)
+        for row in rows:
+            unknown = set(row) - known
+            if unknown:
+                raise ValueError(f"table {self.name!r} has no column(s) {sorted(unknown)}")
+        return pa.Table.from_pylist([{c: row.get(c) for c in self.column_names} for row in rows],
+                                    schema=self.arrow_schema)
+
+    def conform(self, table: pa.Table) -> pa.Table:
+        """Cast ``table`` to this schema, in column order; raise if a column is missing or a null is not allowed."""
+        missing = [c for c in self.column_names if c not in table.column_names]
+        if missing:
+            raise ValueError(f"table {self.name!r} is missing column(s) {missing}")
+        table = table.select(self.column_names).cast(self.arrow_schema)
+        for column in self.columns:
+            if not column.nullable and table.column(column.name).null_count:
+                raise ValueError(f"table {self.name!r}: column {column.name!r} has nulls")
+        return table
+
+    def schema_problems(self, schema: pa.Schema) -> list[str]:
+        """Differences between a stored table's schema and this definition (empty when they agree)."""
+        problems = []
+        for column in self.columns:
+            if column.name not in schema.names:
+                problems.append(f"missing column {column.name}")
+            elif not schema.field(column.name).type.equals(column.type):
+                problems.append(f"{column.name}: {schema.field(column.name).type} instead of {column.type}")
+        problems += [f"unexpected column {name}" for name in schema.names if name not in self.column_names]
+        return problems
+
+
+_TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+IMAGES = TableDefinition(
+    name="images",
+    description="One row per distinct image (by content) that decoded safely. Image bytes stay where they landed.",
+    partitioned_by_batch=True,
+    written_by="raw_images",
+    columns=(
+        Column("image_id", pa.string(), "Hex SHA-256 of the file's bytes: the same bytes always get the same id.", False),
+        Column("uri", pa.string(), "Where the bytes are: an absolute path or s3://bucket/key (first URI seen).", False),
+        Column("batch_id", pa.string(), "The landing batch (the Dagster partition) that brought the image.", False),
+        Column("relative_path", pa.string(), "Key relative to the landing zone.", False),
+        Column("width", pa.int32(), "Width in pixels after applying the EXIF orientation.", False),
+        Column("height", pa.int32(), "Height in pixels after applying the EXIF orientation.", False),
+        Column("format", pa.string(), "Decoder format name (JPEG, PNG, GIF, WEBP, TIFF, BMP, MPO).", False),
+        Column("mode", pa.string(), "Pillow mode of the stored pixels (RGB, L, CMYK, I;16, P, RGBA, ...).", False),
+        Column("bytes", pa.int64(), "File size in bytes.", False),
+        Column("frames", pa.int32(), "Number of frames (1 unless animated; later stages use the first).", False),
+        Column("has_alpha", pa.bool_(), "Whether the image carries transparency.", False),
+        Column("exif_orientation", pa.int8(), "EXIF orientation tag (1-8) where present."),
+        Column("captured_at", _TIMESTAMP, "EXIF DateTimeOriginal (or DateTime) where present and valid."),
+        Column("camera_make", pa.string(), "EXIF camera make where present."),
+        Column("camera_model", pa.string(), "EXIF camera model where present."),
+        Column("label", pa.string(), "Label given at landing (ImageFolder folder name or labels.csv), if any."),
+        Column("ingested_at", _TIMESTAMP, "When the batch was ingested.", False),
+    ),
+)
+
+QUARANTINE = TableDefinition(
+    name="quarantine",
+    description="One row per landed object that was refused, with the reason. The object itself stays in place.",
+    partitioned_by_batch=True,
+    written_by="raw_images",
+    columns=(
+        Column("uri", pa.string(), "Where the refused object is.", False),
+        Column("batch_id", pa.string(), "The landing batch that brought it.", False),
+        Column("relative_path", pa.string(), "Key relative to the landing zone.", False),
+        Column("reason", pa.string(), "One of: " + ", ".join(QUARANTINE_REASONS) + ".", False),
+        Column("detail", pa.string(), "What exactly went wrong, in words.", False),
+        Column("bytes", pa.int64(), "File size in bytes as listed."),
+        Column("quarantined_at", _TIMESTAMP, "When it was refused.", False),
+    ),
+)
+
+OBJECTS = TableDefinition(
+    name="objects",
+    description="The ledger: one row per landed object version, with what became of it. Nothing landed is lost.",
+    partitioned_by_batch=True,
+    written_by="raw_images",
+    columns=(
+        Column("uri", pa.string(), "Where the object is.", False),
+        Column("batch_id", pa.string(), "The landing batch it was assigned to.", False),
+        Column("relative_path", pa.string(), "Key relative to the landing zone.", False),
+        Column("version", pa.string(), "S3 ETag, or size and mtime for local files: a replaced file is new.", False),
+        Column("bytes", pa.int64(), "Size as listed.", False),
+        Column("outcome", pa.string(), "One of: " + ", ".join(OBJECT_OUTCOMES) + ".", False),
+        Column("image_id", pa.string(), "The image's id for outcomes image and duplicate."),
+    ),
+)
+
+TABLES: dict[str, TableDefinition] = {table.name: table for table in (IMAGES, QUARANTINE, OBJECTS)}
+
+
+def table_definition(name: str) -> TableDefinition:
+    try:
+        return TABLES[name]
+    except KeyError:
+        raise KeyError(f"no catalog table {name!r}; known tables: {', '.join(sorted(TABLES))}") from None
+
+
+def render_markdown() -> str:
+    """The generated part of docs/data-model.md (a test keeps the file in step with the code)."""
+    lines = []
+    for table in TABLES.values():
+        layout = ("one Parquet file per batch: `catalog/{0}/<batch_id>.parquet`" if table.partitioned_by_batch
+                  else "one Parquet file: `catalog/{0}/all.parquet`").format(table.name)
+        lines += [f"### `{table.name}`", "", table.description, "",
+                  f"Written by `{table.written_by}`; {layout}.", "",
+                  "| column | type | nullable | meaning |", "|---|---|---|---|"]
+        lines += [f"| `{c.name}` | {c.type} | {'yes' if c.nullable else 'no'} | {c.description} |" for c in table.columns]
+        lines.append("")
+    lines += ["### Quarantine reasons", "", "| reason | meaning |", "|---|---|"]
+    lines += [f"| `{reason}` | {text} |" for reason, text in QUARANTINE_REASONS.items()]
+    lines += ["", "### Object outcomes", "", "| outcome | meaning |", "|---|---|"]
+    lines += [f"| `{outcome}` | {text} |" for outcome, text in OBJECT_OUTCOMES.items()]
+    return "\n".join(lines) + "\n"
