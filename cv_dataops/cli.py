@@ -1,0 +1,194 @@
+"""The `cv-dataops` command line: demo, run, table, ui.
+
+Every command drives the same Dagster definitions the daemon does. Bad arguments, a missing folder or an
+unreachable bucket end in one clear line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from cv_dataops.lib.ingest import LABEL_MODES
+
+DEMO_DATASETS = ("scenes", "digits")
+EXIT_FAILED, EXIT_USAGE = 1, 2
+
+
+class CliError(Exception):
+    """An error for the user: printed as one line, without a traceback."""
+
+
+def _error(message: str, code: int = EXIT_FAILED) -> int:
+    print(f"cv-dataops: error: {message}", file=sys.stderr)
+    return code
+
+
+def _progress(total: int, description: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit="batch", disable=None, file=sys.stderr)
+
+
+def run_command(landing: str, data_root: str, labels: str, select: list[str] | None) -> int:
+    from cv_dataops.runner import dagster_ui_hint, open_instance, run_pipeline
+
+    bar = None
+
+    def on_batch(batch_id: str, position: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = _progress(total, "ingesting batches")
+        bar.set_postfix_str(batch_id)
+        if position > 1:
+            bar.update(1)
+
+    instance = open_instance(data_root)
+    try:
+        summary = run_pipeline(instance, landing=landing, data_root=data_root, labels=labels, select=select,
+                               on_batch=on_batch)
+    finally:
+        if bar is not None:
+            bar.update(bar.total - bar.n if not sys.exc_info()[0] else 0)
+            bar.close()
+    if not summary.ingested_batches and not summary.downstream_assets:
+        print("nothing new landed; nothing to do")
+    else:
+        print(f"new batches: {len(summary.new_batches)}; batches run: {len(summary.ingested_batches)}; "
+              f"downstream assets refreshed: {', '.join(summary.downstream_assets) or 'none'}")
+    _print_catalog_summary(data_root)
+    print(f"Dagster UI on these runs: {dagster_ui_hint(landing, data_root)}")
+    return 0
+
+
+def _print_catalog_summary(data_root: str) -> None:
+    from cv_dataops.resources import build_resources
+
+    catalog = build_resources(data_root=data_root)["catalog"].catalog()
+    images = catalog.read("images", columns=["image_id"]).num_rows
+    quarantine = catalog.read("quarantine", columns=["reason"]).column("reason").to_pylist()
+    reasons = {reason: quarantine.count(reason) for reason in sorted(set(quarantine))}
+    print(f"catalog at {catalog.storage.uri_of('catalog')}: {images} images, {len(quarantine)} quarantined"
+          + (f" ({', '.join(f'{k}: {v}' for k, v in reasons.items())})" if reasons else ""))
+    print("read a table with: cv-dataops table images|quarantine|objects"
+          + ("" if data_root == "data" else f" --data-root {data_root}"))
+
+
+def demo_command(data_dir: str, dataset: str, count: int, seed: int) -> int:
+    """Generate the demo landing zone once (nothing downloaded), then run the whole pipeline on it."""
+    from cv_dataops.lib import demo_data
+
+    landing = Path(data_dir) / "landing"
+    marker = Path(data_dir) / "demo.json"
+    wanted = {"dataset": dataset, "count": count, "seed": seed}
+    if marker.exists() and json.loads(marker.read_text()) != wanted:
+        raise CliError(f"{data_dir} already holds a different demo ({marker.read_text().strip()}); "
+                       f"remove {data_dir} or pass another --data-dir")
+    if not marker.exists():
+        landing.mkdir(parents=True, exist_ok=True)
+        if dataset == "scenes":
+            truth = demo_data.generate_demo(landing, count=count, seed=seed)
+        else:
+            truth = demo_data.write_digits(landing, limit=count)
+        truth.to_csv(Path(data_dir) / "demo_ground_truth.csv", index=False)
+        marker.write_text(json.dumps(wanted) + "\n")
+        print(f"generated {len(truth)} demo files ({dataset}) in {landing}")
+    return run_command(str(landing), data_dir, "imagefolder", None)
+
+
+def table_command(name: str, data_root: str, output: str | None) -> int:
+    from cv_dataops.lib.export import write_table_file
+    from cv_dataops.lib.tables import table_definition
+    from cv_dataops.resources import build_resources
+
+    definition = table_definition(name)
+    catalog = build_resources(data_root=data_root)["catalog"].catalog()
+    catalog.storage.ensure_exists()
+    table = catalog.read(definition)
+    if output:
+        write_table_file(table, output)
+        print(f"wrote {table.num_rows} rows of {name} to {output}", file=sys.stderr)
+        return 0
+    frame = table.to_pandas()
+    with_all = {"display.max_rows": None, "display.max_columns": None, "display.width": shutil.get_terminal_size().columns}
+    import pandas as pd
+
+    with pd.option_context(*[item for pair in with_all.items() for item in pair]):
+        print(frame.to_string(index=False) if len(frame) else f"(table {name} is empty)")
+    return 0
+
+
+def ui_command(landing: str, data_root: str) -> int:
+    """Start the Dagster UI and daemon on the same instance and data as the CLI (Ctrl-C stops both)."""
+    from cv_dataops.runner import open_instance
+
+    open_instance(data_root)
+    environment = {**os.environ, "CV_DATAOPS_LANDING": landing, "CV_DATAOPS_DATA_ROOT": data_root}
+    command = [sys.executable, "-m", "dagster", "dev", "-m", "cv_dataops.definitions"]
+    return subprocess.call(command, env=environment)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cv-dataops", description="DataOps for computer-vision data, on Dagster.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="generate demo images and run the whole pipeline on them")
+    demo.add_argument("--data-dir", default="data", help="where the demo's landing zone and catalog go (default: data)")
+    demo.add_argument("--dataset", choices=DEMO_DATASETS, default="scenes",
+                      help="procedural scenes with known ground truth, or scikit-learn's real handwritten digits")
+    demo.add_argument("--count", type=int, default=240, help="how many images to generate (default: 240)")
+    demo.add_argument("--seed", type=int, default=0)
+
+    run = commands.add_parser("run", help="ingest everything landed since the last run, then refresh downstream")
+    run.add_argument("--landing", required=True, help="folder or s3://bucket/prefix where images land")
+    run.add_argument("--data-root", default=os.environ.get("CV_DATAOPS_DATA_ROOT", "data"),
+                     help="folder or s3://bucket/prefix for the catalog (default: $CV_DATAOPS_DATA_ROOT or data)")
+    run.add_argument("--labels", choices=LABEL_MODES, default="imagefolder",
+                     help="labels at landing: ImageFolder folder names, a labels.csv at the landing root, or none")
+    run.add_argument("--select", help="comma-separated asset names: only these and what they need")
+
+    table = commands.add_parser("table", help="print or write the current version of a catalog table")
+    table.add_argument("name", help="images, quarantine, objects, ...")
+    table.add_argument("--data-root", default=os.environ.get("CV_DATAOPS_DATA_ROOT", "data"))
+    table.add_argument("-o", "--output", help="write to FILE.csv, FILE.parquet or FILE.json instead of printing")
+
+    ui = commands.add_parser("ui", help="start the Dagster UI and daemon on the catalog")
+    ui.add_argument("--landing", default=os.environ.get("CV_DATAOPS_LANDING", "data/landing"))
+    ui.add_argument("--data-root", default=os.environ.get("CV_DATAOPS_DATA_ROOT", "data"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from cv_dataops.lib.storage import StorageError, UnsafeKeyError
+
+    try:
+        if args.command == "demo":
+            if args.count < 1:
+                raise CliError("--count must be at least 1")
+            return demo_command(args.data_dir, args.dataset, args.count, args.seed)
+        if args.command == "run":
+            select = [name.strip() for name in args.select.split(",") if name.strip()] if args.select else None
+            return run_command(args.landing, args.data_root, args.labels, select)
+        if args.command == "table":
+            return table_command(args.name, args.data_root, args.output)
+        return ui_command(args.landing, args.data_root)
+    except CliError as error:
+        return _error(str(error), EXIT_USAGE)
+    except (StorageError, UnsafeKeyError, FileNotFoundError, ValueError) as error:
+        return _error(str(error))
+    except KeyError as error:
+        return _error(str(error.args[0]) if error.args else "not found")
+    except Exception as error:  # PipelineFailed and anything a step raised: one line, the run log has the rest
+        return _error(str(error) or type(error).__name__)
+    except KeyboardInterrupt:
+        return _error("interrupted", 130)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

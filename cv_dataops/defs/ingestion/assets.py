@@ -1,0 +1,58 @@
+"""Ingestion: a landing batch becomes rows of `images`, `quarantine` and the `objects` ledger."""
+
+import dagster as dg
+
+from cv_dataops.defs.shared import PER_BATCH_TAG, batch_partitions, table_metadata
+from cv_dataops.lib.ingest import ingest_batch
+from cv_dataops.lib.tables import IMAGES, OBJECTS, QUARANTINE
+from cv_dataops.resources import CatalogResource, LandingResource
+
+INGEST_VERSION = "1"
+
+
+@dg.asset(
+    partitions_def=batch_partitions,
+    group_name="ingestion",
+    tags=PER_BATCH_TAG,
+    kinds={"python", "parquet"},
+    code_version=INGEST_VERSION,
+    metadata=table_metadata(IMAGES, QUARANTINE, OBJECTS),
+)
+def raw_images(context: dg.AssetExecutionContext, catalog: CatalogResource,
+               landing: LandingResource) -> dg.MaterializeResult:
+    """Every object of one landing batch, decoded safely: good images to `images`, the rest to `quarantine`
+    with a reason, and every object's outcome to the `objects` ledger. Image bytes stay where they landed."""
+    batch_id = context.partition_key
+    tables = catalog.catalog()
+    manifest = catalog.ledger().manifest(batch_id)
+    landing_storage = landing.storage(manifest.landing_uri)
+    earlier = [b for b in tables.partitions(IMAGES) if b < batch_id]
+    known = set(tables.read(IMAGES, earlier, columns=["image_id"]).column("image_id").to_pylist())
+
+    total, done = len(manifest.objects), [0]
+
+    def progress(count: int) -> None:
+        done[0] += count
+        if done[0] % 500 == 0 or done[0] == total:
+            context.log.info(f"examined {done[0]}/{total} objects")
+
+    result = ingest_batch(manifest, landing_storage, known_image_ids=known,
+                          labels=landing.label_source(landing_storage), limits=landing.limits(),
+                          workers=landing.workers, progress=progress)
+    uris = {table.name: tables.write(table, data, batch_id) for table, data in
+            ((IMAGES, result.images), (QUARANTINE, result.quarantine), (OBJECTS, result.objects))}
+    quarantine_preview = result.quarantine.select(["relative_path", "reason", "detail"]).slice(0, 20).to_pandas()
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": result.images.num_rows,
+        "objects": total,
+        "images": result.images.num_rows,
+        "duplicates": result.duplicates,
+        "quarantined": result.quarantine.num_rows,
+        "quarantine_reasons": dg.MetadataValue.json(result.reasons),
+        "landing_uri": dg.MetadataValue.url(manifest.landing_uri) if "://" in manifest.landing_uri
+        else dg.MetadataValue.path(manifest.landing_uri),
+        "images_table": dg.MetadataValue.path(uris["images"]),
+        "quarantine_table": dg.MetadataValue.path(uris["quarantine"]),
+        "quarantine_preview": dg.MetadataValue.md(quarantine_preview.to_markdown(index=False)
+                                                  if len(quarantine_preview) else "nothing quarantined"),
+    })

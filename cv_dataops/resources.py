@@ -1,0 +1,88 @@
+"""Dagster resources shared by every stage: where the catalog lives and where images land.
+
+Both work on a local folder or an ``s3://`` URI; S3 goes through dagster-aws's ``S3Resource`` (endpoint, credentials
+and region from the environment, e.g. ``AWS_ENDPOINT_URL`` for MinIO), which also retries throttling and 5xx errors.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+from pydantic import Field
+
+from cv_dataops.lib.catalog import Catalog
+from cv_dataops.lib.ingest import LABEL_MODES, IngestLimits, LabelSource
+from cv_dataops.lib.landing import BatchLedger
+from cv_dataops.lib.storage import Storage, open_storage
+
+DEFAULT_DATA_ROOT = "data"
+DEFAULT_LANDING = "data/landing"
+
+
+def _absolute(uri: str) -> str:
+    return uri if "://" in uri else os.path.abspath(uri)
+
+
+class CatalogResource(dg.ConfigurableResource):
+    """The data root: catalog tables, batch manifests and reports."""
+
+    data_root: str = Field(description="Folder or s3://bucket/prefix holding the catalog.")
+    s3: S3Resource = Field(default_factory=S3Resource)
+
+    def storage(self) -> Storage:
+        return open_storage(_absolute(self.data_root), self.s3.get_client)
+
+    def catalog(self) -> Catalog:
+        return Catalog(self.storage())
+
+    def ledger(self) -> BatchLedger:
+        return BatchLedger(self.storage())
+
+
+class LandingResource(dg.ConfigurableResource):
+    """The landing zone and the rules for taking objects in from it."""
+
+    uri: str = Field(description="Folder or s3://bucket/prefix that images land in.")
+    labels: str = Field(default="imagefolder", description="Labels at landing: " + "|".join(LABEL_MODES))
+    min_age_seconds: float = Field(default=5.0, description="Leave objects younger than this for the next tick.")
+    max_batch_size: int = Field(default=5000, description="At most this many objects per batch.")
+    max_pixels: int = Field(default=IngestLimits.max_pixels, description="Refuse larger images (bombs).")
+    min_side: int = Field(default=IngestLimits.min_side, description="Refuse images with a shorter side.")
+    workers: int = Field(default=8, description="Threads reading and decoding objects.")
+    quarantine_rate_warn: float = Field(default=0.2, description="WARN when a batch quarantines more than this.")
+    s3: S3Resource = Field(default_factory=S3Resource)
+
+    def storage(self, uri: str | None = None) -> Storage:
+        return open_storage(_absolute(uri or self.uri), self.s3.get_client)
+
+    def limits(self) -> IngestLimits:
+        return IngestLimits(max_pixels=self.max_pixels, min_side=self.min_side)
+
+    def label_source(self, landing: Storage) -> LabelSource:
+        return LabelSource(self.labels, landing)
+
+
+def build_resources(landing: str | None = None, data_root: str | None = None, labels: str | None = None,
+                    **landing_options: object) -> dict[str, dg.ConfigurableResource]:
+    """The resources every entry point uses; unset arguments come from the environment, then the defaults."""
+    s3 = S3Resource()
+    if "min_age_seconds" not in landing_options and os.environ.get("CV_DATAOPS_MIN_AGE_SECONDS"):
+        landing_options["min_age_seconds"] = float(os.environ["CV_DATAOPS_MIN_AGE_SECONDS"])
+    return {
+        "catalog": CatalogResource(data_root=data_root or os.environ.get("CV_DATAOPS_DATA_ROOT", DEFAULT_DATA_ROOT),
+                                   s3=s3),
+        "landing": LandingResource(uri=landing or os.environ.get("CV_DATAOPS_LANDING", DEFAULT_LANDING),
+                                   labels=labels or os.environ.get("CV_DATAOPS_LABELS", "imagefolder"),
+                                   s3=s3, **landing_options),
+    }
+
+
+def default_dagster_home(data_root: str) -> Path:
+    """DAGSTER_HOME when none is set: beside a local catalog, or ./.dagster_home for an S3 one."""
+    if os.environ.get("DAGSTER_HOME"):
+        return Path(os.environ["DAGSTER_HOME"])
+    return Path(data_root if "://" not in data_root else ".") / ("dagster_home" if "://" not in data_root
+                                                                  else ".dagster_home")
