@@ -44,12 +44,13 @@ class BatchManifest:
                    tuple(ObjectInfo(**o) for o in data["objects"]))
 
 
-def make_batch_id(now: datetime, index: int, objects: list[ObjectInfo], landing_uri: str) -> str:
-    """Sortable by landing time, unique by content: ``20261126T164417Z-00-3fa2c1d0``."""
+def make_batch_id(sequence: int, now: datetime, objects: list[ObjectInfo], landing_uri: str) -> str:
+    """``00000042-20261126T164417Z-3fa2c1d0``: a sequence number first, so ids sort in the order batches were made
+    (whatever the clock does), then the landing time and a fingerprint of the content, for people."""
     digest = hashlib.sha256(landing_uri.encode())
     for info in objects:
         digest.update(f"\0{info.key}\0{info.version}".encode())
-    return f"{now:%Y%m%dT%H%M%SZ}-{index:02d}-{digest.hexdigest()[:8]}"
+    return f"{sequence:08d}-{now:%Y%m%dT%H%M%SZ}-{digest.hexdigest()[:8]}"
 
 
 class BatchLedger:
@@ -112,9 +113,11 @@ class BatchLedger:
                         and (min_age_seconds <= 0 or info.modified <= cutoff)),
                        key=lambda info: info.key)
         manifests = []
+        existing = self.batch_ids()
+        next_sequence = int(existing[-1].split("-", 1)[0]) + 1 if existing else 1
         for index, start in enumerate(range(0, len(fresh), max_batch_size)):
             chunk = fresh[start:start + max_batch_size]
-            manifest = BatchManifest(make_batch_id(now, index, chunk, landing_uri), landing_uri,
+            manifest = BatchManifest(make_batch_id(next_sequence + index, now, chunk, landing_uri), landing_uri,
                                      now.isoformat(), tuple(chunk))
             self.data_root.write_text(f"{BATCHES_PREFIX}{manifest.batch_id}.json", manifest.to_json())
             manifests.append(manifest)

@@ -249,7 +249,10 @@ class S3Storage(Storage):
             raise StorageError(f"cannot reach S3 for {self.uri}: {error}") from error
 
     def ensure_exists(self) -> None:
-        self._call("head_bucket", self.client.head_bucket, Bucket=self.bucket)
+        try:
+            self._call("head_bucket", self.client.head_bucket, Bucket=self.bucket)
+        except FileNotFoundError:  # HEAD answers a bare 404 for a missing bucket
+            raise StorageError(f"bucket does not exist: s3://{self.bucket}") from None
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         paginator = self.client.get_paginator("list_objects_v2")

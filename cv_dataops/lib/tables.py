@@ -71,19 +71,20 @@ class TableDefinition:
             unknown = set(row) - known
             if unknown:
                 raise ValueError(f"table {self.name!r} has no column(s) {sorted(unknown)}")
-        return pa.Table.from_pylist([{c: row.get(c) for c in self.column_names} for row in rows],
-                                    schema=self.arrow_schema)
+        loose = pa.schema([pa.field(c.name, c.type) for c in self.columns])  # nulls are reported by conform
+        return self.conform(pa.Table.from_pylist([{c: row.get(c) for c in self.column_names} for row in rows],
+                                                 schema=loose))
 
     def conform(self, table: pa.Table) -> pa.Table:
         """Cast ``table`` to this schema, in column order; raise if a column is missing or a null is not allowed."""
         missing = [c for c in self.column_names if c not in table.column_names]
         if missing:
             raise ValueError(f"table {self.name!r} is missing column(s) {missing}")
-        table = table.select(self.column_names).cast(self.arrow_schema)
+        table = table.select(self.column_names)
         for column in self.columns:
             if not column.nullable and table.column(column.name).null_count:
                 raise ValueError(f"table {self.name!r}: column {column.name!r} has nulls")
-        return table
+        return table.cast(self.arrow_schema)
 
     def schema_problems(self, schema: pa.Schema) -> list[str]:
         """Differences between a stored table's schema and this definition (empty when they agree)."""

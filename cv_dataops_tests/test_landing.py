@@ -1,0 +1,74 @@
+"""Batching: every landed object version is assigned to exactly one batch, even across crashes."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import UTC, datetime
+
+from cv_dataops.lib.landing import INDEX_KEY, BatchLedger, BatchManifest
+from cv_dataops.lib.storage import LocalStorage
+from cv_dataops_tests.conftest import write_files
+
+
+def test_new_objects_become_one_batch_then_nothing(tmp_path):
+    write_files(tmp_path / "in", {"a.jpg": b"1", "b/c.jpg": b"2"})
+    ledger, landing = BatchLedger(LocalStorage(tmp_path / "root")), LocalStorage(tmp_path / "in")
+    (batch,) = ledger.plan(landing)
+    assert sorted(o.key for o in batch.objects) == ["a.jpg", "b/c.jpg"]
+    assert ledger.plan(landing) == []
+    assert ledger.batch_ids() == [batch.batch_id]
+    assert ledger.manifest(batch.batch_id) == batch
+
+
+def test_only_newly_landed_and_replaced_objects_form_the_next_batch(tmp_path):
+    write_files(tmp_path / "in", {"a.jpg": b"1", "b.jpg": b"2"})
+    ledger, landing = BatchLedger(LocalStorage(tmp_path / "root")), LocalStorage(tmp_path / "in")
+    first = ledger.plan(landing, now=datetime(2026, 1, 1, tzinfo=UTC))[0]
+    write_files(tmp_path / "in", {"c.jpg": b"3", "a.jpg": b"replaced"})
+    second = ledger.plan(landing, now=datetime(2026, 1, 2, tzinfo=UTC))[0]
+    assert sorted(o.key for o in second.objects) == ["a.jpg", "c.jpg"]
+    assert first.batch_id < second.batch_id  # batch ids sort by landing time
+
+
+def test_large_landings_are_split_and_young_files_wait(tmp_path):
+    write_files(tmp_path / "in", {f"{i:03d}.jpg": b"x" for i in range(25)})
+    old = time.time() - 3600
+    for path in (tmp_path / "in").iterdir():
+        os.utime(path, (old, old))
+    write_files(tmp_path / "in", {"still-copying.jpg": b"partial"})
+    ledger, landing = BatchLedger(LocalStorage(tmp_path / "root")), LocalStorage(tmp_path / "in")
+    batches = ledger.plan(landing, min_age_seconds=60, max_batch_size=10)
+    assert [len(b.objects) for b in batches] == [10, 10, 5]
+    assert len({b.batch_id for b in batches}) == 3
+    assert "still-copying.jpg" not in {o.key for b in batches for o in b.objects}
+    (late,) = ledger.plan(landing, min_age_seconds=0)
+    assert [o.key for o in late.objects] == ["still-copying.jpg"]
+
+
+def test_a_crash_between_manifest_and_index_assigns_nothing_twice(tmp_path):
+    write_files(tmp_path / "in", {"a.jpg": b"1"})
+    root = LocalStorage(tmp_path / "root")
+    ledger, landing = BatchLedger(root), LocalStorage(tmp_path / "in")
+    (batch,) = ledger.plan(landing)
+    root.delete(INDEX_KEY)  # as if the process died right after writing the manifest
+    write_files(tmp_path / "in", {"b.jpg": b"2"})
+    (second,) = ledger.plan(landing)
+    assert [o.key for o in second.objects] == ["b.jpg"]
+    assert root.exists(INDEX_KEY)
+
+
+def test_manifest_round_trips_through_json(tmp_path):
+    write_files(tmp_path / "in", {"ü b.jpg": b"1"})
+    (batch,) = BatchLedger(LocalStorage(tmp_path / "root")).plan(LocalStorage(tmp_path / "in"))
+    assert BatchManifest.from_json(batch.to_json()) == batch
+
+
+def test_batch_ids_sort_in_creation_order_even_within_one_second(tmp_path):
+    ledger, landing = BatchLedger(LocalStorage(tmp_path / "root")), LocalStorage(tmp_path / "in")
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    made = []
+    for index in range(12):
+        write_files(tmp_path / "in", {f"{index}.jpg": bytes([index])})
+        made += [b.batch_id for b in ledger.plan(landing, now=now)]
+    assert made == sorted(made) == ledger.batch_ids() and len(set(made)) == 12
