@@ -190,5 +190,14 @@ def main(argv: list[str] | None = None) -> int:
         return _error("interrupted", 130)
 
 
+def entry_point() -> None:
+    """The console script. Exits without interpreter teardown once all output is flushed: Arrow's native thread
+    pool can abort the process at teardown (apache/arrow#34314), which would turn a finished run into exit 134."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry_point()

@@ -132,3 +132,22 @@ def bad_input_corpus(root: Path, outside: Path) -> dict[str, str]:
         "modes/cmyk.jpg": "image", "modes/gray16.png": "image", "modes/palette_alpha.png": "image",
         "modes/animated.gif": "image", "modes/rotated.jpg": "image",
     }
+
+
+_exit_status: list[int] = []
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _exit_status.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """Leave without interpreter teardown once pytest has reported, keeping its exit status: Arrow's native thread
+    pool can abort the process at teardown (apache/arrow#34314), turning a green run into exit 134."""
+    if _exit_status:
+        import sys
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_exit_status[-1])

@@ -1,0 +1,48 @@
+"""`cv-dataops demo`: generated data with known ground truth goes through the whole pipeline correctly."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from cv_dataops_tests.test_cli import cli
+
+
+def test_demo_generates_runs_and_every_file_ends_where_the_ground_truth_says(tmp_path, monkeypatch):
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    result = cli("demo", "--count", "24", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "dagster dev" in result.stdout and "24 images" not in result.stderr
+    data = tmp_path / "data"
+    truth = pd.read_csv(data / "demo_ground_truth.csv")
+    images = pq.read_table(data / "catalog" / "images").to_pandas()
+    quarantine = pq.read_table(data / "catalog" / "quarantine").to_pandas()
+    objects = pq.read_table(data / "catalog" / "objects").to_pandas()
+    assert len(objects) == len(truth)  # every generated file accounted for
+    outcome = dict(zip(objects.relative_path, objects.outcome))
+    reason = dict(zip(quarantine.relative_path, quarantine.reason))
+    for row in truth.itertuples():
+        if row.expected_outcome == "image":
+            assert outcome[row.relative_path] == "image", row
+        elif row.expected_outcome.startswith("duplicate_of:"):
+            assert outcome[row.relative_path] == "duplicate", row
+        else:
+            assert reason[row.relative_path] == row.expected_outcome.split(":", 1)[1], row
+    scenes = truth[truth.kind == "scene"].set_index("relative_path")
+    assert (images.set_index("relative_path").label == scenes.label.reindex(images.relative_path)).all()
+    assert set(images.camera_make) == set(scenes.camera.map({"cam_a": "Helios", "cam_b": "Corvid"}))
+    assert (data / "dagster_home" / "dagster.yaml").exists()
+
+    again = cli("demo", "--count", "24", cwd=tmp_path)
+    assert again.returncode == 0 and "nothing new landed" in again.stdout
+    other = cli("demo", "--count", "30", cwd=tmp_path)
+    assert other.returncode == 2 and "already holds a different demo" in other.stderr
+
+
+def test_demo_on_real_handwritten_digits(tmp_path, monkeypatch):
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    result = cli("demo", "--dataset", "digits", "--count", "40", "--data-dir", "digits-data", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    images = pq.read_table(tmp_path / "digits-data" / "catalog" / "images").to_pandas()
+    assert len(images) == 40 and set(images.label) <= {str(d) for d in range(10)}
+    assert set(images["format"]) == {"PNG"} and set(images["mode"]) == {"L"}
