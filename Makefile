@@ -22,4 +22,5 @@ ui: $(STAMP)
 	$(VENV)/bin/cv-dataops ui
 
 test: $(STAMP)
+	scripts/install-system-packages.sh
 	$(VENV)/bin/python -m pytest

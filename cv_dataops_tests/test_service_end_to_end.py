@@ -1,0 +1,101 @@
+"""The service for real: Dagster's instance on a Postgres server (Debian's package), the real `dagster-daemon`
+process, landing zone and catalog in S3 (moto's server on 127.0.0.1). Images land; the daemon's sensor and run
+queue ingest them with nobody calling anything."""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import boto3
+import dagster as dg
+import pytest
+
+from cv_dataops_tests.conftest import REPOSITORY, _free_port, encode, photo
+
+
+def _postgres_binaries() -> Path | None:
+    for candidate in [shutil.which("initdb"), *sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)]:
+        if candidate:
+            return Path(os.path.realpath(candidate)).parent
+    return None
+
+
+@pytest.fixture(scope="module")
+def postgres_port():
+    """A throwaway Postgres cluster on 127.0.0.1 (as the `postgres` user when we are root: it refuses root)."""
+    binaries = _postgres_binaries()
+    if binaries is None:
+        pytest.skip("PostgreSQL server binaries are not installed (.ci/run installs Debian's postgresql)")
+    as_postgres = []
+    directory = Path(tempfile.mkdtemp(prefix="cv-dataops-pg-"))
+    if os.geteuid() == 0:
+        user = pwd.getpwnam("postgres")
+        os.chown(directory, user.pw_uid, user.pw_gid)
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+    data = directory / "data"
+    subprocess.run([*as_postgres, str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", "dagster"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_postgres, str(binaries / "pg_ctl"), "-D", str(data), "-l", str(directory / "log"), "-w",
+                    "-o", f"-p {port} -k {directory} -c listen_addresses=127.0.0.1", "start"],
+                   check=True, capture_output=True)
+    try:
+        yield port
+    finally:
+        subprocess.run([*as_postgres, str(binaries / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
+                       capture_output=True)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_daemon_on_postgres_ingests_what_lands_in_s3(tmp_path, postgres_port, s3_bucket):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(f"""
+storage:
+  postgres:
+    postgres_db: {{hostname: 127.0.0.1, port: {postgres_port}, username: dagster, password: "", db_name: postgres,
+                  scheme: postgresql+psycopg2}}
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+telemetry: {{enabled: false}}
+""")
+    client = boto3.client("s3")
+    client.put_object(Bucket=s3_bucket, Key="landing/cat/a.jpg", Body=encode(photo(1), "JPEG"))
+    client.put_object(Bucket=s3_bucket, Key="landing/cat/b.png", Body=encode(photo(2), "PNG"))
+    client.put_object(Bucket=s3_bucket, Key="landing/dog/broken.jpg", Body=encode(photo(3), "JPEG")[:300])
+    environment = {**os.environ, "DAGSTER_HOME": str(home), "CV_DATAOPS_LANDING": f"s3://{s3_bucket}/landing",
+                   "CV_DATAOPS_DATA_ROOT": f"s3://{s3_bucket}/root", "CV_DATAOPS_MIN_AGE_SECONDS": "0"}
+    daemon = subprocess.Popen([sys.executable, "-m", "dagster._daemon", "run", "-w", "workspace.yaml"],
+                              cwd=REPOSITORY, env=environment, start_new_session=True,  # setsid: stop the group
+                              stdout=open(tmp_path / "daemon.log", "w"), stderr=subprocess.STDOUT)
+    try:
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            deadline = time.time() + 240
+            while time.time() < deadline:
+                runs = instance.get_runs()
+                if runs and all(run.is_finished for run in runs):
+                    break
+                assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()[-3000:]
+                time.sleep(2)
+            runs = instance.get_runs()
+            assert len(runs) == 1, (tmp_path / "daemon.log").read_text()[-3000:]
+            assert runs[0].is_success and runs[0].job_name == "ingest_batch"
+            assert instance.get_dynamic_partitions("batches") == [runs[0].tags["dagster/partition"]]
+            checks = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+                [dg.AssetCheckKey(dg.AssetKey("raw_images"), "raw_images_accounted_for")])
+            assert list(checks.values())[0].status.value == "SUCCEEDED"
+    finally:
+        os.killpg(daemon.pid, signal.SIGKILL)  # dagster-daemon ignores SIGTERM when backgrounded
+        daemon.wait()
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket, Prefix="root/catalog/")["Contents"]}
+    assert {k.split("/")[2] for k in keys} == {"images", "quarantine", "objects"}
