@@ -35,24 +35,24 @@ def postgres_port():
     binaries = _postgres_binaries()
     if binaries is None:
         pytest.skip("PostgreSQL server binaries are not installed (.ci/run installs Debian's postgresql)")
-    as_postgres = []
+    as_postgres: dict = {}
     directory = Path(tempfile.mkdtemp(prefix="cv-dataops-pg-"))
     if os.geteuid() == 0:
         user = pwd.getpwnam("postgres")
         os.chown(directory, user.pw_uid, user.pw_gid)
-        as_postgres = ["runuser", "-u", "postgres", "--"]
+        as_postgres = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
     port = _free_port()
     data = directory / "data"
-    subprocess.run([*as_postgres, str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", "dagster"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_postgres, str(binaries / "pg_ctl"), "-D", str(data), "-l", str(directory / "log"), "-w",
+    subprocess.run([str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", "dagster"],
+                   check=True, capture_output=True, cwd=directory, **as_postgres)
+    subprocess.run([str(binaries / "pg_ctl"), "-D", str(data), "-l", str(directory / "log"), "-w",
                     "-o", f"-p {port} -k {directory} -c listen_addresses=127.0.0.1", "start"],
-                   check=True, capture_output=True)
+                   check=True, capture_output=True, cwd=directory, **as_postgres)
     try:
         yield port
     finally:
-        subprocess.run([*as_postgres, str(binaries / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
-                       capture_output=True)
+        subprocess.run([str(binaries / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
+                       capture_output=True, cwd=directory, **as_postgres)
         shutil.rmtree(directory, ignore_errors=True)
 
 
