@@ -6,6 +6,8 @@ and region from the environment, e.g. ``AWS_ENDPOINT_URL`` for MinIO), which als
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -65,6 +67,29 @@ class LandingResource(dg.ConfigurableResource):
         return LabelSource(self.labels, landing)
 
 
+class QualityResource(dg.ConfigurableResource):
+    """Quality thresholds, issue-rate limits and duplicate radii; unset values take the library's defaults."""
+
+    thresholds: dict[str, float] = Field(default_factory=dict,
+                                         description="Per-issue score thresholds overriding the defaults.")
+    max_issue_rate: float = Field(default=0.3, description="WARN when a batch has more of any one issue.")
+    max_unusable_rate: float = Field(default=0.5, description="ERROR (blocking) when more of a batch is unusable.")
+    workers: int = Field(default=2, description="Processes measuring images.")
+    phash_radius: int | None = Field(default=None, description="Near-duplicate Hamming radius on the phash.")
+    dhash_radius: int | None = Field(default=None, description="Near-duplicate Hamming radius on the dhash.")
+
+    def quality_thresholds(self):
+        from cv_dataops.lib.quality import QualityThresholds
+
+        return dataclasses.replace(QualityThresholds(), **self.thresholds)
+
+    def duplicate_settings(self):
+        from cv_dataops.lib.duplicates import DuplicateSettings
+
+        radii = {"phash_radius": self.phash_radius, "dhash_radius": self.dhash_radius}
+        return dataclasses.replace(DuplicateSettings(), **{k: v for k, v in radii.items() if v is not None})
+
+
 def build_resources(landing: str | None = None, data_root: str | None = None, labels: str | None = None,
                     **landing_options: object) -> dict[str, dg.ConfigurableResource]:
     """The resources every entry point uses; unset arguments come from the environment, then the defaults."""
@@ -77,6 +102,8 @@ def build_resources(landing: str | None = None, data_root: str | None = None, la
         "landing": LandingResource(uri=landing or os.environ.get("CV_DATAOPS_LANDING", DEFAULT_LANDING),
                                    labels=labels or os.environ.get("CV_DATAOPS_LABELS", "imagefolder"),
                                    s3=s3, **landing_options),
+        "quality": QualityResource(thresholds=json.loads(os.environ.get("CV_DATAOPS_QUALITY_THRESHOLDS") or "{}"),
+                                   workers=int(os.environ.get("CV_DATAOPS_WORKERS") or min(4, os.cpu_count() or 1))),
     }
 
 

@@ -536,7 +536,8 @@ def write_digits(dest: str | Path, size: int = 64, limit: int | None = None) -> 
     """scikit-learn's bundled 8x8 digits (no download) as size x size greyscale PNGs in ImageFolder layout.
 
     A real, labelled, 10-class data set for training and benchmarks: ``<dest>/<digit>/digit_<index:05d>.png``,
-    white ink on black. Returns columns relative_path and label (the digit as a string, like a folder name).
+    white ink on black, each source pixel a sharp block (nearest-neighbour: interpolating 8 pixels up to 64 would
+    make every digit genuinely blurry). Returns columns relative_path and label (the digit as a string).
     """
     from sklearn.datasets import load_digits  # imported here: scikit-learn is slow to import, scenes don't need it
 
@@ -549,6 +550,6 @@ def write_digits(dest: str | Path, size: int = 64, limit: int | None = None) -> 
         relative_path = f"{target}/digit_{index:05d}.png"
         path = dest / relative_path
         path.parent.mkdir(parents=True, exist_ok=True)
-        grey.resize((size, size), Image.Resampling.BILINEAR).save(path, "PNG")
+        grey.resize((size, size), Image.Resampling.NEAREST).save(path, "PNG")
         rows.append({"relative_path": relative_path, "label": str(target)})
     return pd.DataFrame(rows, columns=["relative_path", "label"])

@@ -313,6 +313,15 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, posixpath.normpath(prefix) if prefix.strip("/") else ""
 
 
+def read_uri(uri: str, s3_client: Any | None = None) -> bytes:
+    """The bytes behind a URI from a catalog table (an absolute path or ``s3://bucket/key``)."""
+    if uri.startswith("s3://"):
+        bucket, key = parse_s3_uri(uri)
+        parent, _, name = key.rpartition("/")
+        return S3Storage(f"s3://{bucket}/{parent}", s3_client or default_s3_client()).read_bytes(name)
+    return Path(uri[len("file://"):] if uri.startswith("file://") else uri).read_bytes()
+
+
 def default_s3_client() -> Any:
     """A boto3 S3 client configured from the environment (AWS_ENDPOINT_URL, credentials, region), with retries."""
     import boto3

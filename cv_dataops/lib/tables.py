@@ -158,7 +158,90 @@ OBJECTS = TableDefinition(
     ),
 )
 
-TABLES: dict[str, TableDefinition] = {table.name: table for table in (IMAGES, QUARANTINE, OBJECTS)}
+_ISSUE_MEANINGS = {
+    "dark": "too dark (bright pixels are rare)",
+    "light": "too bright (dark pixels are rare)",
+    "blurry": "out of focus or motion-blurred (little fine detail at a fixed analysis size)",
+    "low_information": "little content (low entropy: blank, flat or nearly constant)",
+    "odd_aspect_ratio": "unusually elongated (width/height far from the usual)",
+    "odd_size": "area far from the typical area of the whole catalog",
+    "grayscale": "no colour: a grayscale mode, or RGB whose three channels are (nearly) equal",
+}
+
+
+def _issue_columns() -> tuple[Column, ...]:
+    columns: list[Column] = []
+    for issue, meaning in _ISSUE_MEANINGS.items():
+        columns.append(Column(f"{issue}_score", pa.float32(), f"0..1, lower is worse: {meaning}.", False))
+        columns.append(Column(f"is_{issue}", pa.bool_(), f"{issue}_score is below its threshold.", False))
+    return tuple(columns)
+
+
+QUALITY = TableDefinition(
+    name="quality",
+    description="One row per image: a score and a flag for each issue type, plain measurements, and the hashes "
+                "duplicate detection uses, all from one decode at reduced size.",
+    partitioned_by_batch=True,
+    written_by="image_quality",
+    columns=(
+        Column("image_id", pa.string(), "The image (see `images`).", False),
+        Column("batch_id", pa.string(), "The batch that brought it.", False),
+        *_issue_columns(),
+        Column("is_unusable", pa.bool_(), "Has one of the issues configured as unusable (by default dark, light, "
+                                          "blurry, low_information).", False),
+        Column("width", pa.int32(), "Width in pixels (after EXIF orientation).", False),
+        Column("height", pa.int32(), "Height in pixels (after EXIF orientation).", False),
+        Column("brightness", pa.float32(), "Mean luma, 0..1.", False),
+        Column("dark_clipped_fraction", pa.float32(), "Fraction of pixels crushed to black (exposure clipping).", False),
+        Column("light_clipped_fraction", pa.float32(), "Fraction of pixels blown to white (exposure clipping).", False),
+        Column("rms_contrast", pa.float32(), "Standard deviation of luma, 0..1.", False),
+        Column("colourfulness", pa.float32(), "Hasler and Suesstrunk's colourfulness (0 for gray).", False),
+        Column("noise_sigma", pa.float32(), "Estimated noise standard deviation, in 0..255 units.", False),
+        Column("sharpness", pa.float32(), "Variance of the Laplacian at the analysis size.", False),
+        Column("entropy", pa.float32(), "Shannon entropy of the luma histogram, in bits.", False),
+        Column("jpeg_quality", pa.int16(), "Quality (1..100) estimated from the JPEG quantization tables; "
+                                           "null for other formats."),
+        Column("analysis_width", pa.int32(), "Width of the reduced image the metrics were computed on.", False),
+        Column("analysis_height", pa.int32(), "Height of the reduced image the metrics were computed on.", False),
+        Column("phash", pa.uint64(), "64-bit perceptual (DCT) hash of the luma.", False),
+        Column("dhash", pa.uint64(), "64-bit difference hash of the luma.", False),
+        Column("pixel_hash", pa.string(), "SHA-256 of the decoded pixels: equal means identical pixels.", False),
+        Column("quality_version", pa.string(), "Version of the metrics and thresholds that produced the row.", False),
+    ),
+)
+
+DUPLICATES = TableDefinition(
+    name="duplicates",
+    description="One row per image that belongs to a duplicate group (two or more images showing the same picture), "
+                "across all batches.",
+    partitioned_by_batch=False,
+    written_by="image_duplicates",
+    columns=(
+        Column("image_id", pa.string(), "The image.", False),
+        Column("group_id", pa.string(), "The duplicate group; every member shares it.", False),
+        Column("kind", pa.string(), "`exact` (identical pixels to another member) or `near` (the same picture "
+                                    "after resize, re-compression, small crop, brightness or colour change).", False),
+        Column("keep", pa.bool_(), "The one member per group to keep (largest, then sharpest).", False),
+        Column("nearest_distance", pa.int32(), "Smallest perceptual-hash Hamming distance to another member.", False),
+    ),
+)
+
+DUPLICATE_PAIRS = TableDefinition(
+    name="duplicate_pairs",
+    description="Every duplicate pair found so far: the memory that lets a new batch be compared only against the "
+                "catalog, never all pairs again.",
+    partitioned_by_batch=False,
+    written_by="image_duplicates",
+    columns=(
+        Column("image_id_a", pa.string(), "One image.", False),
+        Column("image_id_b", pa.string(), "The other image.", False),
+        Column("kind", pa.string(), "`exact` or `near`.", False),
+        Column("distance", pa.int32(), "Perceptual-hash Hamming distance (0 for exact).", False),
+    ),
+)
+
+TABLES: dict[str, TableDefinition] = {table.name: table for table in
+                                      (IMAGES, QUARANTINE, OBJECTS, QUALITY, DUPLICATES, DUPLICATE_PAIRS)}
 
 
 def table_definition(name: str) -> TableDefinition:

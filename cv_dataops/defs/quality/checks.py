@@ -1,0 +1,70 @@
+"""Checks on quality: GX suites (schema, ranges, nulls) with Data Docs, issue rates (WARN), unusable batches
+(ERROR, blocking), and one image kept per duplicate group."""
+
+
+import dagster as dg
+
+from cv_dataops.defs.quality.assets import image_duplicates, image_quality
+from cv_dataops.defs.shared import batch_partitions
+from cv_dataops.lib.expectations import validate_frame
+from cv_dataops.lib.quality import ISSUE_TYPES
+from cv_dataops.lib.tables import DUPLICATES, IMAGES, QUALITY
+from cv_dataops.resources import CatalogResource, QualityResource
+
+
+@dg.asset_check(asset=image_quality, partitions_def=batch_partitions, blocking=True)
+def quality_expectations(context: dg.AssetCheckExecutionContext, catalog: CatalogResource) -> dg.AssetCheckResult:
+    """The great_expectations suite `cv_dataops/expectations/quality.json` on the batch's quality rows; the
+    results render as GX Data Docs under the data root (reports/data_docs)."""
+    batch_id = context.partition_key
+    frame = catalog.catalog().read(QUALITY, [batch_id]).to_pandas()
+    summary = validate_frame(frame, "quality", batch_id, docs=catalog.storage())
+    return dg.AssetCheckResult(passed=summary.success, metadata={
+        "evaluated_expectations": summary.evaluated, "successful_expectations": summary.successful,
+        "failures": dg.MetadataValue.json(summary.failures),
+        "data_docs": dg.MetadataValue.path(summary.docs_index or "")})
+
+
+@dg.asset_check(asset=image_quality, partitions_def=batch_partitions)
+def quality_issue_rates(context: dg.AssetCheckExecutionContext, catalog: CatalogResource,
+                        quality: QualityResource) -> dg.AssetCheckResult:
+    """WARN when any issue type affects more than `max_issue_rate` of the batch."""
+    frame = catalog.catalog().read(QUALITY, [context.partition_key]).to_pandas()
+    rates = {issue: float(frame[f"is_{issue}"].mean()) if len(frame) else 0.0 for issue in ISSUE_TYPES}
+    over = {issue: rate for issue, rate in rates.items() if rate > quality.max_issue_rate}
+    return dg.AssetCheckResult(passed=not over, severity=dg.AssetCheckSeverity.WARN, metadata={
+        "rates": dg.MetadataValue.json(rates), "over_limit": dg.MetadataValue.json(over),
+        "limit": quality.max_issue_rate, "images": len(frame)})
+
+
+@dg.asset_check(asset=image_quality, partitions_def=batch_partitions, blocking=True)
+def quality_batch_usable(context: dg.AssetCheckExecutionContext, catalog: CatalogResource,
+                         quality: QualityResource) -> dg.AssetCheckResult:
+    """ERROR, blocking, when most of the batch is unusable: nothing downstream consumes it."""
+    frame = catalog.catalog().read(QUALITY, [context.partition_key], columns=["is_unusable"]).to_pandas()
+    rate = float(frame.is_unusable.mean()) if len(frame) else 0.0
+    return dg.AssetCheckResult(passed=rate <= quality.max_unusable_rate, metadata={
+        "unusable_rate": rate, "limit": quality.max_unusable_rate, "images": len(frame)})
+
+
+@dg.asset_check(asset=image_quality, partitions_def=batch_partitions)
+def quality_every_image_measured(context: dg.AssetCheckExecutionContext,
+                                 catalog: CatalogResource) -> dg.AssetCheckResult:
+    """WARN when an image of the batch has no quality row (its bytes could not be read again)."""
+    tables = catalog.catalog()
+    batch_id = context.partition_key
+    images = set(tables.read(IMAGES, [batch_id], columns=["image_id"]).column("image_id").to_pylist())
+    measured = set(tables.read(QUALITY, [batch_id], columns=["image_id"]).column("image_id").to_pylist())
+    missing = sorted(images - measured)
+    return dg.AssetCheckResult(passed=not missing, severity=dg.AssetCheckSeverity.WARN,
+                               metadata={"images": len(images), "unmeasured": dg.MetadataValue.json(missing[:20])})
+
+
+@dg.asset_check(asset=image_duplicates, blocking=True)
+def duplicates_one_kept_per_group(catalog: CatalogResource) -> dg.AssetCheckResult:
+    """Every duplicate group has at least two members and exactly one image to keep."""
+    frame = catalog.catalog().read(DUPLICATES).to_pandas()
+    per_group = frame.groupby("group_id").agg(members=("image_id", "size"), kept=("keep", "sum"))
+    bad = per_group[(per_group.members < 2) | (per_group.kept != 1)]
+    return dg.AssetCheckResult(passed=bad.empty, metadata={
+        "groups": len(per_group), "bad_groups": dg.MetadataValue.json(bad.index.tolist()[:20])})

@@ -1,0 +1,32 @@
+"""Small inline thumbnails for the Dagster UI: markdown with base64 PNGs, kept to a few KB each."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Iterable
+
+from PIL import Image, ImageOps
+
+
+def thumbnail_data_uri(data: bytes, side: int = 64) -> str:
+    """A ``data:image/png;base64,...`` thumbnail, longest side ``side`` pixels, EXIF orientation applied."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.draft("RGB", (side, side))
+        image = ImageOps.exif_transpose(image).convert("RGB")
+        image.thumbnail((side, side))
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def markdown_grid(sections: dict[str, Iterable[tuple[str, str]]]) -> str:
+    """One markdown table row of thumbnails per section: {title: [(caption, data_uri), ...]}."""
+    lines = []
+    for title, items in sections.items():
+        items = list(items)
+        if not items:
+            continue
+        lines += [f"**{title}**", "", "| " + " | ".join(caption for caption, _ in items) + " |",
+                  "|" + "---|" * len(items), "| " + " | ".join(f"![]({uri})" for _, uri in items) + " |", ""]
+    return "\n".join(lines) or "nothing to show"

@@ -1,0 +1,183 @@
+"""image_quality and image_duplicates through Dagster: tables, GX suite and Data Docs, WARN and blocking ERROR
+paths, and duplicates found across batches without comparing all pairs again."""
+
+from __future__ import annotations
+
+import dagster as dg
+from PIL import Image, ImageEnhance, ImageFilter
+
+from cv_dataops.defs.ingestion import checks as ingestion_checks
+from cv_dataops.defs.ingestion.assets import raw_images
+from cv_dataops.defs.quality import checks as quality_checks
+from cv_dataops.defs.quality.assets import image_duplicates, image_quality
+from cv_dataops.defs.shared import batch_partitions
+from cv_dataops.lib.catalog import Catalog
+from cv_dataops.lib.landing import BatchLedger
+from cv_dataops.lib.storage import LocalStorage
+from cv_dataops.resources import build_resources
+from cv_dataops_tests.conftest import encode, photo, write_files
+
+PER_BATCH = [raw_images, image_quality, *[getattr(ingestion_checks, n) for n in dir(ingestion_checks)
+                                          if isinstance(getattr(ingestion_checks, n), dg.AssetChecksDefinition)],
+             *[getattr(quality_checks, n) for n in ("quality_expectations", "quality_issue_rates",
+                                                    "quality_batch_usable", "quality_every_image_measured")]]
+
+
+def real_photo(index: int, size=(320, 240)) -> Image.Image:
+    from skimage import data
+
+    source = [data.astronaut, data.coffee, data.chelsea, data.rocket, data.immunohistochemistry][index % 5]()
+    image = Image.fromarray(source[..., :3])
+    offset = (index // 5) * 17
+    return image.crop((offset, offset, image.width - offset, image.height - offset)).resize(size)
+
+
+def _land_and_plan(tmp_path, files, instance):
+    write_files(tmp_path / "landing", files)
+    batches = BatchLedger(LocalStorage(tmp_path / "data")).plan(LocalStorage(tmp_path / "landing"))
+    instance.add_dynamic_partitions(batch_partitions.name, [b.batch_id for b in batches])
+    return batches[0].batch_id
+
+
+def _resources(tmp_path, **quality):
+    resources = build_resources(landing=str(tmp_path / "landing"), data_root=str(tmp_path / "data"))
+    if quality:
+        resources["quality"] = resources["quality"].model_copy(update=quality)
+    return resources
+
+
+def _checks(result):
+    return {e.asset_check_key.name: e for e in result.get_asset_check_evaluations()}
+
+
+def test_quality_flags_known_issues_and_passes_its_suite(tmp_path):
+    photo = real_photo(0)
+    files = {f"ok/{i}.jpg": encode(real_photo(i), "JPEG", quality=90) for i in range(1, 9)}
+    files.update({
+        "bad/black.png": encode(Image.new("RGB", (320, 240)), "PNG"),
+        "bad/blurred.jpg": encode(photo.filter(ImageFilter.GaussianBlur(6)), "JPEG", quality=90),
+        "bad/gray_as_rgb.jpg": encode(photo.convert("L").convert("RGB"), "JPEG", quality=90),
+        "bad/banner.png": encode(photo.resize((1000, 80)), "PNG"),
+    })
+    instance = dg.DagsterInstance.ephemeral()
+    batch_id = _land_and_plan(tmp_path, files, instance)
+    result = dg.materialize(PER_BATCH, partition_key=batch_id, instance=instance, resources=_resources(tmp_path))
+    assert result.success
+    checks = _checks(result)
+    assert checks["quality_expectations"].passed, checks["quality_expectations"].metadata
+    assert checks["quality_batch_usable"].passed and checks["quality_every_image_measured"].passed
+    catalog = Catalog(LocalStorage(tmp_path / "data"))
+    images = catalog.read("images").to_pandas().set_index("image_id").relative_path
+    quality = catalog.read("quality").to_pandas()
+    quality["path"] = quality.image_id.map(images)
+    flagged = {issue: set(quality.path[quality[f"is_{issue}"]]) for issue in
+               ("dark", "blurry", "grayscale", "odd_aspect_ratio")}
+    assert "bad/black.png" in flagged["dark"]
+    assert "bad/blurred.jpg" in flagged["blurry"]
+    assert "bad/gray_as_rgb.jpg" in flagged["grayscale"]
+    assert "bad/banner.png" in flagged["odd_aspect_ratio"]
+    good = quality[quality.path.str.startswith("ok/")]
+    assert not good[[f"is_{i}" for i in ("dark", "light", "blurry", "grayscale")]].any().any()
+    assert (tmp_path / "data" / "reports" / "data_docs" / "index.html").exists()
+    (materialization,) = result.asset_materializations_for_node("image_quality")
+    assert materialization.metadata["count_dark"].value >= 1
+    assert "data:image/png;base64," in materialization.metadata["worst_images"].value
+
+
+def test_a_mostly_unusable_batch_is_an_error_that_blocks_downstream(tmp_path):
+    dark = {f"night/{i}.jpg": encode(ImageEnhance.Brightness(real_photo(i)).enhance(0.03), "JPEG") for i in range(6)}
+    dark["day/ok.jpg"] = encode(real_photo(9), "JPEG")
+    instance = dg.DagsterInstance.ephemeral()
+    batch_id = _land_and_plan(tmp_path, dark, instance)
+    ran = []
+
+    @dg.asset(deps=[image_quality], partitions_def=batch_partitions)
+    def consumer_of_quality() -> None:
+        ran.append(True)
+
+    result = dg.materialize([*PER_BATCH, consumer_of_quality], partition_key=batch_id, instance=instance,
+                            resources=_resources(tmp_path), raise_on_error=False)
+    assert not result.success
+    checks = _checks(result)
+    assert not checks["quality_batch_usable"].passed
+    assert checks["quality_batch_usable"].severity == dg.AssetCheckSeverity.ERROR
+    assert not checks["quality_issue_rates"].passed
+    assert checks["quality_issue_rates"].severity == dg.AssetCheckSeverity.WARN
+    assert ran == []
+
+    # the spanning duplicates stage leaves the blocked batch out
+    duplicates = dg.materialize([image_duplicates, quality_checks.duplicates_one_kept_per_group],
+                                instance=instance, resources=_resources(tmp_path))
+    (materialization,) = duplicates.asset_materializations_for_node("image_duplicates")
+    assert materialization.metadata["batches_left_out"].value == [batch_id]
+    assert materialization.metadata["images_indexed"].value == 0
+
+
+def test_duplicates_across_batches_are_found_incrementally(tmp_path):
+    originals = {f"first/{i}.png": real_photo(i) for i in range(5)}  # five different photos
+    instance = dg.DagsterInstance.ephemeral()
+    first = _land_and_plan(tmp_path, {k: encode(v, "PNG") for k, v in originals.items()}, instance)
+    resources = _resources(tmp_path)
+    assert dg.materialize(PER_BATCH, partition_key=first, instance=instance, resources=resources).success
+    assert dg.materialize([image_duplicates], instance=instance, resources=resources).success
+
+    source = originals["first/2.png"]
+    second_files = {
+        "second/resized.jpg": encode(source.resize((160, 120)), "JPEG", quality=60),
+        "second/brighter.png": encode(ImageEnhance.Brightness(source).enhance(1.2), "PNG"),
+        "second/same_pixels.bmp": encode(originals["first/4.png"], "BMP"),
+        "second/different.png": encode(photo(77, (320, 240)), "PNG"),
+    }
+    second = _land_and_plan(tmp_path, second_files, instance)
+    assert dg.materialize(PER_BATCH, partition_key=second, instance=instance, resources=resources).success
+    result = dg.materialize([image_duplicates, quality_checks.duplicates_one_kept_per_group], instance=instance,
+                            resources=resources)
+    assert result.success
+    (materialization,) = result.asset_materializations_for_node("image_duplicates")
+    assert materialization.metadata["images_looked_up"].value == 4  # only the new batch, not all pairs again
+    assert materialization.metadata["images_indexed"].value == 9
+    catalog = Catalog(LocalStorage(tmp_path / "data"))
+    paths = catalog.read("images").to_pandas().set_index("image_id").relative_path
+    groups = catalog.read("duplicates").to_pandas()
+    groups["path"] = groups.image_id.map(paths)
+    by_group = {g: set(members.path) for g, members in groups.groupby("group_id")}
+    assert {"first/2.png", "second/resized.jpg", "second/brighter.png"} in by_group.values()
+    assert {"first/4.png", "second/same_pixels.bmp"} in by_group.values()
+    kinds = dict(zip(groups.path, groups.kind))
+    assert kinds["second/same_pixels.bmp"] == "exact" and kinds["second/resized.jpg"] == "near"
+    assert "second/different.png" not in set(groups.path)
+
+
+def test_suite_file_matches_the_schema_and_fails_on_bad_rows(tmp_path):
+    from cv_dataops.lib.expectations import load_suite_spec, validate_frame
+    from cv_dataops.lib.tables import QUALITY
+
+    spec = load_suite_spec("quality")
+    (column_set,) = [e for e in spec["expectations"] if e["type"] == "expect_table_columns_to_match_set"]
+    assert column_set["kwargs"]["column_set"] == QUALITY.column_names
+    frame = QUALITY.empty().to_pandas()
+    row = {c: 0.5 for c in QUALITY.column_names if c.endswith("_score")}
+    row.update({c: False for c in QUALITY.column_names if c.startswith("is_")})
+    row.update(image_id="a" * 64, batch_id="b", width=10, height=10, brightness=0.5, dark_clipped_fraction=0.0,
+               light_clipped_fraction=0.0, rms_contrast=0.2, colourfulness=3.0, noise_sigma=1.0, sharpness=5.0,
+               entropy=6.0, jpeg_quality=None, analysis_width=10, analysis_height=10, phash=1, dhash=2,
+               pixel_hash="c" * 64, quality_version="1")
+    import pandas as pd
+
+    good = pd.DataFrame([row], columns=frame.columns)
+    assert validate_frame(good, "quality", "good").success
+    bad = good.assign(dark_score=1.7)
+    summary = validate_frame(bad, "quality", "bad", docs=LocalStorage(tmp_path))
+    assert not summary.success
+    assert any(f["column"] == "dark_score" for f in summary.failures)
+    assert (tmp_path / "reports" / "data_docs" / "index.html").exists()
+
+
+def test_spanning_assets_are_kept_fresh_by_a_running_automation_sensor():
+    from cv_dataops.definitions import load_definitions
+
+    defs = load_definitions()
+    sensor = defs.resolve_sensor_def("automation_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    spec = next(iter(defs.resolve_assets_def("image_duplicates").specs))
+    assert spec.automation_condition is not None
