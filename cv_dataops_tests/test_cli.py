@@ -113,8 +113,6 @@ def test_a_failing_step_is_named_and_exits_non_zero(tmp_path, dagster_home):
     (older,) = ledger.plan(LocalStorage(tmp_path / "landing"))
     write_files(tmp_path / "landing", {"y/x.png": data})
     (newer,) = ledger.plan(LocalStorage(tmp_path / "landing"))
-    import dagster as dg
-
     from cv_dataops.definitions import load_definitions
     from cv_dataops.runner import open_instance, pipeline_environment
 

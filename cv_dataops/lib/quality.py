@@ -39,6 +39,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from cv_dataops.lib.storage import AWS_ENVIRONMENT_PREFIXES, forget_shared_s3_clients, read_uri
+from cv_dataops.lib.storage import aws_environment as current_aws_environment
+
 ISSUE_TYPES: tuple[str, ...] = ("dark", "light", "blurry", "low_information", "odd_aspect_ratio", "odd_size",
                                 "grayscale")
 
@@ -673,43 +676,8 @@ def flag_issues(rows: Any, thresholds: QualityThresholds | None = None) -> dict[
 # Streaming over many images with a process pool
 # ---------------------------------------------------------------------------------------------------------------
 
-_S3_CLIENTS: dict[tuple, Any] = {}
-_S3_LOCK = threading.Lock()
-# The environment that decides which S3 endpoint and credentials boto3 uses; also handed to worker processes, so a
-# forkserver started earlier (with an older environment) still talks to the caller's endpoint.
-_AWS_ENV_PREFIXES = ("AWS_", "BOTO_")
-
-
-def _aws_environment() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k.startswith(_AWS_ENV_PREFIXES)}
-
-
-def _s3_client() -> Any:
-    """One boto3 S3 client per process and AWS environment (AWS_ENDPOINT_URL etc. are honoured by boto3)."""
-    key = tuple(sorted(_aws_environment().items()))
-    client = _S3_CLIENTS.get(key)
-    if client is None:
-        with _S3_LOCK:
-            client = _S3_CLIENTS.get(key)
-            if client is None:
-                import boto3
-
-                client = boto3.client("s3")
-                _S3_CLIENTS[key] = client
-    return client
-
-
-def read_uri(uri: str) -> bytes:
-    """The bytes at an absolute local path or an ``s3://bucket/key`` URI."""
-    if uri.startswith("s3://"):
-        bucket, _, key = uri[5:].partition("/")
-        if not bucket or not key:
-            raise ValueError(f"not an s3://bucket/key URI: {uri!r}")
-        return _s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
-    if uri.startswith("file://"):
-        uri = uri[7:]
-    with open(uri, "rb") as handle:
-        return handle.read()
+# The AWS environment is also handed to worker processes, so a forkserver started earlier (with an older
+# environment) still talks to the caller's endpoint.
 
 
 def measure_uri(uri: str, analysis_side: int = ANALYSIS_SIDE) -> dict:
@@ -719,11 +687,11 @@ def measure_uri(uri: str, analysis_side: int = ANALYSIS_SIDE) -> dict:
 
 def _worker_init(aws_environment: dict[str, str] | None = None) -> None:
     if aws_environment is not None:
-        for name in [k for k in os.environ if k.startswith(_AWS_ENV_PREFIXES)]:
+        for name in [k for k in os.environ if k.startswith(AWS_ENVIRONMENT_PREFIXES)]:
             if name not in aws_environment:
                 del os.environ[name]
         os.environ.update(aws_environment)
-    _S3_CLIENTS.clear()  # a client inherited through fork shares the parent's sockets: never reuse it
+    forget_shared_s3_clients()
     _hashes()  # pay the imagehash/scipy import once, at start-up (a no-op when inherited through fork)
 
 
@@ -801,7 +769,7 @@ def measure_stream(items: Iterable[tuple[str, str]], workers: int = 2, max_in_fl
     chunk_size = max(1, int(chunk_size))
     iterator = iter(items)
     context = _pool_context(start_method)
-    aws_environment = _aws_environment()
+    aws_environment = current_aws_environment()
     if context.get_start_method() == "fork":
         _hashes()  # import imagehash/scipy once here, so forked workers inherit it instead of each importing it
     executor = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import posixpath
 import tempfile
+import threading
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -318,8 +319,33 @@ def read_uri(uri: str, s3_client: Any | None = None) -> bytes:
     if uri.startswith("s3://"):
         bucket, key = parse_s3_uri(uri)
         parent, _, name = key.rpartition("/")
-        return S3Storage(f"s3://{bucket}/{parent}", s3_client or default_s3_client()).read_bytes(name)
+        return S3Storage(f"s3://{bucket}/{parent}", s3_client or shared_s3_client()).read_bytes(name)
     return Path(uri[len("file://"):] if uri.startswith("file://") else uri).read_bytes()
+
+
+AWS_ENVIRONMENT_PREFIXES = ("AWS_", "BOTO_")
+_SHARED_CLIENTS: dict[tuple, Any] = {}
+_SHARED_CLIENTS_LOCK = threading.Lock()
+
+
+def aws_environment() -> dict[str, str]:
+    """The environment that decides boto3's endpoint, credentials and region."""
+    return {k: v for k, v in os.environ.items() if k.startswith(AWS_ENVIRONMENT_PREFIXES)}
+
+
+def shared_s3_client() -> Any:
+    """One client per process and AWS environment, for code that reads many URIs (worker processes)."""
+    key = tuple(sorted(aws_environment().items()))
+    with _SHARED_CLIENTS_LOCK:
+        if key not in _SHARED_CLIENTS:
+            _SHARED_CLIENTS[key] = default_s3_client()
+        return _SHARED_CLIENTS[key]
+
+
+def forget_shared_s3_clients() -> None:
+    """Drop cached clients: one inherited through fork shares the parent's sockets and must not be reused."""
+    with _SHARED_CLIENTS_LOCK:
+        _SHARED_CLIENTS.clear()
 
 
 def default_s3_client() -> Any:
