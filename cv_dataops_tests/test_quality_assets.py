@@ -42,7 +42,9 @@ def _land_and_plan(tmp_path, files, instance):
 def _resources(tmp_path, **quality):
     resources = build_resources(landing=str(tmp_path / "landing"), data_root=str(tmp_path / "data"))
     if quality:
-        resources["quality"] = resources["quality"].model_copy(update=quality)
+        from cv_dataops.resources import QualityResource
+
+        resources["quality"] = QualityResource(**quality)
     return resources
 
 
@@ -181,3 +183,26 @@ def test_spanning_assets_are_kept_fresh_by_a_running_automation_sensor():
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     spec = next(iter(defs.resolve_assets_def("image_duplicates").specs))
     assert spec.automation_condition is not None
+
+
+def test_odd_size_is_judged_against_the_catalog_and_thresholds_are_configuration(tmp_path):
+    instance = dg.DagsterInstance.ephemeral()
+    first = _land_and_plan(tmp_path, {f"big/{i}.png": encode(real_photo(i), "PNG") for i in range(10)}, instance)
+    resources = _resources(tmp_path)
+    assert dg.materialize(PER_BATCH, partition_key=first, instance=instance, resources=resources).success
+    # a batch of uniformly small images: within the batch nothing is odd, against the catalog all are
+    small = {f"small/{i}.png": encode(real_photo(i, size=(40, 30)), "PNG") for i in range(2)}
+    second = _land_and_plan(tmp_path, small, instance)
+    assert dg.materialize(PER_BATCH, partition_key=second, instance=instance, resources=resources).success
+    catalog = Catalog(LocalStorage(tmp_path / "data"))
+    assert catalog.read("quality", [second]).to_pandas().is_odd_size.all()
+    assert not catalog.read("quality", [first]).to_pandas().is_odd_size.any()
+
+    # a stricter dark threshold is configuration, and it changes the flags and the recorded version
+    before = catalog.read("quality", [first]).to_pandas()
+    strict = _resources(tmp_path, thresholds={"dark": 1.01})
+    assert dg.materialize(PER_BATCH, partition_key=first, instance=instance, resources=strict,
+                          raise_on_error=False) is not None
+    after = catalog.read("quality", [first]).to_pandas()
+    assert after.is_dark.all() and not before.is_dark.all()
+    assert set(after.quality_version) != set(before.quality_version)
