@@ -75,7 +75,19 @@ def _print_catalog_summary(data_root: str) -> None:
     reasons = {reason: quarantine.count(reason) for reason in sorted(set(quarantine))}
     print(f"catalog at {catalog.storage.uri_of('catalog')}: {images} images, {len(quarantine)} quarantined"
           + (f" ({', '.join(f'{k}: {v}' for k, v in reasons.items())})" if reasons else ""))
-    print("read a table with: cv-dataops table images|quarantine|objects"
+    quality = catalog.read("quality").to_pandas()
+    if len(quality):
+        from cv_dataops.lib.quality import ISSUE_TYPES
+
+        counts = ", ".join(f"{issue}: {int(quality[f'is_{issue}'].sum())}" for issue in ISSUE_TYPES)
+        print(f"quality: {int(quality.is_unusable.sum())} of {len(quality)} images unusable; issues: {counts}")
+    duplicates = catalog.read("duplicates", columns=["group_id", "kind"]).to_pandas()
+    if len(duplicates):
+        print(f"duplicates: {duplicates.group_id.nunique()} groups "
+              f"({', '.join(f'{k}: {v}' for k, v in duplicates.kind.value_counts().items())})")
+    from cv_dataops.lib.tables import TABLES
+
+    print(f"read a table with: cv-dataops table {'|'.join(TABLES)}"
           + ("" if data_root == "data" else f" --data-root {data_root}"))
 
 
