@@ -114,24 +114,39 @@ def demo_command(data_dir: str, dataset: str, count: int, seed: int) -> int:
 
 
 def table_command(name: str, data_root: str, output: str | None) -> int:
-    from cv_dataops.lib.export import write_table_file
     from cv_dataops.lib.tables import table_definition
     from cv_dataops.resources import build_resources
 
     definition = table_definition(name)
     catalog = build_resources(data_root=data_root)["catalog"].catalog()
     catalog.storage.ensure_exists()
-    table = catalog.read(definition)
-    if output:
-        write_table_file(table, output)
-        print(f"wrote {table.num_rows} rows of {name} to {output}", file=sys.stderr)
-        return 0
-    frame = table.to_pandas()
-    with_all = {"display.max_rows": None, "display.max_columns": None, "display.width": shutil.get_terminal_size().columns}
+    return _show(catalog.read(definition), output, f"table {name}")
+
+
+def search_command(data_root: str, sql: str, output: str | None) -> int:
+    from cv_dataops.lib.search import run_sql
+    from cv_dataops.resources import build_resources
+
+    catalog = build_resources(data_root=data_root)["catalog"].catalog()
+    catalog.storage.ensure_exists()
+    return _show(run_sql(catalog, sql), output, "query result")
+
+
+def _show(table, output: str | None, what: str) -> int:
+    """Print ``table`` in full, or write it to ``output`` (.csv, .parquet, .json)."""
     import pandas as pd
 
-    with pd.option_context(*[item for pair in with_all.items() for item in pair]):
-        print(frame.to_string(index=False) if len(frame) else f"(table {name} is empty)")
+    from cv_dataops.lib.export import write_table_file
+
+    if output:
+        write_table_file(table, output)
+        print(f"wrote {table.num_rows} rows of {what} to {output}", file=sys.stderr)
+        return 0
+    frame = table.to_pandas()
+    options = {"display.max_rows": None, "display.max_columns": None,
+               "display.width": shutil.get_terminal_size().columns}
+    with pd.option_context(*[item for pair in options.items() for item in pair]):
+        print(frame.to_string(index=False) if len(frame) else f"({what} is empty)")
     return 0
 
 
@@ -169,6 +184,13 @@ def _parser() -> argparse.ArgumentParser:
     table.add_argument("--data-root", default=os.environ.get("CV_DATAOPS_DATA_ROOT", "data"))
     table.add_argument("-o", "--output", help="write to FILE.csv, FILE.parquet or FILE.json instead of printing")
 
+    search = commands.add_parser("search", help="query the catalog with SQL (DuckDB; one view per catalog table)")
+    search.add_argument("--sql", required=True,
+                        help="e.g. \"SELECT i.uri FROM images i JOIN quality q USING (image_id) WHERE q.is_dark "
+                             "AND i.camera_model = 'HX-320'\"")
+    search.add_argument("--data-root", default=os.environ.get("CV_DATAOPS_DATA_ROOT", "data"))
+    search.add_argument("-o", "--output", help="write to FILE.csv, FILE.parquet or FILE.json instead of printing")
+
     ui = commands.add_parser("ui", help="start the Dagster UI and daemon on the catalog")
     ui.add_argument("--landing", default=os.environ.get("CV_DATAOPS_LANDING", "data/landing"))
     ui.add_argument("--data-root", default=os.environ.get("CV_DATAOPS_DATA_ROOT", "data"))
@@ -189,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_command(args.landing, args.data_root, args.labels, select)
         if args.command == "table":
             return table_command(args.name, args.data_root, args.output)
+        if args.command == "search":
+            return search_command(args.data_root, args.sql, args.output)
         return ui_command(args.landing, args.data_root)
     except CliError as error:
         return _error(str(error), EXIT_USAGE)
@@ -196,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         return _error(str(error))
     except KeyError as error:
         return _error(str(error.args[0]) if error.args else "not found")
+    except BrokenPipeError:  # the reader (e.g. `| head`) has gone: not an error
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except Exception as error:  # PipelineFailed and anything a step raised: one line, the run log has the rest
         return _error(str(error) or type(error).__name__)
     except KeyboardInterrupt:
@@ -206,8 +233,11 @@ def entry_point() -> None:
     """The console script. Exits without interpreter teardown once all output is flushed: Arrow's native thread
     pool can abort the process at teardown (apache/arrow#34314), which would turn a finished run into exit 134."""
     code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BrokenPipeError:
+            pass
     os._exit(code)
 
 
