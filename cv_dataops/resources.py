@@ -90,6 +90,24 @@ class QualityResource(dg.ConfigurableResource):
         return dataclasses.replace(DuplicateSettings(), **{k: v for k, v in radii.items() if v is not None})
 
 
+DEFAULT_EMBEDDER = {"kind": "patch-kmeans"}
+
+
+def embedder_spec_from_environment() -> dict:
+    """CV_DATAOPS_EMBEDDER: a JSON object such as {"kind": "onnx", "path": "model.onnx", "input_size": [224, 224],
+    "mean": [...], "std": [...]}; unset, the built-in patch-kmeans embedder."""
+    return json.loads(os.environ.get("CV_DATAOPS_EMBEDDER") or "null") or dict(DEFAULT_EMBEDDER)
+
+
+class EmbeddingResource(dg.ConfigurableResource):
+    """Which embedder turns images into vectors. The built-in one is fitted once, unsupervised, on the first images
+    of the catalog, and kept under the data root (models/) so every batch uses the same parameters."""
+
+    spec: dict = Field(default_factory=lambda: dict(DEFAULT_EMBEDDER), description="Embedder kind and settings.")
+    fit_images: int = Field(default=3000, description="Images the built-in embedder is fitted on, at most.")
+    batch_size: int = Field(default=256, description="Images embedded at a time.")
+
+
 def build_resources(landing: str | None = None, data_root: str | None = None, labels: str | None = None,
                     **landing_options: object) -> dict[str, dg.ConfigurableResource]:
     """The resources every entry point uses; unset arguments come from the environment, then the defaults."""
@@ -102,6 +120,7 @@ def build_resources(landing: str | None = None, data_root: str | None = None, la
         "landing": LandingResource(uri=landing or os.environ.get("CV_DATAOPS_LANDING", DEFAULT_LANDING),
                                    labels=labels or os.environ.get("CV_DATAOPS_LABELS", "imagefolder"),
                                    s3=s3, **landing_options),
+        "embedding": EmbeddingResource(spec=embedder_spec_from_environment()),
         "quality": QualityResource(thresholds=json.loads(os.environ.get("CV_DATAOPS_QUALITY_THRESHOLDS") or "{}"),
                                    workers=int(os.environ.get("CV_DATAOPS_WORKERS") or min(4, os.cpu_count() or 1))),
     }

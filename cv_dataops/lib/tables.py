@@ -240,8 +240,57 @@ DUPLICATE_PAIRS = TableDefinition(
     ),
 )
 
+EMBEDDINGS = TableDefinition(
+    name="embeddings",
+    description="One row per image: its position in the embedding space that curation, search and drift use.",
+    partitioned_by_batch=True,
+    written_by="image_embeddings",
+    columns=(
+        Column("image_id", pa.string(), "The image.", False),
+        Column("batch_id", pa.string(), "The batch that brought it.", False),
+        Column("vector", pa.list_(pa.float32()), "The embedding, L2-normalised (cosine similarity = dot product).",
+               False),
+        Column("embedder", pa.string(), "Which embedder made it (`patch-kmeans` or `onnx:<model>`).", False),
+        Column("embedder_version", pa.string(), "Version of the embedder's parameters and preprocessing.", False),
+    ),
+)
+
+SCENARIOS = TableDefinition(
+    name="scenarios",
+    description="One row per image: the scenario (cluster in embedding space) it belongs to, and its place on "
+                "the 2-D map of the catalog.",
+    partitioned_by_batch=False,
+    written_by="scenarios",
+    columns=(
+        Column("image_id", pa.string(), "The image.", False),
+        Column("scenario", pa.int32(), "Scenario number (0 is the largest).", False),
+        Column("distance", pa.float32(), "Cosine distance to the scenario's centre (0 = most typical).", False),
+        Column("map_x", pa.float32(), "First coordinate on the 2-D map of the catalog.", False),
+        Column("map_y", pa.float32(), "Second coordinate on the 2-D map of the catalog.", False),
+    ),
+)
+
+CURATED = TableDefinition(
+    name="curated",
+    description="The current curated dataset version: which images, in which split, and why each was selected.",
+    partitioned_by_batch=False,
+    written_by="curated_dataset",
+    columns=(
+        Column("image_id", pa.string(), "The image (its sha256 is the id).", False),
+        Column("uri", pa.string(), "Where its bytes are.", False),
+        Column("label", pa.string(), "Its label where known."),
+        Column("scenario", pa.int32(), "Its scenario where known."),
+        Column("split", pa.string(), "`train`, `val` or `test`; no duplicate group or near-neighbour cluster is "
+                                     "spread across splits.", False),
+        Column("snapshot_id", pa.string(), "The content-addressed snapshot this version is (same inputs, same id).",
+               False),
+        Column("selection_reason", pa.string(), "Why the image was selected.", False),
+    ),
+)
+
 TABLES: dict[str, TableDefinition] = {table.name: table for table in
-                                      (IMAGES, QUARANTINE, OBJECTS, QUALITY, DUPLICATES, DUPLICATE_PAIRS)}
+                                      (IMAGES, QUARANTINE, OBJECTS, QUALITY, DUPLICATES, DUPLICATE_PAIRS,
+                                       EMBEDDINGS, SCENARIOS, CURATED)}
 
 
 def table_definition(name: str) -> TableDefinition:

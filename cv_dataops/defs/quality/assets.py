@@ -16,7 +16,11 @@ from cv_dataops.lib.quality import ISSUE_TYPES, flag_issues, measure_stream, odd
 from cv_dataops.lib.storage import read_uri
 from cv_dataops.lib.tables import DUPLICATE_PAIRS, DUPLICATES, IMAGES, QUALITY
 from cv_dataops.lib.thumbnails import markdown_grid, thumbnail_data_uri
-from cv_dataops.resources import CatalogResource, QualityResource
+from cv_dataops.resources import CatalogResource, QualityResource, build_resources
+
+# Per-batch assets: materialize new batches, and re-materialize every batch when the code version changes.
+STALE_OR_NEW = (dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing())
+                | dg.AutomationCondition.code_version_changed())
 
 # Bump when the metrics change: Dagster then shows every batch's quality as stale.
 QUALITY_VERSION = "1"
@@ -58,7 +62,10 @@ def _worst_images_grid(frame: pd.DataFrame, uris: dict[str, str], per_issue: int
     group_name="quality",
     tags=PER_BATCH_TAG,
     kinds={"python", "parquet"},
-    code_version=QUALITY_VERSION,
+    # the metrics' version and the thresholds in force: changing either shows every batch stale, and the
+    # automation condition then requests the backfill of the stale batches
+    code_version=quality_version(build_resources()["quality"].quality_thresholds()),
+    automation_condition=STALE_OR_NEW,
     metadata=table_metadata(QUALITY),
 )
 def image_quality(context: dg.AssetExecutionContext, catalog: CatalogResource,

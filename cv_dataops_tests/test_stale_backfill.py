@@ -1,0 +1,45 @@
+"""Changing the quality thresholds changes image_quality's code version: Declarative Automation then requests
+every stored batch again, with nobody clicking through partitions."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import dagster as dg
+from dagster._serdes import serialize_value
+
+from cv_dataops.definitions import load_definitions
+from cv_dataops.runner import open_instance, pipeline_environment, run_pipeline
+from cv_dataops_tests.conftest import REPOSITORY, encode, photo, write_files
+
+EVALUATE = """
+import json, sys
+import dagster as dg
+from dagster._serdes import deserialize_value
+from cv_dataops.definitions import load_definitions
+instance = dg.DagsterInstance.get()
+cursor = deserialize_value(sys.stdin.read())
+result = dg.evaluate_automation_conditions(defs=load_definitions(), instance=instance, cursor=cursor)
+print(json.dumps(sorted(result.get_requested_partitions(dg.AssetKey("image_quality")))))
+"""
+
+
+def test_new_thresholds_request_a_backfill_of_every_batch(tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    landing, root = str(tmp_path / "landing"), str(tmp_path / "data")
+    instance = open_instance(root)
+    for batch in range(2):
+        write_files(tmp_path / "landing", {f"b{batch}/{i}.jpg": encode(photo(10 * batch + i), "JPEG") for i in range(3)})
+        run_pipeline(instance, landing=landing, data_root=root)
+    batches = instance.get_dynamic_partitions("batches")
+    with pipeline_environment(landing, root, "imagefolder"):
+        first = dg.evaluate_automation_conditions(defs=load_definitions(), instance=instance)
+        assert first.get_requested_partitions(dg.AssetKey("image_quality")) == set()  # everything is up to date
+        # a code server restarted with new thresholds: a new process, as in a deployment
+        environment = {**os.environ, "CV_DATAOPS_QUALITY_THRESHOLDS": json.dumps({"dark": 0.5})}
+        result = subprocess.run([sys.executable, "-c", EVALUATE], input=serialize_value(first.cursor), text=True,
+                                capture_output=True, cwd=REPOSITORY, env=environment, check=True)
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == sorted(batches)
