@@ -12,6 +12,13 @@ PER_BATCH_TAG = {"cv_dataops/scope": "batch"}
 per_batch_assets = dg.AssetSelection.tag("cv_dataops/scope", "batch")
 
 
+# Assets spanning all batches: refresh when anything upstream changed (not waiting for every batch to exist).
+SPANNING = dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing())
+# Per-batch assets: materialize new batches, and re-materialize every batch whose code version changed (a new
+# algorithm version or new thresholds): the automation sensor turns that into a backfill of the stale batches.
+STALE_OR_NEW = SPANNING | dg.AutomationCondition.code_version_changed()
+
+
 def column_schema(table: TableDefinition) -> dg.TableSchema:
     """A catalog table's schema as Dagster shows it (the `dagster/column_schema` metadata)."""
     return dg.TableSchema(columns=[

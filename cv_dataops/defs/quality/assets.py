@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow as pa
 
 from cv_dataops.defs.ingestion.assets import raw_images
-from cv_dataops.defs.shared import PER_BATCH_TAG, batch_partitions, table_metadata
+from cv_dataops.defs.shared import PER_BATCH_TAG, SPANNING, STALE_OR_NEW, batch_partitions, table_metadata
 from cv_dataops.lib import quality as quality_lib
 from cv_dataops.lib.duplicates import DuplicatePair, find_pairs, group_duplicates
 from cv_dataops.lib.quality import ISSUE_TYPES, flag_issues, measure_stream, odd_size_scores
@@ -18,9 +18,6 @@ from cv_dataops.lib.tables import DUPLICATE_PAIRS, DUPLICATES, IMAGES, QUALITY
 from cv_dataops.lib.thumbnails import markdown_grid, thumbnail_data_uri
 from cv_dataops.resources import CatalogResource, QualityResource, build_resources
 
-# Per-batch assets: materialize new batches, and re-materialize every batch when the code version changes.
-STALE_OR_NEW = (dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing())
-                | dg.AutomationCondition.code_version_changed())
 
 # Bump when the metrics change: Dagster then shows every batch's quality as stale.
 QUALITY_VERSION = "1"
@@ -130,7 +127,7 @@ def _duplicate_groups_grid(groups: pd.DataFrame, uris: dict[str, str], limit: in
     kinds={"python", "parquet"},
     code_version="1",
     metadata=table_metadata(DUPLICATES, DUPLICATE_PAIRS),
-    automation_condition=dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing()),
+    automation_condition=SPANNING,
 )
 def image_duplicates(context: dg.AssetExecutionContext, catalog: CatalogResource,
                      quality: QualityResource) -> dg.MaterializeResult:
