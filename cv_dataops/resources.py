@@ -90,6 +90,27 @@ class QualityResource(dg.ConfigurableResource):
         return dataclasses.replace(DuplicateSettings(), **{k: v for k, v in radii.items() if v is not None})
 
 
+class CurationResource(dg.ConfigurableResource):
+    """How the curated dataset is chosen, split, checked and exported."""
+
+    budget: float | None = Field(default=None, description="At most this many images (>= 1) or this fraction "
+                                                            "(< 1) of the eligible ones; unset: all eligible.")
+    split_fractions: list[float] = Field(default_factory=lambda: [0.8, 0.1, 0.1], description="train, val, test.")
+    neighbour_radius: float = Field(default=0.05, description="Cosine distance under which images never split.")
+    seed: int = 0
+    min_per_class_and_split: int = Field(default=1, description="ERROR below this many per label and split.")
+    max_class_ratio: float = Field(default=3.0, description="WARN when the largest class exceeds the smallest "
+                                                            "by more than this ratio.")
+    export_imagefolder: bool = Field(default=True, description="Also copy the images into an ImageFolder tree.")
+
+    def settings(self):
+        from cv_dataops.lib.curation import CurationSettings
+
+        budget = None if self.budget is None else (int(self.budget) if self.budget >= 1 else float(self.budget))
+        return CurationSettings(budget=budget, split_fractions=tuple(self.split_fractions),
+                                neighbour_radius=self.neighbour_radius, seed=self.seed)
+
+
 DEFAULT_EMBEDDER = {"kind": "patch-kmeans"}
 
 
@@ -121,6 +142,7 @@ def build_resources(landing: str | None = None, data_root: str | None = None, la
                                    labels=labels or os.environ.get("CV_DATAOPS_LABELS", "imagefolder"),
                                    s3=s3, **landing_options),
         "embedding": EmbeddingResource(spec=embedder_spec_from_environment()),
+        "curation": CurationResource(**json.loads(os.environ.get("CV_DATAOPS_CURATION") or "{}")),
         "quality": QualityResource(thresholds=json.loads(os.environ.get("CV_DATAOPS_QUALITY_THRESHOLDS") or "{}"),
                                    workers=int(os.environ.get("CV_DATAOPS_WORKERS") or min(4, os.cpu_count() or 1))),
     }

@@ -1,0 +1,64 @@
+"""Checks on the curated dataset: no leakage across splits and no unusable image (both blocking), enough images
+per class and split (ERROR), class balance (WARN)."""
+
+import dagster as dg
+import numpy as np
+
+from cv_dataops.defs.curation.assets import curated_dataset
+from cv_dataops.defs.embeddings.assets import catalog_vectors
+from cv_dataops.lib import curation as curation_lib
+from cv_dataops.lib.tables import CURATED, DUPLICATES, QUALITY
+from cv_dataops.resources import CatalogResource, CurationResource
+
+
+@dg.asset_check(asset=curated_dataset, blocking=True)
+def curated_no_leakage(catalog: CatalogResource, curation: CurationResource) -> dg.AssetCheckResult:
+    """No duplicate group and no pair of near neighbours is spread across train, val and test."""
+    tables = catalog.catalog()
+    curated = tables.read(CURATED, columns=["image_id", "split"]).to_pandas()
+    ids, vectors = catalog_vectors(tables)
+    positions = dict(zip(ids.image_id, range(len(ids)), strict=True))
+    groups = tables.read(DUPLICATES, columns=["image_id", "group_id"]).to_pandas().set_index("image_id").group_id
+    found = curation_lib.leakage(curated.split, vectors[[positions[i] for i in curated.image_id]]
+                                 if len(curated) else np.zeros((0, 1), np.float32),
+                                 curated.image_id.map(groups), curation.neighbour_radius)
+    passed = found["duplicate_groups_across_splits"] == 0 and found["near_pairs_across_splits"] == 0
+    return dg.AssetCheckResult(passed=passed, metadata={k: dg.MetadataValue.json(v) if isinstance(v, list) else v
+                                                        for k, v in found.items()})
+
+
+@dg.asset_check(asset=curated_dataset, blocking=True)
+def curated_no_unusable_image(catalog: CatalogResource) -> dg.AssetCheckResult:
+    """No image with a blocking quality issue was selected."""
+    tables = catalog.catalog()
+    curated = set(tables.read(CURATED, columns=["image_id"]).column("image_id").to_pylist())
+    quality = tables.read(QUALITY, columns=["image_id", "is_unusable"]).to_pandas()
+    bad = sorted(set(quality.image_id[quality.is_unusable]) & curated)
+    return dg.AssetCheckResult(passed=not bad, metadata={"unusable_selected": len(bad),
+                                                         "examples": dg.MetadataValue.json(bad[:10])})
+
+
+def _label_split_counts(catalog: CatalogResource):
+    curated = catalog.catalog().read(CURATED, columns=["label", "split"]).to_pandas().dropna(subset=["label"])
+    return curated.groupby(["label", "split"]).size().unstack(fill_value=0)
+
+
+@dg.asset_check(asset=curated_dataset)
+def curated_min_per_class_and_split(catalog: CatalogResource, curation: CurationResource) -> dg.AssetCheckResult:
+    """ERROR when a known label has fewer than `min_per_class_and_split` images in a split that is not empty."""
+    counts = _label_split_counts(catalog)
+    short = {f"{label}/{split}": int(n) for label, row in counts.iterrows() for split, n in row.items()
+             if n < curation.min_per_class_and_split}
+    return dg.AssetCheckResult(passed=not short, metadata={
+        "minimum": curation.min_per_class_and_split, "too_few": dg.MetadataValue.json(short),
+        "counts": dg.MetadataValue.md(counts.to_markdown() if len(counts) else "no labels")})
+
+
+@dg.asset_check(asset=curated_dataset)
+def curated_class_balance(catalog: CatalogResource, curation: CurationResource) -> dg.AssetCheckResult:
+    """WARN when the largest class has more than `max_class_ratio` times the images of the smallest."""
+    per_class = _label_split_counts(catalog).sum(axis=1)
+    ratio = float(per_class.max() / max(per_class.min(), 1)) if len(per_class) else 1.0
+    return dg.AssetCheckResult(passed=ratio <= curation.max_class_ratio, severity=dg.AssetCheckSeverity.WARN,
+                               metadata={"ratio": ratio, "limit": curation.max_class_ratio,
+                                         "per_class": dg.MetadataValue.json(per_class.to_dict())})

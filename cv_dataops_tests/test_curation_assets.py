@@ -1,0 +1,88 @@
+"""Embeddings, scenarios and the curated dataset through the whole pipeline, on generated scenes with known labels."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import pyarrow.parquet as pq
+import pytest
+
+from cv_dataops.lib import demo_data
+from cv_dataops.runner import open_instance, run_pipeline
+
+
+@pytest.fixture(scope="module")
+def curated_catalog(tmp_path_factory):
+    """80 generated scenes with a near duplicate of one of them, run through every stage by `cv-dataops run`."""
+    root = tmp_path_factory.mktemp("curation")
+    landing = root / "landing"
+    demo_data.generate_demo(landing, count=80, seed=3, include_bad=True)
+    from PIL import Image
+
+    source = sorted(landing.glob("circle/scene_*.jpg"))[0]
+    Image.open(source).resize((160, 120)).save(landing / "circle" / "near_copy.jpg", quality=70)
+    import os
+
+    os.environ["DAGSTER_HOME"] = str(root / "home")
+    instance = open_instance(str(root / "data"))
+    summary = run_pipeline(instance, landing=str(landing), data_root=str(root / "data"))
+    return root, instance, summary
+
+
+def test_every_stage_ran_and_checks_passed(curated_catalog):
+    root, instance, summary = curated_catalog
+    assert {"image_duplicates", "scenarios", "curated_dataset"} <= set(summary.downstream_assets)
+    evaluations = {}
+    for key in ("curated_no_leakage", "curated_no_unusable_image", "curated_min_per_class_and_split"):
+        record = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            [dg.AssetCheckKey(dg.AssetKey("curated_dataset"), key)])
+        evaluations[key] = list(record.values())[0].status.value
+    assert set(evaluations.values()) == {"SUCCEEDED"}, evaluations
+
+
+def test_curated_table_splits_and_snapshot(curated_catalog):
+    root = curated_catalog[0]
+    data = root / "data"
+    curated = pq.read_table(data / "catalog" / "curated").to_pandas()
+    quality = pq.read_table(data / "catalog" / "quality").to_pandas().set_index("image_id")
+    duplicates = pq.read_table(data / "catalog" / "duplicates").to_pandas()
+    assert set(curated.split) == {"train", "val", "test"}
+    assert not quality.loc[curated.image_id].is_unusable.any()
+    for _, members in duplicates.groupby("group_id"):  # at most one member of a group, and never across splits
+        assert curated.image_id.isin(members.image_id).sum() <= 1
+    assert curated.selection_reason.str.len().min() > 0
+    (snapshot_id,) = set(curated.snapshot_id)
+    folder = data / "snapshots" / snapshot_id
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest and {"image_id", "uri", "sha256", "label", "split"} <= set(manifest[0] if isinstance(manifest, list)
+                                                                                else manifest["images"][0])
+    coco = json.loads((folder / "coco.json").read_text())
+    assert len(coco["images"]) == len(curated) and {c["name"] for c in coco["categories"]} == set(curated.label)
+    assert len(json.loads((folder / "label_studio.json").read_text())) == len(curated)
+    assert len(list((folder / "imagefolder").rglob("*.jpg"))) == len(curated)
+    assert (folder / "export.csv").read_text().count("\n") == len(curated) + 1
+
+
+def test_same_inputs_same_snapshot(curated_catalog):
+    root, instance, _ = curated_catalog
+    from cv_dataops.definitions import load_definitions
+    from cv_dataops.runner import pipeline_environment
+
+    before = set(pq.read_table(root / "data" / "catalog" / "curated").column("snapshot_id").to_pylist())
+    with pipeline_environment(str(root / "landing"), str(root / "data"), "imagefolder"):
+        job = load_definitions().resolve_implicit_global_asset_job_def()
+        assert job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("curated_dataset")]).success
+    after = set(pq.read_table(root / "data" / "catalog" / "curated").column("snapshot_id").to_pylist())
+    assert before == after
+
+
+def test_scenarios_and_embeddings(curated_catalog):
+    data = curated_catalog[0] / "data"
+    embeddings = pq.read_table(data / "catalog" / "embeddings").to_pandas()
+    images = pq.read_table(data / "catalog" / "images").to_pandas()
+    assert set(embeddings.image_id) == set(images.image_id)
+    assert len(set(embeddings.embedder_version)) == 1
+    scenarios = pq.read_table(data / "catalog" / "scenarios").to_pandas()
+    assert set(scenarios.image_id) == set(images.image_id) and scenarios.scenario.nunique() >= 2
+    assert (data / "models" / "patch-kmeans.npz").exists()
