@@ -14,7 +14,7 @@ from sklearn.datasets import make_blobs
 
 from cv_dataops.lib.curation import (CurationSettings, allocate, eligible, export_coco, export_csv,
                                      export_imagefolder, export_label_studio, k_center_greedy, label_studio_config,
-                                     leak_free_split, leakage, near_pairs, select, snapshot_manifest)
+                                     leak_free_split, leakage, near_pairs, proportional, select, snapshot_manifest)
 
 
 def _unit(x):
@@ -139,11 +139,32 @@ def test_select_honours_the_budget_and_balances_labels():
     assert chosen.label.value_counts().to_dict() == {"cat": 12, "dog": 12, "fox": 12, "owl": 4}
     reasons = chosen.set_index("label").selection_reason
     assert reasons["owl"].tolist() == ["all 4 eligible in label=owl (within its share of the budget)"] * 4
-    assert sorted(reasons["cat"]) == sorted(f"k-center pick {i} of 12 in label=cat (300 eligible)"
-                                            for i in range(1, 13))
+    assert sorted(int(r.split()[1]) for r in reasons["cat"]) == list(range(1, 13))
+    assert all(r.startswith("pick ") and " of 12 in label=cat (300 eligible): " in r for r in reasons["cat"])
     everything = select(pool, vectors, CurationSettings())
     assert len(everything) == len(pool) and set(everything.selection_reason) == {"all eligible (no budget)"}
     assert select(pool, vectors, CurationSettings(budget=0)).empty
+
+
+def test_proportional_shares_follow_sizes():
+    assert proportional(np.array([60, 30, 10]), 10).tolist() == [6, 3, 1]
+    assert proportional(np.array([5, 3, 1]), 4).tolist() == [2, 1, 1]  # remainders .22, .33, .44
+    assert proportional(np.array([1, 1, 98]), 50).tolist()[2] == 49
+    assert proportional(np.array([2, 2]), 10).tolist() == [2, 2]
+    assert proportional(np.array([], dtype=int), 3).tolist() == []
+
+
+def test_select_follows_the_density_within_a_stratum_and_starts_with_typical_images():
+    rng = np.random.default_rng(0)
+    centres = _unit(rng.normal(size=(2, 32))) * 8
+    vectors, blob = make_blobs(n_samples=[300, 100], centers=centres, cluster_std=1.0, random_state=0)
+    vectors = _unit(vectors)
+    pool = pd.DataFrame({"image_id": [str(i) for i in range(400)], "uri": "/p", "label": "a"})
+    chosen = select(pool, vectors, CurationSettings(budget=40))
+    assert np.bincount(blob[chosen.index.to_numpy()]).tolist() == [30, 10]  # not 20/20 as coverage alone would
+    first = chosen[chosen.selection_reason.str.startswith("pick 1 of 40")].selection_reason.iloc[0]
+    assert first.endswith("the most typical image of its cell")
+    assert chosen.selection_reason.str.contains("k-center").any()  # larger cells get more than one pick
 
 
 def test_select_uses_scenarios_for_unlabelled_images_and_is_deterministic():

@@ -5,9 +5,9 @@ The steps, each a plain function of data frames and numpy arrays (no Dagster her
 1. :func:`eligible` drops images that must never be used: unusable ones (``is_unusable``) and every member of a
    duplicate group but the one to keep.
 2. :func:`select` spends a budget: it spreads the budget over strata (the label where known, else the scenario)
-   as evenly as their sizes allow, then picks within each stratum by farthest-point (k-center greedy) selection,
-   started from the stratum's most typical image and, at small budgets, kept off its most isolated images (the
-   outliers farthest-point selection would otherwise spend its first picks on).
+   as evenly as their sizes allow; within a stratum it cuts the embeddings into k-means cells, gives each cell a
+   share in proportion to its size, and picks in each cell its most typical image, then farthest-point (k-center
+   greedy) picks, passing over the cell's most isolated images at small budgets.
 3. :func:`leak_free_split` assigns ``train``/``val``/``test`` by whole clusters (duplicate groups and connected
    near-neighbour clusters in embedding space), stratified by label; :func:`leakage` counts what crosses splits.
 4. :func:`snapshot_manifest` gives the canonical manifest and its content-addressed ``snapshot_id``.
@@ -38,6 +38,8 @@ import pandas as pd
 from cv_dataops.lib.export import neutralize_formula
 
 SPLITS = ("train", "val", "test")
+# At most this many k-means cells per stratum: bounds selection's cost on large strata (more picks per cell).
+MAX_CELLS = 1024
 MANIFEST_VERSION = 1
 UNLABELLED = "unlabelled"
 
@@ -51,11 +53,12 @@ class CurationSettings:
     ``split_fractions``: the targets for train, val and test (normalised to sum to 1; a zero leaves a split empty).
     ``neighbour_radius``: cosine distance under which two images are near neighbours; connected near neighbours
     form a cluster that is never spread across splits.
-    ``outlier_fraction``: in a stratum of ``n`` images with a quota of ``q``, selection passes over its
+    ``cell_size``: within a stratum of ``n`` images with a quota of ``q``, selection cuts the stratum into
+    ``min(q, n // cell_size, MAX_CELLS)`` k-means cells (so about ``cell_size`` images or more per cell) and gives
+    each cell a share of ``q`` in proportion to its size.
+    ``outlier_fraction``: in a cell of ``n`` images with a share of ``q``, the picks pass over its
     ``outlier_fraction * (n - 2q)`` most isolated images (largest distance to their ``outlier_neighbours``-th
-    nearest neighbour in the stratum), none once ``q`` reaches half the stratum. At small budgets farthest-point
-    selection would otherwise spend its picks on exactly these images (atypical, often junk); at large budgets
-    they are worth having. ``0`` turns this off.
+    nearest neighbour in the stratum), none once ``q`` reaches half the cell. ``0`` turns this off.
     ``seed``: makes selection tie-breaks and split assignment reproducible.
     """
 
@@ -65,6 +68,7 @@ class CurationSettings:
     seed: int = 0
     outlier_fraction: float = 0.2
     outlier_neighbours: int = 5
+    cell_size: int = 8
 
     def __post_init__(self) -> None:
         budget = self.budget
@@ -83,6 +87,8 @@ class CurationSettings:
             raise ValueError(f"neighbour_radius is a cosine distance in [0, 2), not {self.neighbour_radius}")
         if not 0.0 <= self.outlier_fraction < 1.0:
             raise ValueError(f"outlier_fraction must be in [0, 1), not {self.outlier_fraction}")
+        if self.cell_size < 1:
+            raise ValueError(f"cell_size must be at least 1, not {self.cell_size}")
         if self.outlier_neighbours < 1:
             raise ValueError(f"outlier_neighbours must be at least 1, not {self.outlier_neighbours}")
 
@@ -296,32 +302,98 @@ def isolation(vectors: np.ndarray, neighbours: int, *, reference: int = 4096, se
     return np.where(in_sample, distances[:, m], distances[:, m - 1]).astype(np.float32)
 
 
-def _pick_in_stratum(x: np.ndarray, quota: int, settings: CurationSettings) -> np.ndarray:
-    """``quota`` positions of ``x``'s rows: the most typical first, then farthest-point picks over all but the
-    outliers (see :class:`CurationSettings`)."""
+def proportional(sizes: np.ndarray, quota: int) -> np.ndarray:
+    """``quota`` spread over cells in proportion to their sizes (largest remainder; ties to the lower index), never
+    more than a cell holds."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    quota = min(int(quota), int(sizes.sum()))
+    if quota <= 0 or not len(sizes):
+        return np.zeros(len(sizes), dtype=np.int64)
+    raw = sizes * (quota / sizes.sum())
+    shares = np.minimum(np.floor(raw).astype(np.int64), sizes)
+    for cell in np.lexsort((np.arange(len(sizes)), -(raw - shares))).tolist() * 2:
+        if shares.sum() >= quota:
+            break
+        if shares[cell] < sizes[cell]:
+            shares[cell] += 1
+    return shares
+
+
+def cells(vectors: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
+    """k-means cells of equal-ish mass: each row's cell number (``count`` cells, some possibly empty)."""
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+
+    if count <= 1 or len(vectors) <= 1:
+        return np.zeros(len(vectors), dtype=np.int64)
+    count = min(count, len(vectors))
+    model = (KMeans(count, n_init=1, max_iter=100, random_state=seed) if len(vectors) <= 20_000
+             else MiniBatchKMeans(count, n_init=3, batch_size=4096, random_state=seed))
+    return model.fit_predict(vectors).astype(np.int64)
+
+
+def _pick_in_cell(x: np.ndarray, quota: int, isolated: np.ndarray | None, settings: CurationSettings) -> np.ndarray:
+    """``quota`` positions of ``x``'s rows: the most typical first (nearest the mean), then farthest-point picks
+    over all but the cell's most isolated rows (see :class:`CurationSettings`)."""
     n = len(x)
     if quota >= n:
         return np.arange(n)
     outliers = int(math.floor(settings.outlier_fraction * max(0, n - 2 * quota)))
     typical = np.arange(n)
-    if outliers:
-        order = np.argsort(-isolation(x, settings.outlier_neighbours, seed=settings.seed), kind="stable")
-        typical = np.sort(order[outliers:])
+    if outliers and isolated is not None:
+        typical = np.sort(np.argsort(-isolated, kind="stable")[outliers:])
     core = x[typical]
     centre = core.mean(axis=0)
-    start = int(np.argmin(np.einsum("ij,ij->i", core - centre, core - centre)))  # the most typical row
+    start = int(np.argmin(np.einsum("ij,ij->i", core - centre, core - centre)))
     rest = k_center_greedy(core, min(quota, len(core)) - 1, already_selected=np.array([start]), seed=settings.seed)
     return typical[np.concatenate([[start], rest]).astype(np.int64)]
+
+
+def _pick_in_stratum(x: np.ndarray, quota: int, settings: CurationSettings) -> tuple[np.ndarray, list[str]]:
+    """``quota`` positions of ``x``'s rows in pick order, and for each how it was picked (see :func:`select`)."""
+    n = len(x)
+    if quota >= n:
+        return np.arange(n), ["all"] * n
+    count = min(quota, max(1, n // settings.cell_size), MAX_CELLS)
+    cell = cells(x, count, settings.seed)
+    sizes = np.bincount(cell, minlength=count)
+    shares = proportional(sizes, quota)
+    needs_isolation = any(settings.outlier_fraction * (size - 2 * share) >= 1
+                          for size, share in zip(sizes.tolist(), shares.tolist(), strict=True) if share)
+    isolated = isolation(x, settings.outlier_neighbours, seed=settings.seed) if needs_isolation else None
+    rounds: list[list[int]] = []
+    for c in np.flatnonzero(shares).tolist():
+        rows = np.flatnonzero(cell == c)
+        picks = rows[_pick_in_cell(x[rows], int(shares[c]), None if isolated is None else isolated[rows],
+                                   settings)]
+        for rank, pick in enumerate(picks.tolist()):
+            if rank == len(rounds):
+                rounds.append([])
+            rounds[rank].append(pick)
+    # pick order: every cell's typical image, then every cell's first farthest-point pick, and so on
+    order = [pick for picks in rounds for pick in picks]
+    kinds = ["typical" if rank == 0 else "k-center" for rank, picks in enumerate(rounds) for _ in picks]
+    return np.array(order, dtype=np.int64), kinds
 
 
 def select(eligible: pd.DataFrame, vectors: np.ndarray, settings: CurationSettings) -> pd.DataFrame:
     """The selected rows of ``eligible`` (index labels and row order kept) with a ``selection_reason`` column.
 
-    With no budget (or one at least the pool), everything is selected. Otherwise the budget is spread over strata
-    (:func:`allocate`; a stratum is the label where known, else the scenario, else one ``unlabelled`` stratum) and
-    spent in each by :func:`k_center_greedy` on the stratum's vectors, started at its most typical image (nearest
-    the stratum's mean) and, while its quota is under half the stratum, kept off its most isolated images (see
-    :class:`CurationSettings`). ``vectors[i]`` is the embedding of ``eligible``'s *i*-th row.
+    With no budget (or one at least the pool), everything is selected. Otherwise:
+
+    1. the budget is spread over strata as evenly as their sizes allow (:func:`allocate`); a stratum is the label
+       where known, else the scenario, else one ``unlabelled`` stratum;
+    2. each stratum is cut into k-means cells (:func:`cells`, see ``CurationSettings.cell_size``) and its quota
+       spread over the cells in proportion to their sizes (:func:`proportional`): the picks follow where the
+       images are, so a cell of a few outliers gets few or no picks;
+    3. in each cell the first pick is its most typical image (nearest the cell's mean), the rest are farthest-point
+       picks (:func:`k_center_greedy`) that keep off the cell's most isolated images while the share is under half
+       the cell.
+
+    Why not farthest-point selection over the whole stratum: it spends its picks on the sparse edges of the
+    embedding. Where the embedding separates classes cleanly that helps a little, but with a weak embedding the
+    edges are noise and a classifier trained on them does worse than on a random subset
+    (``bench/curation_benchmark.py``; docs/benchmarks.md). The result depends on ``settings.seed`` through
+    k-means. ``vectors[i]`` is the embedding of ``eligible``'s *i*-th row.
     """
     n = len(eligible)
     x = _as_matrix(vectors, n, "select")
@@ -344,9 +416,11 @@ def select(eligible: pd.DataFrame, vectors: np.ndarray, settings: CurationSettin
             for row in rows:
                 reasons[int(row)] = f"all {len(rows)} eligible in {key} (within its share of the budget)"
             continue
-        picks = _pick_in_stratum(x[rows], quota, settings)
-        for rank, pick in enumerate(picks, start=1):
-            reasons[int(rows[pick])] = f"k-center pick {rank} of {quota} in {key} ({len(rows)} eligible)"
+        picks, kinds = _pick_in_stratum(x[rows], quota, settings)
+        for rank, (pick, kind) in enumerate(zip(picks.tolist(), kinds, strict=True), start=1):
+            how = ("the most typical image of its cell" if kind == "typical"
+                   else "k-center (farthest-point) pick within its cell")
+            reasons[int(rows[pick])] = f"pick {rank} of {quota} in {key} ({len(rows)} eligible): {how}"
     chosen = np.array(sorted(reasons), dtype=np.int64)
     out = out.iloc[chosen].copy()
     out["selection_reason"] = pd.Series([reasons[int(i)] for i in chosen], index=out.index, dtype=object)
