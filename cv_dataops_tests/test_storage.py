@@ -49,6 +49,19 @@ def test_writes_leave_no_temporary_objects(storage):
     assert [info.key for info in storage.list()] == ["t.bin"]
 
 
+def test_create_only_if_absent_lets_one_writer_win(storage):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        created = list(pool.map(lambda n: storage.create_bytes("models/m.bin", f"model {n}".encode()), range(8)))
+    assert created.count(True) == 1  # exactly one writer created it; the others were told it existed
+    winner = created.index(True)
+    assert storage.read_bytes("models/m.bin") == f"model {winner}".encode()
+    assert storage.create_bytes("models/m.bin", b"late") is False
+    assert storage.read_bytes("models/m.bin") == f"model {winner}".encode()
+    assert [o.key for o in storage.list()] == ["models/m.bin"]  # no temporary object left behind
+
+
 def test_keys_that_escape_the_root_are_refused(storage):
     for key in ("../outside", "a/../../b", "/etc/passwd"):
         with pytest.raises(UnsafeKeyError):

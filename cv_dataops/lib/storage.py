@@ -83,6 +83,11 @@ class Storage(ABC):
         """Atomically create or replace ``key``: readers see the old object or the new one, never a part."""
 
     @abstractmethod
+    def create_bytes(self, key: str, data: bytes) -> bool:
+        """Atomically create ``key`` only if it does not exist yet: True if this call created it, False if it was
+        already there (left as it was). Lets concurrent runs agree on one object, e.g. one fitted model."""
+
+    @abstractmethod
     def exists(self, key: str) -> bool: ...
 
     @abstractmethod
@@ -194,6 +199,23 @@ class LocalStorage(Storage):
                 os.unlink(temporary)
             raise
 
+    def create_bytes(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(prefix=".cv-dataops-tmp-", dir=path.parent)
+        try:
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.link(temporary, path)  # atomic, and fails if the name exists
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+
     def exists(self, key: str) -> bool:
         return self._path(key).exists()
 
@@ -287,6 +309,17 @@ class S3Storage(Storage):
                        CopySource={"Bucket": self.bucket, "Key": temporary_key})
         finally:
             self._call("delete_object", self.client.delete_object, Bucket=self.bucket, Key=temporary_key)
+
+    def create_bytes(self, key: str, data: bytes) -> bool:
+        # S3 conditional write: one PUT is atomic, and If-None-Match makes the second writer fail.
+        try:
+            self._call("put_object", self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data,
+                       IfNoneMatch="*")
+            return True
+        except StorageError as error:
+            if "PreconditionFailed" in str(error) or "ConditionalRequestConflict" in str(error):
+                return False
+            raise
 
     def exists(self, key: str) -> bool:
         try:
