@@ -325,3 +325,29 @@ def test_linear_probe_on_cifar_is_well_above_chance():
     embedder = PatchKMeansEmbedder.fit(train, n_centroids=100, n_patches=40_000, dimension=128, seed=0)
     accuracy = linear_probe_accuracy(embedder.embed(train), train_y, embedder.embed(test), test_y, C=0.03)
     assert accuracy > 0.3, accuracy  # chance: 0.1
+
+
+def test_the_stored_model_follows_the_configured_options(photos, tmp_path):
+    from cv_dataops.lib.embedder_store import PATCH_KMEANS_KEY, load_or_fit_embedder, model_key, stored_patch_kmeans
+    from cv_dataops.lib.storage import LocalStorage
+
+    storage = LocalStorage(tmp_path)
+    small = {"kind": "patch-kmeans", "n_centroids": 8, "n_patches": 2000, "dimension": 8, "kmeans_iterations": 2}
+    larger = {**small, "dimension": 12}
+    fits = []
+
+    def sample():
+        fits.append(1)
+        return photos
+
+    first = load_or_fit_embedder(small, storage, sample)
+    assert load_or_fit_embedder(small, storage, sample).version == first.version and len(fits) == 1  # stored
+    second = load_or_fit_embedder(larger, storage, sample)  # new options: a new model, not the stored one
+    assert len(fits) == 2 and second.dimension == 12 and second.version != first.version
+    assert model_key({"kind": "patch-kmeans"}) == PATCH_KMEANS_KEY
+    assert model_key(small) != model_key(larger) and storage.exists(model_key(small)) and storage.exists(model_key(larger))
+    # a search finds the model that made the catalog's vectors, whatever the options configured now
+    assert stored_patch_kmeans(storage, {"kind": "patch-kmeans"}, [first.version]).version == first.version
+    assert stored_patch_kmeans(storage, larger).version == second.version
+    with pytest.raises(FileNotFoundError):
+        stored_patch_kmeans(LocalStorage(tmp_path / "empty"), small)

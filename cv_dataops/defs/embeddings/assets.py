@@ -50,14 +50,17 @@ def _decoded(data: bytes) -> Image.Image:
 def image_embeddings(context: dg.AssetExecutionContext, catalog: CatalogResource,
                      embedding: EmbeddingResource) -> dg.MaterializeResult:
     """Every image of the batch as an L2-normalised vector. The built-in embedder is fitted once, unsupervised,
-    on the first images of the catalog and stored under the data root; an ONNX model can replace it."""
+    on a sample of the catalog as it is then (at most ``fit_images``) and stored under the data root; an ONNX model
+    can replace it."""
     batch_id = context.partition_key
     tables = catalog.catalog()
     images = tables.read(IMAGES, [batch_id], columns=["image_id", "uri"]).to_pandas()
 
     def fitting_sample() -> list[Image.Image]:
         pool = tables.read(IMAGES, columns=["image_id", "uri"]).to_pandas().sort_values("image_id")
-        return [_decoded(read_uri(uri)) for uri in pool.uri.head(embedding.fit_images)]
+        if len(pool) > embedding.fit_images:  # a uniform sample (seeded: the same catalog gives the same model)
+            pool = pool.sample(n=embedding.fit_images, random_state=0)
+        return [_decoded(read_uri(uri)) for uri in pool.uri]
 
     embedder = load_or_fit_embedder(embedding.spec, catalog.storage(), fitting_sample)
     start = time.perf_counter()
