@@ -77,6 +77,12 @@ class QualityResource(dg.ConfigurableResource):
     workers: int = Field(default=2, description="Processes measuring images.")
     phash_radius: int | None = Field(default=None, description="Near-duplicate Hamming radius on the phash.")
     dhash_radius: int | None = Field(default=None, description="Near-duplicate Hamming radius on the dhash.")
+    embedding_identical_radius: float | None = Field(
+        default=None, description="Cosine distance under which two embeddings alone make a near duplicate.")
+    embedding_near_radius: float | None = Field(
+        default=None, description="Cosine distance under which two images are near duplicates if their hashes "
+                                  "are also within embedding_hash_total.")
+    embedding_hash_total: int | None = Field(default=None, description="phash + dhash limit for embedding pairs.")
 
     def quality_thresholds(self):
         from cv_dataops.lib.quality import QualityThresholds
@@ -88,6 +94,13 @@ class QualityResource(dg.ConfigurableResource):
 
         radii = {"phash_radius": self.phash_radius, "dhash_radius": self.dhash_radius}
         return dataclasses.replace(DuplicateSettings(), **{k: v for k, v in radii.items() if v is not None})
+
+    def embedding_duplicate_settings(self):
+        from cv_dataops.lib.duplicates import EmbeddingDuplicateSettings
+
+        values = {"identical_radius": self.embedding_identical_radius, "near_radius": self.embedding_near_radius,
+                  "hash_total": self.embedding_hash_total}
+        return dataclasses.replace(EmbeddingDuplicateSettings(), **{k: v for k, v in values.items() if v is not None})
 
 
 class CurationResource(dg.ConfigurableResource):

@@ -463,3 +463,45 @@ def test_grouping_100k_pairs_is_cheap():
     ours = groups.groupby("group_id").image_id.apply(frozenset)
     theirs = pd.Series({x: find(x) for x in parent}).groupby(lambda x: find(x)).apply(lambda s: frozenset(s.index))
     assert set(ours) == set(theirs)
+
+
+def _unit_rows(x):
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_embedding_pairs_need_a_tiny_distance_or_both_signals():
+    from cv_dataops.lib.duplicates import EmbeddingDuplicateSettings, find_embedding_pairs
+
+    rng = np.random.default_rng(0)
+    base, *directions = np.linalg.qr(rng.normal(size=(16, 16)))[0].T[:5]  # orthonormal
+
+    def near(distance, direction):  # a unit vector at the given cosine distance from base
+        cos = 1 - distance
+        return cos * base + np.sqrt(1 - cos * cos) * direction
+
+    ids = ["orig", "flip", "crop", "lookalike", "twin", "far"]
+    vectors = _unit_rows([base, near(0.002, directions[0]), near(0.1, directions[1]), near(0.1, directions[2]),
+                          base, directions[3]])
+    hashes = pd.DataFrame({"image_id": ids, "pixel_hash": ["p0", "p1", "p2", "p3", "p0", "p5"],
+                           "phash": [0, ((1 << 31) - 1) << 33, 0b1111, (1 << 20) - 1, 0, 12345],
+                           "dhash": [0, ((1 << 31) - 1) << 33, 0b111, (1 << 20) - 1, 0, 999]})
+    pairs = find_embedding_pairs(ids[1:], vectors[1:], ids, vectors, hashes)
+    found = {(p.a, p.b): p for p in pairs}
+    # the flip: hashes 62 bits apart, embeddings all but identical; the crop: close in both; the lookalike: close
+    # in the embedding only (40 hash bits); the twin has orig's pixels (the exact rule's business), so it pairs
+    # with what orig pairs with
+    assert set(found) == {("flip", "orig"), ("crop", "orig"), ("flip", "twin"), ("crop", "twin")}
+    assert all(p.kind == "near" and p.found_by == "embedding" for p in pairs)
+    assert found[("flip", "orig")].distance == 31 and found[("flip", "orig")].embedding_distance == pytest.approx(0.002, abs=1e-4)
+    assert found[("crop", "orig")].distance == 4
+    # the catalog may omit the new rows; new rows pair among themselves too
+    assert {(p.a, p.b) for p in find_embedding_pairs(["crop"], vectors[2:3], ids[:2], vectors[:2], hashes)} == \
+        {("crop", "orig")}
+    off = EmbeddingDuplicateSettings(identical_radius=0, near_radius=0)
+    assert find_embedding_pairs(ids, vectors, ids, vectors, hashes, off) == []
+    capped = find_embedding_pairs(["orig"], vectors[:1], ids, vectors, hashes,
+                                  EmbeddingDuplicateSettings(max_neighbors=1))
+    assert [(p.a, p.b) for p in capped] == [("flip", "orig")]  # the closest (the twin's pixels are orig's)
+    with pytest.raises(ValueError, match="cosine distance"):
+        EmbeddingDuplicateSettings(near_radius=2.5)

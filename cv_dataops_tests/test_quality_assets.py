@@ -206,3 +206,37 @@ def test_odd_size_is_judged_against_the_catalog_and_thresholds_are_configuration
     after = catalog.read("quality", [first]).to_pandas()
     assert after.is_dark.all() and not before.is_dark.all()
     assert set(after.quality_version) != set(before.quality_version)
+
+
+def test_flips_the_hashes_miss_are_found_by_embedding_distance(tmp_path, monkeypatch):
+    import json
+
+    from PIL import ImageOps
+
+    from cv_dataops.defs.embeddings.assets import image_embeddings
+
+    monkeypatch.setenv("CV_DATAOPS_EMBEDDER", json.dumps(
+        {"kind": "patch-kmeans", "n_centroids": 32, "n_patches": 4000, "dimension": 16, "kmeans_iterations": 3}))
+    per_batch = [*PER_BATCH, image_embeddings]
+    originals = {f"first/{i}.png": real_photo(i) for i in range(5)}
+    instance = dg.DagsterInstance.ephemeral()
+    first = _land_and_plan(tmp_path, {k: encode(v, "PNG") for k, v in originals.items()}, instance)
+    resources = _resources(tmp_path)
+    assert dg.materialize(per_batch, partition_key=first, instance=instance, resources=resources).success
+    second = _land_and_plan(tmp_path, {"second/mirrored.png": encode(ImageOps.mirror(originals["first/1.png"]), "PNG"),
+                                       "second/different.png": encode(photo(77, (320, 240)), "PNG")}, instance)
+    assert dg.materialize(per_batch, partition_key=second, instance=instance, resources=resources).success
+    result = dg.materialize([image_duplicates, quality_checks.duplicates_one_kept_per_group], instance=instance,
+                            resources=resources)
+    assert result.success
+    (materialization,) = result.asset_materializations_for_node("image_duplicates")
+    assert materialization.metadata["pairs_by_embedding"].value == 1
+    catalog = Catalog(LocalStorage(tmp_path / "data"))
+    paths = catalog.read("images").to_pandas().set_index("image_id").relative_path
+    pairs = catalog.read("duplicate_pairs").to_pandas()
+    (pair,) = pairs.itertuples()
+    assert {paths[pair.image_id_a], paths[pair.image_id_b]} == {"first/1.png", "second/mirrored.png"}
+    assert pair.found_by == "embedding" and pair.kind == "near" and pair.embedding_distance < 0.01
+    assert pair.distance > 16  # the mirror image's phash is far: the hashes alone miss it
+    groups = catalog.read("duplicates").to_pandas()
+    assert set(groups.image_id.map(paths)) == {"first/1.png", "second/mirrored.png"}

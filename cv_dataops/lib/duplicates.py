@@ -386,12 +386,15 @@ class HammingIndex:
 
 @dataclass(frozen=True)
 class DuplicatePair:
-    """Two images showing the same picture: ``kind`` is ``exact`` (identical pixels) or ``near``."""
+    """Two images showing the same picture: ``kind`` is ``exact`` (identical pixels) or ``near``; ``found_by`` is
+    ``hash`` (pixel or perceptual hashes) or ``embedding`` (:func:`find_embedding_pairs`)."""
 
     a: str
     b: str
     kind: str
     distance: int  # phash Hamming distance (0 for exact)
+    found_by: str = "hash"
+    embedding_distance: float | None = None  # cosine distance, for pairs found by embedding
 
 
 _HASH_COLUMNS = ("image_id", "pixel_hash", "phash", "dhash")
@@ -674,3 +677,109 @@ def group_duplicates(pairs: Iterable[DuplicatePair] | pd.DataFrame, quality: pd.
                         "nearest_distance": nearest.astype(np.int32)})
     group_rank = pd.factorize(out.group_id, sort=True)[0]
     return out.iloc[np.lexsort((id_rank, group_rank))].reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class EmbeddingDuplicateSettings:
+    """When two images count as near duplicates by their embeddings (cosine distance ``e``, L2-normalised vectors),
+    for the pairs perceptual hashes miss: flips, larger crops, heavier re-compression.
+
+    ``e <= identical_radius``, or ``e <= near_radius and phash_distance + dhash_distance <= hash_total``
+
+    The first rule trusts the embedding alone where it is all but certain: the built-in embedder is invariant to
+    horizontal flips (a mirrored copy sits at distance 0, while its hashes differ in about 60 of 128 bits). The
+    second needs both signals, each too weak alone: a crop moves both the embedding and the hashes a little, two
+    different photos of one kind of scene are close in the embedding but not in the hashes. Measured on the CIFAR-10
+    sample with the built-in embedder (``bench/embedding_duplicates.py``, docs/benchmarks.md): at the defaults every
+    flip and nearly every crop of 6 % per side is found (hashes alone: none and about half), at a handful of pairs
+    among the 4,000 distinct images, most of them real CIFAR-10 near duplicates. With another embedder (an ONNX
+    model), measure again: its distances have another scale. ``identical_radius = 0`` and ``near_radius = 0`` turn
+    embedding pairs off. ``max_neighbors`` caps the pairs one new image adds (closest first).
+    """
+
+    identical_radius: float = 0.01
+    near_radius: float = 0.2
+    hash_total: int = 32
+    max_neighbors: int | None = 100
+
+    def __post_init__(self):
+        for name in ("identical_radius", "near_radius"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 2.0:
+                raise ValueError(f"{name} is a cosine distance in [0, 2), not {value}")
+        if not 0 <= self.hash_total <= 128:
+            raise ValueError(f"hash_total must be in 0..128, not {self.hash_total}")
+        if self.max_neighbors is not None and self.max_neighbors < 1:
+            raise ValueError(f"max_neighbors must be >= 1 or None, not {self.max_neighbors}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.identical_radius > 0 or (self.near_radius > 0 and self.hash_total > 0)
+
+    def is_near(self, embedding_distance, hash_total_distance):
+        """The rule, on scalars or numpy arrays."""
+        return (embedding_distance <= self.identical_radius) | (
+            (embedding_distance <= self.near_radius) & (hash_total_distance <= self.hash_total))
+
+
+# Query rows x catalog rows scored at once by find_embedding_pairs (float32): about 256 MB of scores at most.
+EMBEDDING_BLOCK = 1 << 26
+
+
+def find_embedding_pairs(new_ids: Sequence[str], new_vectors: np.ndarray, catalog_ids: Sequence[str],
+                         catalog_vectors: np.ndarray, hashes: pd.DataFrame,
+                         settings: EmbeddingDuplicateSettings | None = None) -> list[DuplicatePair]:
+    """Near duplicate pairs by embedding distance that involve at least one of the new images.
+
+    ``*_vectors`` are L2-normalised rows (one embedder version: distances between versions mean nothing);
+    ``catalog`` may or may not hold the new rows. ``hashes`` has ``image_id, pixel_hash, phash, dhash`` for every
+    image: pairs with identical pixels are left to the exact rule of :func:`find_pairs`, and ``distance`` is the
+    pair's phash Hamming distance, as for hash pairs. Each unordered pair is reported once as ``a < b``, sorted;
+    ``kind`` is ``near`` and ``found_by`` ``embedding``. Cost: one dense product of the new rows with the
+    catalog's, in blocks of :data:`EMBEDDING_BLOCK` scores (exact, no index: a few seconds per thousand new images
+    against 100,000).
+    """
+    settings = settings or EmbeddingDuplicateSettings()
+    new_vectors = np.asarray(new_vectors, dtype=np.float32)
+    catalog_vectors = np.asarray(catalog_vectors, dtype=np.float32)
+    if not settings.enabled or not len(new_ids) or not len(catalog_ids):
+        return []
+    if new_vectors.shape[1] != catalog_vectors.shape[1]:
+        raise ValueError(f"new vectors have {new_vectors.shape[1]} dimensions, the catalog's {catalog_vectors.shape[1]}")
+    new_ids = [str(i) for i in new_ids]
+    catalog_ids = [str(i) for i in catalog_ids]
+    known = _hash_frame(hashes, "hashes").set_index("image_id")
+    radius = max(settings.identical_radius, settings.near_radius if settings.hash_total > 0 else 0.0)
+    rows = max(1, EMBEDDING_BLOCK // max(1, len(catalog_ids)))
+    found_q: list[np.ndarray] = []
+    found_r: list[np.ndarray] = []
+    found_e: list[np.ndarray] = []
+    for start in range(0, len(new_ids), rows):
+        distance = 1.0 - new_vectors[start:start + rows] @ catalog_vectors.T
+        q, r = np.nonzero(distance <= radius)
+        found_q.append(q + start)
+        found_r.append(r)
+        found_e.append(distance[q, r])
+    q, r, e = np.concatenate(found_q), np.concatenate(found_r), np.concatenate(found_e)
+    query_ids = np.array(new_ids, dtype=object)[q]
+    other_ids = np.array(catalog_ids, dtype=object)[r]
+    keep = (query_ids != other_ids) & pd.Series(query_ids).isin(known.index).to_numpy() \
+        & pd.Series(other_ids).isin(known.index).to_numpy()
+    query_ids, other_ids, e = query_ids[keep], other_ids[keep], e[keep]
+    if not len(e):
+        return []
+    mine, theirs = known.loc[query_ids], known.loc[other_ids]
+    dp = popcount(mine.phash.to_numpy(np.uint64) ^ theirs.phash.to_numpy(np.uint64)).astype(np.int64)
+    dd = popcount(mine.dhash.to_numpy(np.uint64) ^ theirs.dhash.to_numpy(np.uint64)).astype(np.int64)
+    near = settings.is_near(e, dp + dd) & (mine.pixel_hash.to_numpy() != theirs.pixel_hash.to_numpy())
+    found = pd.DataFrame({"q": query_ids[near], "other": other_ids[near], "e": e[near], "dp": dp[near]})
+    found = found.sort_values(["q", "e", "other"], kind="stable")
+    if settings.max_neighbors is not None:
+        found = found[found.groupby("q").cumcount() < settings.max_neighbors]
+    pairs: dict[tuple[str, str], DuplicatePair] = {}
+    for image_id, other, distance, phash_distance in zip(found.q.tolist(), found.other.tolist(), found.e.tolist(),
+                                                         found.dp.tolist()):
+        a, b = (image_id, other) if image_id < other else (other, image_id)
+        pairs.setdefault((a, b), DuplicatePair(a, b, "near", int(phash_distance), "embedding",
+                                               round(max(0.0, float(distance)), 6)))
+    return [pairs[key] for key in sorted(pairs)]
