@@ -1,4 +1,4 @@
-"""The `cv-dataops` command line: demo, run, table, ui.
+"""The `cv-dataops` command line: demo, run, table, search, ui.
 
 Every command drives the same Dagster definitions the daemon does. Bad arguments, a missing folder or an
 unreachable bucket end in one clear line on stderr and a non-zero exit, never a traceback.
@@ -132,6 +132,44 @@ def search_command(data_root: str, sql: str, output: str | None) -> int:
     return _show(run_sql(catalog, sql), output, "query result")
 
 
+def search_like_command(data_root: str, like: str, k: int, output: str | None) -> int:
+    """The ``k`` images nearest to an image file (local or s3://), or to a catalog image given by its id or a
+    unique prefix of it (which is then left out of the answer)."""
+    import warnings
+
+    from cv_dataops.lib.search import MixedEmbedderVersionsWarning, UnknownImageError, embed_image_bytes, similar_images
+    from cv_dataops.lib.storage import read_uri
+    from cv_dataops.resources import build_resources, embedder_spec_from_environment
+
+    catalog = build_resources(data_root=data_root)["catalog"].catalog()
+    catalog.storage.ensure_exists()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", MixedEmbedderVersionsWarning)
+        if like.startswith("s3://") or Path(like).is_file():
+            uri = like if like.startswith("s3://") else os.path.abspath(like)
+            try:
+                vector, version = embed_image_bytes(catalog, read_uri(uri), embedder_spec_from_environment())
+            except ValueError as error:
+                raise CliError(f"{like}: {error}") if str(error).startswith("cannot decode") else error
+            result = similar_images(catalog, vector, k, embedder_version=version)
+        elif Path(like).exists():
+            raise CliError(f"{like} is a folder: give an image file or an image id")
+        else:
+            try:
+                result = similar_images(catalog, like, k)
+            except UnknownImageError as error:
+                raise CliError(f"{error}, and there is no file {like!r}" if "no image" in str(error) else str(error))
+            query_id = result.schema.metadata[b"query_image_id"].decode()
+            if query_id != like:  # a prefix: say which image it named
+                print(f"images like {query_id}", file=sys.stderr)
+    for warning in caught:
+        if issubclass(warning.category, MixedEmbedderVersionsWarning):
+            print(f"cv-dataops: warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+    return _show(result, output, f"images like {like}")
+
+
 def _show(table, output: str | None, what: str) -> int:
     """Print ``table`` in full, or write it to ``output`` (.csv, .parquet, .json)."""
     import pandas as pd
@@ -184,10 +222,16 @@ def _parser() -> argparse.ArgumentParser:
     table.add_argument("--data-root", default=os.environ.get("CV_DATAOPS_DATA_ROOT", "data"))
     table.add_argument("-o", "--output", help="write to FILE.csv, FILE.parquet or FILE.json instead of printing")
 
-    search = commands.add_parser("search", help="query the catalog with SQL (DuckDB; one view per catalog table)")
-    search.add_argument("--sql", required=True,
-                        help="e.g. \"SELECT i.uri FROM images i JOIN quality q USING (image_id) WHERE q.is_dark "
-                             "AND i.camera_model = 'HX-320'\"")
+    search = commands.add_parser("search", help="query the catalog with SQL (DuckDB; one view per catalog table), "
+                                                "or list the images most similar to an image")
+    query = search.add_mutually_exclusive_group(required=True)
+    query.add_argument("--sql",
+                       help="e.g. \"SELECT i.uri FROM images i JOIN quality q USING (image_id) WHERE q.is_dark "
+                            "AND i.camera_model = 'HX-320'\"")
+    query.add_argument("--like", metavar="IMAGE_ID_OR_FILE",
+                       help="an image file (path or s3:// URI), or the id of a catalog image (or a unique prefix of "
+                            "it): list the catalog images nearest to it in embedding space (cosine distance)")
+    search.add_argument("-k", type=int, help="with --like: how many images to list (default: 10)")
     search.add_argument("--data-root", default=os.environ.get("CV_DATAOPS_DATA_ROOT", "data"))
     search.add_argument("-o", "--output", help="write to FILE.csv, FILE.parquet or FILE.json instead of printing")
 
@@ -212,7 +256,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "table":
             return table_command(args.name, args.data_root, args.output)
         if args.command == "search":
-            return search_command(args.data_root, args.sql, args.output)
+            if args.like is None:
+                if args.k is not None:
+                    raise CliError("-k goes with --like")
+                return search_command(args.data_root, args.sql, args.output)
+            if args.k is not None and args.k < 1:
+                raise CliError("-k must be at least 1")
+            return search_like_command(args.data_root, args.like, 10 if args.k is None else args.k, args.output)
         return ui_command(args.landing, args.data_root)
     except CliError as error:
         return _error(str(error), EXIT_USAGE)
