@@ -1,5 +1,6 @@
-"""Changing the quality thresholds changes image_quality's code version: Declarative Automation then requests
-every stored batch again, with nobody clicking through partitions."""
+"""Changing the quality thresholds changes image_quality's code version, and changing the embedder changes
+image_embeddings': Declarative Automation then requests every stored batch of that asset again, with nobody
+clicking through partitions."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from cv_dataops.definitions import load_definitions
 instance = dg.DagsterInstance.get()
 cursor = deserialize_value(sys.stdin.read())
 result = dg.evaluate_automation_conditions(defs=load_definitions(), instance=instance, cursor=cursor)
-print(json.dumps(sorted(result.get_requested_partitions(dg.AssetKey("image_quality")))))
+print(json.dumps({name: sorted(result.get_requested_partitions(dg.AssetKey(name)))
+                  for name in ("image_quality", "image_embeddings")}))
 """
 
 
@@ -38,8 +40,16 @@ def test_new_thresholds_request_a_backfill_of_every_batch(tmp_path, monkeypatch)
     with pipeline_environment(landing, root, "imagefolder"):
         first = dg.evaluate_automation_conditions(defs=load_definitions(), instance=instance)
         assert first.get_requested_partitions(dg.AssetKey("image_quality")) == set()  # everything is up to date
-        # a code server restarted with new thresholds: a new process, as in a deployment
-        environment = {**os.environ, "CV_DATAOPS_QUALITY_THRESHOLDS": json.dumps({"dark": 0.5})}
-        result = subprocess.run([sys.executable, "-c", EVALUATE], input=serialize_value(first.cursor), text=True,
-                                capture_output=True, cwd=REPOSITORY, env=environment, check=True)
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == sorted(batches)
+        assert first.get_requested_partitions(dg.AssetKey("image_embeddings")) == set()
+
+        def requested_after_restart(**changed: str) -> dict[str, list[str]]:
+            # a code server restarted with new settings: a new process, as in a deployment
+            result = subprocess.run([sys.executable, "-c", EVALUATE], input=serialize_value(first.cursor), text=True,
+                                    capture_output=True, cwd=REPOSITORY, env={**os.environ, **changed}, check=True)
+            return json.loads(result.stdout.strip().splitlines()[-1])
+
+        new_thresholds = requested_after_restart(CV_DATAOPS_QUALITY_THRESHOLDS=json.dumps({"dark": 0.5}))
+        new_embedder = requested_after_restart(CV_DATAOPS_EMBEDDER=json.dumps({"kind": "patch-kmeans",
+                                                                               "dimension": 64}))
+    assert new_thresholds == {"image_quality": sorted(batches), "image_embeddings": []}
+    assert new_embedder == {"image_quality": [], "image_embeddings": sorted(batches)}
