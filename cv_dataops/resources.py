@@ -111,6 +111,7 @@ class CurationResource(dg.ConfigurableResource):
     split_fractions: list[float] = Field(default_factory=lambda: [0.8, 0.1, 0.1], description="train, val, test.")
     neighbour_radius: float = Field(default=0.05, description="Cosine distance under which images never split.")
     seed: int = 0
+    method: str = Field(default="herding", description="How to pick within a label or scenario: herding or k-center.")
     min_per_class_and_split: int = Field(default=1, description="ERROR below this many per label and split.")
     max_class_ratio: float = Field(default=3.0, description="WARN when the largest class exceeds the smallest "
                                                             "by more than this ratio.")
@@ -121,7 +122,7 @@ class CurationResource(dg.ConfigurableResource):
 
         budget = None if self.budget is None else (int(self.budget) if self.budget >= 1 else float(self.budget))
         return CurationSettings(budget=budget, split_fractions=tuple(self.split_fractions),
-                                neighbour_radius=self.neighbour_radius, seed=self.seed)
+                                neighbour_radius=self.neighbour_radius, seed=self.seed, method=self.method)
 
 
 DEFAULT_EMBEDDER = {"kind": "patch-kmeans"}

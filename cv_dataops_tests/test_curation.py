@@ -154,17 +154,46 @@ def test_proportional_shares_follow_sizes():
     assert proportional(np.array([], dtype=int), 3).tolist() == []
 
 
-def test_select_follows_the_density_within_a_stratum_and_starts_with_typical_images():
+@pytest.mark.parametrize("method", ["herding", "k-center"])
+def test_select_follows_the_density_within_a_stratum_and_starts_with_typical_images(method):
     rng = np.random.default_rng(0)
     centres = _unit(rng.normal(size=(2, 32))) * 8
     vectors, blob = make_blobs(n_samples=[300, 100], centers=centres, cluster_std=1.0, random_state=0)
     vectors = _unit(vectors)
     pool = pd.DataFrame({"image_id": [str(i) for i in range(400)], "uri": "/p", "label": "a"})
-    chosen = select(pool, vectors, CurationSettings(budget=40))
-    assert np.bincount(blob[chosen.index.to_numpy()]).tolist() == [30, 10]  # not 20/20 as coverage alone would
-    first = chosen[chosen.selection_reason.str.startswith("pick 1 of 40")].selection_reason.iloc[0]
-    assert first.endswith("the most typical image of its cell")
-    assert chosen.selection_reason.str.contains("k-center").any()  # larger cells get more than one pick
+    chosen = select(pool, vectors, CurationSettings(budget=40, method=method))
+    counts = np.bincount(blob[chosen.index.to_numpy()]).tolist()
+    assert 28 <= counts[0] <= 32 and sum(counts) == 40  # about 30/10, not 20/20 as coverage alone would
+    first = chosen[chosen.selection_reason.str.startswith("pick 1 of 40")]
+    assert blob[first.index[0]] == 0  # the first pick comes from where most images are
+    if method == "k-center":
+        assert first.selection_reason.iloc[0].endswith("the most typical image of its cell")
+        assert chosen.selection_reason.str.contains("k-center").any()  # larger cells get more than one pick
+    else:
+        assert chosen.selection_reason.str.contains("kernel herding").all()
+
+
+def test_kernel_herding_matches_the_distribution_better_than_random_subsets():
+    from cv_dataops.lib.curation import kernel_herding, median_bandwidth
+
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(0, 1, (300, 8)), rng.normal(4, 0.5, (60, 8)), rng.normal(-5, 2, (40, 8))])
+    h = median_bandwidth(x)
+
+    def discrepancy(rows):  # squared maximum mean discrepancy between the subset and all rows (Gaussian kernel)
+        def kernel(a, b):
+            return np.exp(-((a[:, None, :] - b[None, :, :]) ** 2).sum(-1) / h)
+        s = x[rows]
+        return kernel(s, s).mean() - 2 * kernel(s, x).mean() + kernel(x, x).mean()
+
+    for k in (10, 40, 120):
+        picks = kernel_herding(x, k)
+        assert len(set(picks.tolist())) == k
+        random_subsets = [discrepancy(rng.choice(len(x), k, replace=False)) for _ in range(20)]
+        assert discrepancy(picks) < min(random_subsets)
+    assert np.array_equal(kernel_herding(x, 40), kernel_herding(x, 40))  # deterministic
+    assert sorted(kernel_herding(x, 500).tolist()) == list(range(len(x)))  # k is capped at n
+    assert kernel_herding(x, 0).size == 0
 
 
 def test_select_uses_scenarios_for_unlabelled_images_and_is_deterministic():
@@ -177,7 +206,22 @@ def test_select_uses_scenarios_for_unlabelled_images_and_is_deterministic():
     assert first.equals(select(pool, vectors, CurationSettings(budget=20, seed=3)))
 
 
-def test_select_spends_a_small_budget_on_typical_images_not_outliers():
+def test_a_large_stratum_is_herded_inside_cells(monkeypatch):
+    from cv_dataops.lib import curation
+
+    monkeypatch.setattr(curation, "HERD_ROWS", 100)  # the cell path, on a pool small enough for a unit test
+    rng = np.random.default_rng(0)
+    centres = _unit(rng.normal(size=(2, 32))) * 8
+    vectors, blob = make_blobs(n_samples=[300, 100], centers=centres, cluster_std=1.0, random_state=0)
+    pool = pd.DataFrame({"image_id": [str(i) for i in range(400)], "uri": "/p", "label": "a"})
+    chosen = select(pool, _unit(vectors), CurationSettings(budget=40))
+    assert len(chosen) == 40 and chosen.index.is_unique
+    assert 27 <= np.bincount(blob[chosen.index.to_numpy()])[0] <= 33
+    assert chosen.equals(select(pool, _unit(vectors), CurationSettings(budget=40)))
+
+
+@pytest.mark.parametrize("method", ["herding", "k-center"])
+def test_select_spends_a_small_budget_on_typical_images_not_outliers(method):
     rng = np.random.default_rng(0)
     centre = _unit(rng.normal(size=(1, 16)))[0]
     typical = _unit(centre + 0.15 * rng.normal(size=(200, 16)))
@@ -185,15 +229,16 @@ def test_select_spends_a_small_budget_on_typical_images_not_outliers():
     vectors = np.concatenate([typical, outliers])
     pool = pd.DataFrame({"image_id": [str(i) for i in range(208)], "uri": "/p", "label": "a"})
     assert (k_center_greedy(vectors, 10) >= 200).sum() >= 7  # plain farthest-point takes the outliers first
-    chosen = select(pool, vectors, CurationSettings(budget=10))
+    chosen = select(pool, vectors, CurationSettings(budget=10, method=method))
     assert len(chosen) == 10 and (chosen.index < 200).all()
-    # a budget of at least half the stratum passes over nothing: outliers are then worth having
-    assert (select(pool, vectors, CurationSettings(budget=150)).index >= 200).sum() == 8
+    # at a large budget the outliers are worth having: k-center takes them all, herding about its share
+    outliers_at_150 = (select(pool, vectors, CurationSettings(budget=150, method=method)).index >= 200).sum()
+    assert outliers_at_150 == 8 if method == "k-center" else outliers_at_150 >= 5
 
 
 def test_settings_are_validated():
     for bad in ({"budget": 1.5}, {"budget": -1}, {"budget": True}, {"split_fractions": (0.5, 0.5)},
-                {"split_fractions": (1.0, -0.1, 0.1)}, {"neighbour_radius": -0.1}):
+                {"split_fractions": (1.0, -0.1, 0.1)}, {"neighbour_radius": -0.1}, {"method": "random"}):
         with pytest.raises(ValueError):
             CurationSettings(**bad)
 

@@ -38,7 +38,7 @@ def curation_pool(tables, max_unusable_rate: float) -> tuple[pd.DataFrame, np.nd
     deps=[image_quality, image_duplicates, image_embeddings, scenarios],
     group_name="curation",
     kinds={"python", "parquet"},
-    code_version="1",
+    code_version="2",
     metadata=table_metadata(CURATED),
     automation_condition=SPANNING,
 )
