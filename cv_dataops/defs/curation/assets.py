@@ -44,8 +44,9 @@ def curation_pool(tables, max_unusable_rate: float) -> tuple[pd.DataFrame, np.nd
 )
 def curated_dataset(context: dg.AssetExecutionContext, catalog: CatalogResource, quality: QualityResource,
                     curation: CurationResource) -> dg.MaterializeResult:
-    """Unusable images and all but one of each duplicate group out; within the budget, a diverse (k-center
-    greedy) selection balanced over labels and scenarios; splits that keep every duplicate group and near-neighbour
+    """Unusable images and all but one of each duplicate group out; within the budget, a selection balanced over
+    labels (or scenarios) that follows each one's distribution in embedding space (kernel herding: typical images
+    first, then spread over the rest; or k-center greedy in k-means cells); splits that keep every duplicate group and near-neighbour
     cluster whole, stratified by label. Each version is an immutable snapshot under snapshots/<snapshot_id>/ with
     its manifest and its exports: ImageFolder, CSV, COCO JSON and Label Studio tasks."""
     tables = catalog.catalog()
