@@ -184,7 +184,8 @@ class LocalStorage(Storage):
         except FileNotFoundError as error:
             raise FileNotFoundError(f"no such object: {self.uri_of(key)}") from error
 
-    def write_bytes(self, key: str, data: bytes) -> None:
+    def _synced_temporary(self, key: str, data: bytes) -> tuple[Path, str]:
+        """``data`` written and fsynced to a temporary file beside ``key``'s path: (the path, the temporary)."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         descriptor, temporary = tempfile.mkstemp(prefix=".cv-dataops-tmp-", dir=path.parent)
@@ -193,6 +194,14 @@ class LocalStorage(Storage):
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
+        except BaseException:
+            os.unlink(temporary)
+            raise
+        return path, temporary
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        path, temporary = self._synced_temporary(key, data)
+        try:
             os.replace(temporary, path)
         except BaseException:
             if os.path.exists(temporary):
@@ -200,21 +209,14 @@ class LocalStorage(Storage):
             raise
 
     def create_bytes(self, key: str, data: bytes) -> bool:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(prefix=".cv-dataops-tmp-", dir=path.parent)
+        path, temporary = self._synced_temporary(key, data)
         try:
-            with os.fdopen(descriptor, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
             os.link(temporary, path)  # atomic, and fails if the name exists
             return True
         except FileExistsError:
             return False
         finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
+            os.unlink(temporary)
 
     def exists(self, key: str) -> bool:
         return self._path(key).exists()
