@@ -165,11 +165,12 @@ def test_fit_on_few_images_keeps_the_dimension(photos):
 # --- decoding and streaming -----------------------------------------------------------------------------------
 
 
-def test_embed_bytes_streams_batches_in_order(fitted, photos):
-    datas = [encode(p, "PNG") for p in photos[:5]]
-    batches = list(embed_bytes(fitted, iter(datas), batch_size=2))
-    assert [len(b) for b in batches] == [2, 2, 1]
-    np.testing.assert_allclose(np.concatenate(batches), fitted.embed(photos[:5]), atol=1e-6)
+@pytest.mark.parametrize("decode_workers", [1, 3])
+def test_embed_bytes_streams_batches_in_order(fitted, photos, decode_workers):
+    datas = [encode(p, "PNG") for p in photos[:5]] * 3
+    batches = list(embed_bytes(fitted, iter(datas), batch_size=2, decode_workers=decode_workers))
+    assert [len(b) for b in batches] == [2] * 7 + [1]
+    np.testing.assert_allclose(np.concatenate(batches), fitted.embed(photos[:5] * 3), atol=1e-6)
 
 
 def test_embed_bytes_exif_orientation_and_draft_mode(fitted, photos):
@@ -185,11 +186,12 @@ def test_embed_bytes_exif_orientation_and_draft_mode(fitted, photos):
     assert float(vectors[2] @ fitted.embed([Image.open(io.BytesIO(big))])[0]) > 0.98
 
 
-def test_embed_bytes_undecodable(fitted, photos):
+@pytest.mark.parametrize("decode_workers", [1, 2])
+def test_embed_bytes_undecodable(fitted, photos, decode_workers):
     datas = [encode(photos[0], "PNG"), b"definitely not an image", encode(photos[1], "JPEG")]
-    with pytest.raises(ValueError, match="#1"):
-        list(embed_bytes(fitted, datas))
-    (vectors,) = embed_bytes(fitted, datas, on_error="nan")
+    with pytest.raises(ValueError, match="#1 .23 bytes.: UnidentifiedImageError"):
+        list(embed_bytes(fitted, datas, decode_workers=decode_workers))
+    (vectors,) = embed_bytes(fitted, datas, on_error="nan", decode_workers=decode_workers)
     assert np.isnan(vectors[1]).all() and np.isfinite(vectors[[0, 2]]).all()
 
 

@@ -731,13 +731,47 @@ def _decode(data: bytes, size: tuple[int, int] | None) -> Image.Image:
         return _to_rgb(image)
 
 
+def _decoded_in_order(datas: Iterable[bytes], size: tuple[int, int] | None,
+                      workers: int) -> Iterator[tuple[int, Image.Image | Exception]]:
+    """``(byte count, image or the exception decoding raised)`` per input, in input order. With ``workers > 1``,
+    decoding runs in that many threads (Pillow's decoders release the GIL), at most ``4 * workers`` images ahead,
+    so memory stays bounded however long the stream."""
+
+    def attempt(data: bytes) -> Image.Image | Exception:
+        try:
+            return _decode(data, size)
+        except MemoryError:
+            raise
+        except Exception as error:
+            return error
+
+    if workers <= 1:
+        for data in datas:
+            yield len(data), attempt(data)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+        pending: deque = deque()
+        for data in datas:
+            pending.append((len(data), pool.submit(attempt, data)))
+            if len(pending) >= 4 * workers:
+                count, future = pending.popleft()
+                yield count, future.result()
+        while pending:
+            count, future = pending.popleft()
+            yield count, future.result()
+
+
 def embed_bytes(embedder: Embedder, datas: Iterable[bytes], batch_size: int = 64,
-                on_error: str = "raise") -> Iterator[np.ndarray]:
+                on_error: str = "raise", decode_workers: int = 1) -> Iterator[np.ndarray]:
     """Decode (JPEG draft mode, EXIF orientation, first frame, RGB) and embed encoded images, yielding one
     (batch, dimension) float32 array per ``batch_size`` images, in order; memory stays bounded by one batch.
 
     ``on_error="raise"`` (default) raises ValueError naming the position of an undecodable image;
     ``on_error="nan"`` gives that image a row of NaN instead (the only rows that are not unit vectors).
+    ``decode_workers`` threads decode ahead while the embedder works (decoding dominates for large photos).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -758,16 +792,14 @@ def embed_bytes(embedder: Embedder, datas: Iterable[bytes], batch_size: int = 64
         failed.clear()
         return vectors
 
-    for position, data in enumerate(datas):
-        try:
-            images.append(_decode(data, size))
-        except MemoryError:
-            raise
-        except Exception as error:
+    for position, (count, decoded) in enumerate(_decoded_in_order(datas, size, decode_workers)):
+        if isinstance(decoded, Exception):
             if on_error == "raise":
-                raise ValueError(f"cannot decode image #{position} ({len(data)} bytes): "
-                                 f"{type(error).__name__}: {error}") from error
+                raise ValueError(f"cannot decode image #{position} ({count} bytes): "
+                                 f"{type(decoded).__name__}: {decoded}") from decoded
             failed.append(len(images) + len(failed))
+        else:
+            images.append(decoded)
         if len(images) + len(failed) >= batch_size:
             yield flush()
     if images or failed:

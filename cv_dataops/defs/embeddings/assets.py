@@ -65,7 +65,8 @@ def image_embeddings(context: dg.AssetExecutionContext, catalog: CatalogResource
     embedder = load_or_fit_embedder(embedding.spec, catalog.storage(), fitting_sample)
     start = time.perf_counter()
     vectors = [v for chunk in embed_bytes(embedder, (read_uri(uri) for uri in images.uri),
-                                          batch_size=embedding.batch_size) for v in chunk]
+                                          batch_size=embedding.batch_size,
+                                          decode_workers=embedding.decode_workers) for v in chunk]
     seconds = time.perf_counter() - start
     table = EMBEDDINGS.from_rows({"image_id": image_id, "batch_id": batch_id, "vector": vector.tolist(),
                                   "embedder": embedder.name, "embedder_version": embedder.version}
