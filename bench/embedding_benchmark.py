@@ -15,7 +15,7 @@
 
 5. Streaming, as ``image_embeddings`` runs (one process, ``embed_bytes`` in batches of 256): 10,000 CIFAR JPEGs
    (the test files, cycled) and 2,000 640x480 JPEG photos (scikit-image's sample photos, resized and cycled), with
-   one and with two BLAS threads (the machine's two cores); peak RSS shows that memory does not grow with the
+   one BLAS and one decoding thread, and with two of each (the machine's two cores); peak RSS shows that memory does not grow with the
    stream.
 
 Steps 1-4 run with one BLAS thread (``threadpoolctl``): on a shared, busy machine more threads only contend.
@@ -101,6 +101,7 @@ def photo_jpegs(count: int) -> list[bytes]:
 
 
 def streamed(embedder, files: list[bytes], total: int, threads: int) -> tuple[float, float, float]:
+    """``threads`` BLAS threads and as many decoding threads (``embed_bytes(decode_workers=...)``)."""
     """Images per second embedding ``total`` files (``files`` cycled) as the asset does, and peak RSS before and
     during, in MB."""
     from threadpoolctl import threadpool_limits
@@ -110,7 +111,7 @@ def streamed(embedder, files: list[bytes], total: int, threads: int) -> tuple[fl
     with threadpool_limits(threads):
         start = time.perf_counter()
         count = sum(len(chunk) for chunk in embed_bytes(embedder, (files[i % len(files)] for i in range(total)),
-                                                         batch_size=256))
+                                                         batch_size=256, decode_workers=threads))
         seconds = time.perf_counter() - start
     assert count == total
     return total / seconds, before, peak_rss_mb()
@@ -220,11 +221,13 @@ images, the steps taking turns; per CPU second is what one core does whatever el
 | HOG + colour baseline features, for reference | {rates['hog'][0]:.0f} | {rates['hog'][1]:.0f} |
 
 Streaming as `image_embeddings` does (one process, `embed_bytes`, batches of 256; JPEGs decoded at reduced size with
-Pillow's draft mode), with one BLAS thread and with two (this machine's two cores). Peak RSS stays where it was
+Pillow's draft mode), with one BLAS thread and one decoding thread, and with two of each (`decode_workers=2`;
+this machine has two cores; the asset's default is one decoding thread: on a busy machine, a run of this
+benchmark beside the test suite, two of each fell to 56 images per second). Peak RSS stays where it was
 before the stream (the process already holds the 4,000 decoded images and their features): memory does not grow
 with the number of images embedded.
 
-| input | images streamed | BLAS threads | images per second | peak RSS, MB |
+| input | images streamed | BLAS and decoding threads | images per second | peak RSS, MB |
 |---|---|---|---|---|
 {chr(10).join(stream_rows)}
 

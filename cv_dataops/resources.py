@@ -141,7 +141,8 @@ class EmbeddingResource(dg.ConfigurableResource):
     spec: dict = Field(default_factory=lambda: dict(DEFAULT_EMBEDDER), description="Embedder kind and settings.")
     fit_images: int = Field(default=3000, description="Images the built-in embedder is fitted on, at most.")
     batch_size: int = Field(default=256, description="Images embedded at a time.")
-    decode_workers: int = Field(default=2, description="Threads decoding images ahead of the embedder.")
+    decode_workers: int = Field(default=1, description="Threads decoding images ahead of the embedder (more only "
+                                                             "helped small images on an idle machine: docs/benchmarks.md).")
 
 
 def build_resources(landing: str | None = None, data_root: str | None = None, labels: str | None = None,
