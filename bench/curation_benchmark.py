@@ -12,9 +12,9 @@ method, a logistic regression is trained on the subset's embeddings and labels a
   ``select``, kept here because it shows why ``select`` no longer works this way);
 * ``k-center in cells``: ``select`` with ``method="k-center"``: per-label quotas, k-means cells with proportional
   shares, each cell's most typical image then farthest-point picks (the second design of ``select``);
-* ``curated``: :func:`cv_dataops.lib.curation.select` (default: kernel herding) with the labels known;
+* ``curated``: :func:`cv_dataops.curation.curation.select` (default: kernel herding) with the labels known;
 * ``curated, labels unknown``: the same with the labels hidden, so the strata are scenarios
-  (:func:`cv_dataops.lib.scenarios.discover` on the pool): choosing what to send to labelling.
+  (:func:`cv_dataops.discovery.scenarios.discover` on the pool): choosing what to send to labelling.
 
 The classifier's regularisation ``C`` is chosen once per dataset by 5-fold cross-validation on the whole pool,
 before and independently of any selection.
@@ -23,15 +23,15 @@ Leakage, the way the pipeline meets it: the pool's files plus near copies of an 
 those of the quality benchmark: half-size resize, JPEG quality 40, 5 % crop, 20 % brighter, saturation x1.5) and
 pixel-identical copies (re-encoded as PNG) of another eighth, nothing flagged by hand. The project's duplicate
 detection (``quality.measure`` hashes, ``duplicates.find_pairs``, ``group_duplicates``) groups them as the
-``image_duplicates`` stage would; everything is kept (no :func:`~cv_dataops.lib.curation.eligible` step, which would
-drop the copies) and split by :func:`~cv_dataops.lib.curation.leak_free_split` with those groups and the embedding
+``image_duplicates`` stage would; everything is kept (no :func:`~cv_dataops.curation.curation.eligible` step, which would
+drop the copies) and split by :func:`~cv_dataops.curation.curation.leak_free_split` with those groups and the embedding
 radius, with the embedding radius alone, and by a stratified random split. Reported: planted pairs that end up in
-different splits, and :func:`~cv_dataops.lib.curation.leakage`'s counts.
+different splits, and :func:`~cv_dataops.curation.curation.leakage`'s counts.
 
 Datasets: scikit-learn's bundled handwritten digits (features: the 64 pixels, L2-normalised; files: the 8x8 images
 scaled to 32x32 PNG); the CIFAR-10 sample (``/work/shared/datasets/cifar10-sample``, train = pool, test = test set)
 with HOG and colour-histogram features (scikit-image), a stand-in for a weak embedder; and the CIFAR-10 sample
-embedded with ``PatchKMeansEmbedder`` when ``cv_dataops.lib.embeddings`` exists.
+embedded with ``PatchKMeansEmbedder`` when ``cv_dataops.embeddings.embedders`` exists.
 
     .venv/bin/python bench/curation_benchmark.py [--seeds 5] [--no-cifar]
 """
@@ -59,11 +59,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_dataset import NEAR_TRANSFORMS, near_duplicate  # noqa: E402
 from report import update_section  # noqa: E402
-from cv_dataops.lib.curation import (CurationSettings, allocate, k_center_greedy, leak_free_split,  # noqa: E402
-                                     leakage, near_pairs, select)
-from cv_dataops.lib.duplicates import DuplicateSettings, find_pairs, group_duplicates  # noqa: E402
-from cv_dataops.lib.quality import measure  # noqa: E402
-from cv_dataops.lib.scenarios import discover  # noqa: E402
+
+from cv_dataops.curation.curation import (  # noqa: E402
+    CurationSettings,
+    allocate,
+    k_center_greedy,
+    leak_free_split,
+    leakage,
+    near_pairs,
+    select,
+)
+from cv_dataops.discovery.scenarios import discover  # noqa: E402
+from cv_dataops.duplicates.index import DuplicateSettings, find_pairs, group_duplicates  # noqa: E402
+from cv_dataops.quality.measure import measure  # noqa: E402
 
 CIFAR = Path("/work/shared/datasets/cifar10-sample")
 BUDGETS = (0.10, 0.25, 0.50)
@@ -161,7 +169,7 @@ def cifar(kind: str, seed: int = 2026) -> Dataset:
         name = "CIFAR-10 sample (32x32 photos), HOG + colour-histogram features"
         how = "features: HOG of the luma and a hue-saturation histogram (scikit-image), L2-normalised"
     else:
-        from cv_dataops.lib.embeddings import PatchKMeansEmbedder
+        from cv_dataops.embeddings.embedders import PatchKMeansEmbedder
 
         embed = PatchKMeansEmbedder.fit(pool_images, seed=0).embed  # unsupervised, on the pool only
         name = "CIFAR-10 sample (32x32 photos), `PatchKMeansEmbedder` embeddings"
@@ -385,7 +393,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=ConvergenceWarning)
     datasets = [digits()]
-    has_embedder = importlib.util.find_spec("cv_dataops.lib.embeddings") is not None
+    has_embedder = importlib.util.find_spec("cv_dataops.embeddings.embedders") is not None
     if not args.no_cifar and (CIFAR / "train").is_dir():
         datasets.append(cifar("hog"))
         if has_embedder:
@@ -400,7 +408,7 @@ def main() -> None:
         findings += accuracy_findings + leakage_findings
         print(f"{data.name}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
     if not has_embedder:
-        body.append("CIFAR-10 with `PatchKMeansEmbedder` was not run: `cv_dataops.lib.embeddings` did not exist "
+        body.append("CIFAR-10 with `PatchKMeansEmbedder` was not run: `cv_dataops.embeddings.embedders` did not exist "
                     "when this ran; rerun the command once it does.")
     body.append("Curated selection (`select`, default `method=\"herding\"`): per-label quotas as even as the label "
                 "sizes allow; within a label, kernel herding (Gaussian kernel, median bandwidth): each pick brings "

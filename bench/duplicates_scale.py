@@ -38,9 +38,15 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import update_section  # noqa: E402
-from cv_dataops.lib.duplicates import (DuplicatePair, DuplicateSettings, HammingIndex, find_pairs,  # noqa: E402
-                                       popcount,
-                                       group_duplicates)
+
+from cv_dataops.duplicates.index import (  # noqa: E402
+    DuplicatePair,
+    DuplicateSettings,
+    HammingIndex,
+    find_pairs,
+    group_duplicates,
+    popcount,
+)
 
 
 def hex_ids(rng: np.random.Generator, n: int) -> pd.Series:

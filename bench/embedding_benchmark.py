@@ -3,7 +3,7 @@
     .venv/bin/python bench/embedding_benchmark.py [--centroids 400] [--dimension 512] [--seed 0] [--speed-images 1000]
 
 1. ``PatchKMeansEmbedder.fit`` on the 3,000 train images, without their labels (unsupervised, as on a catalog).
-2. Train and test images embedded; a linear probe (:func:`cv_dataops.lib.embeddings.linear_probe_accuracy`:
+2. Train and test images embedded; a linear probe (:func:`cv_dataops.embeddings.embedders.linear_probe_accuracy`:
    standardised features, logistic regression, ``C`` by 3-fold cross-validation on the train split only) is
    trained on the train split and scored on the 1,000 test images.
 3. The same probe on a handcrafted baseline computed in the same run: ``skimage.feature.hog`` of the RGB image
@@ -40,7 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from report import update_section  # noqa: E402
 
-from cv_dataops.lib.embeddings import PatchKMeansEmbedder, embed_bytes, linear_probe_accuracy  # noqa: E402
+from cv_dataops.embeddings.embedders import (  # noqa: E402
+    PatchKMeansEmbedder,
+    embed_bytes,
+    linear_probe_accuracy,
+)
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-sample"
 

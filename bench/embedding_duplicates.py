@@ -26,10 +26,15 @@ from PIL import Image, ImageEnhance, ImageOps
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import update_section  # noqa: E402
-from cv_dataops.lib.duplicates import (DuplicateSettings, EmbeddingDuplicateSettings,  # noqa: E402
-                                       find_embedding_pairs, find_pairs)
-from cv_dataops.lib.embeddings import PatchKMeansEmbedder  # noqa: E402
-from cv_dataops.lib.quality import measure  # noqa: E402
+
+from cv_dataops.duplicates.index import (  # noqa: E402
+    DuplicateSettings,
+    EmbeddingDuplicateSettings,
+    find_embedding_pairs,
+    find_pairs,
+)
+from cv_dataops.embeddings.embedders import PatchKMeansEmbedder  # noqa: E402
+from cv_dataops.quality.measure import measure  # noqa: E402
 
 CIFAR = Path("/work/shared/datasets/cifar10-sample")
 

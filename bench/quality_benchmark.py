@@ -27,11 +27,23 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from quality_dataset import CIFAR, ISSUES, build, cifar_photos, skimage_photos, skimage_tiles  # noqa: E402
+from quality_dataset import (  # noqa: E402
+    CIFAR,
+    ISSUES,
+    build,
+    cifar_photos,
+    skimage_photos,
+    skimage_tiles,
+)
 from report import update_section  # noqa: E402
 
-from cv_dataops.lib.duplicates import DuplicateSettings, find_pairs, group_duplicates  # noqa: E402
-from cv_dataops.lib.quality import QualityThresholds, flag_issues, measure_stream, odd_size_scores  # noqa: E402
+from cv_dataops.duplicates.index import DuplicateSettings, find_pairs, group_duplicates  # noqa: E402
+from cv_dataops.quality.measure import (  # noqa: E402
+    QualityThresholds,
+    flag_issues,
+    measure_stream,
+    odd_size_scores,
+)
 
 
 def run_ours(paths: list[str], workers: int) -> dict:

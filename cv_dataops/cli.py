@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cv_dataops.lib.ingest import LABEL_MODES
+from cv_dataops.ingest.batch import LABEL_MODES
 
 DEMO_DATASETS = ("scenes", "digits")
 EXIT_FAILED, EXIT_USAGE = 1, 2
@@ -77,7 +77,7 @@ def _print_catalog_summary(data_root: str) -> None:
           + (f" ({', '.join(f'{k}: {v}' for k, v in reasons.items())})" if reasons else ""))
     quality = catalog.read("quality").to_pandas()
     if len(quality):
-        from cv_dataops.lib.quality import ISSUE_TYPES
+        from cv_dataops.quality.measure import ISSUE_TYPES
 
         counts = ", ".join(f"{issue}: {int(quality[f'is_{issue}'].sum())}" for issue in ISSUE_TYPES)
         print(f"quality: {int(quality.is_unusable.sum())} of {len(quality)} images unusable; issues: {counts}")
@@ -85,7 +85,7 @@ def _print_catalog_summary(data_root: str) -> None:
     if len(duplicates):
         print(f"duplicates: {duplicates.group_id.nunique()} groups "
               f"({', '.join(f'{k}: {v}' for k, v in duplicates.kind.value_counts().items())})")
-    from cv_dataops.lib.tables import TABLES
+    from cv_dataops.tables import TABLES
 
     print(f"read a table with: cv-dataops table {'|'.join(TABLES)}"
           + ("" if data_root == "data" else f" --data-root {data_root}"))
@@ -93,7 +93,7 @@ def _print_catalog_summary(data_root: str) -> None:
 
 def demo_command(data_dir: str, dataset: str, count: int, seed: int) -> int:
     """Generate the demo landing zone once (nothing downloaded), then run the whole pipeline on it."""
-    from cv_dataops.lib import demo_data
+    from cv_dataops.demo import data as demo_data
 
     landing = Path(data_dir) / "landing"
     marker = Path(data_dir) / "demo.json"
@@ -114,8 +114,8 @@ def demo_command(data_dir: str, dataset: str, count: int, seed: int) -> int:
 
 
 def table_command(name: str, data_root: str, output: str | None) -> int:
-    from cv_dataops.lib.tables import table_definition
     from cv_dataops.resources import build_resources
+    from cv_dataops.tables import table_definition
 
     definition = table_definition(name)
     catalog = build_resources(data_root=data_root)["catalog"].catalog()
@@ -124,7 +124,7 @@ def table_command(name: str, data_root: str, output: str | None) -> int:
 
 
 def search_command(data_root: str, sql: str, output: str | None) -> int:
-    from cv_dataops.lib.search import run_sql
+    from cv_dataops.discovery.search import run_sql
     from cv_dataops.resources import build_resources
 
     catalog = build_resources(data_root=data_root)["catalog"].catalog()
@@ -137,8 +137,13 @@ def search_like_command(data_root: str, like: str, k: int, output: str | None) -
     unique prefix of it (which is then left out of the answer)."""
     import warnings
 
-    from cv_dataops.lib.search import MixedEmbedderVersionsWarning, UnknownImageError, embed_image_bytes, similar_images
-    from cv_dataops.lib.storage import read_uri
+    from cv_dataops.core.storage import read_uri
+    from cv_dataops.discovery.search import (
+        MixedEmbedderVersionsWarning,
+        UnknownImageError,
+        embed_image_bytes,
+        similar_images,
+    )
     from cv_dataops.resources import build_resources, embedder_spec_from_environment
 
     catalog = build_resources(data_root=data_root)["catalog"].catalog()
@@ -174,7 +179,7 @@ def _show(table, output: str | None, what: str) -> int:
     """Print ``table`` in full, or write it to ``output`` (.csv, .parquet, .json)."""
     import pandas as pd
 
-    from cv_dataops.lib.export import write_table_file
+    from cv_dataops.exports.files import write_table_file
 
     if output:
         write_table_file(table, output)
@@ -243,7 +248,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from cv_dataops.lib.storage import StorageError, UnsafeKeyError
+    from cv_dataops.core.storage import StorageError, UnsafeKeyError
 
     try:
         if args.command == "demo":

@@ -15,10 +15,10 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
-from cv_dataops.lib.catalog import Catalog
-from cv_dataops.lib.ingest import LABEL_MODES, IngestLimits, LabelSource
-from cv_dataops.lib.landing import BatchLedger
-from cv_dataops.lib.storage import Storage, open_storage
+from cv_dataops.core.catalog import Catalog
+from cv_dataops.core.storage import Storage, open_storage
+from cv_dataops.ingest.batch import LABEL_MODES, IngestLimits, LabelSource
+from cv_dataops.ingest.landing import BatchLedger
 
 DEFAULT_DATA_ROOT = "data"
 DEFAULT_LANDING = "data/landing"
@@ -85,18 +85,18 @@ class QualityResource(dg.ConfigurableResource):
     embedding_hash_total: int | None = Field(default=None, description="phash + dhash limit for embedding pairs.")
 
     def quality_thresholds(self):
-        from cv_dataops.lib.quality import QualityThresholds
+        from cv_dataops.quality.measure import QualityThresholds
 
         return dataclasses.replace(QualityThresholds(), **self.thresholds)
 
     def duplicate_settings(self):
-        from cv_dataops.lib.duplicates import DuplicateSettings
+        from cv_dataops.duplicates.index import DuplicateSettings
 
         radii = {"phash_radius": self.phash_radius, "dhash_radius": self.dhash_radius}
         return dataclasses.replace(DuplicateSettings(), **{k: v for k, v in radii.items() if v is not None})
 
     def embedding_duplicate_settings(self):
-        from cv_dataops.lib.duplicates import EmbeddingDuplicateSettings
+        from cv_dataops.duplicates.index import EmbeddingDuplicateSettings
 
         values = {"identical_radius": self.embedding_identical_radius, "near_radius": self.embedding_near_radius,
                   "hash_total": self.embedding_hash_total}
@@ -118,7 +118,7 @@ class CurationResource(dg.ConfigurableResource):
     export_imagefolder: bool = Field(default=True, description="Also copy the images into an ImageFolder tree.")
 
     def settings(self):
-        from cv_dataops.lib.curation import CurationSettings
+        from cv_dataops.curation.curation import CurationSettings
 
         budget = None if self.budget is None else (int(self.budget) if self.budget >= 1 else float(self.budget))
         return CurationSettings(budget=budget, split_fractions=tuple(self.split_fractions),

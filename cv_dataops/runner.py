@@ -14,9 +14,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from cv_dataops.defs.ingestion.sensors import pending_batches
-from cv_dataops.defs.shared import batch_partitions, per_batch_assets
 from cv_dataops.definitions import load_definitions
+from cv_dataops.defs.ingest.sensors import pending_batches
+from cv_dataops.defs.shared.partitions import batch_partitions, per_batch_assets
 from cv_dataops.resources import default_dagster_home
 
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}

@@ -106,8 +106,8 @@ def test_a_failing_step_is_named_and_exits_non_zero(tmp_path, dagster_home):
     write_files(tmp_path / "landing", {"x.png": data})
     root = tmp_path / "data"
     # Make a newer batch holding the same bytes land in the catalog first, then run the older one.
-    from cv_dataops.lib.landing import BatchLedger
-    from cv_dataops.lib.storage import LocalStorage
+    from cv_dataops.core.storage import LocalStorage
+    from cv_dataops.ingest.landing import BatchLedger
 
     ledger = BatchLedger(LocalStorage(root))
     (older,) = ledger.plan(LocalStorage(tmp_path / "landing"))

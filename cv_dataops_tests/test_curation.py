@@ -12,9 +12,23 @@ import pandas as pd
 import pytest
 from sklearn.datasets import make_blobs
 
-from cv_dataops.lib.curation import (CurationSettings, allocate, eligible, export_coco, export_csv,
-                                     export_imagefolder, export_label_studio, k_center_greedy, label_studio_config,
-                                     leak_free_split, leakage, near_pairs, proportional, select, snapshot_manifest)
+from cv_dataops.curation.curation import (
+    CurationSettings,
+    allocate,
+    eligible,
+    export_coco,
+    export_csv,
+    export_imagefolder,
+    export_label_studio,
+    k_center_greedy,
+    label_studio_config,
+    leak_free_split,
+    leakage,
+    near_pairs,
+    proportional,
+    select,
+    snapshot_manifest,
+)
 
 
 def _unit(x):
@@ -174,7 +188,7 @@ def test_select_follows_the_density_within_a_stratum_and_starts_with_typical_ima
 
 
 def test_kernel_herding_matches_the_distribution_better_than_random_subsets():
-    from cv_dataops.lib.curation import kernel_herding, median_bandwidth
+    from cv_dataops.curation.curation import kernel_herding, median_bandwidth
 
     rng = np.random.default_rng(1)
     x = np.concatenate([rng.normal(0, 1, (300, 8)), rng.normal(4, 0.5, (60, 8)), rng.normal(-5, 2, (40, 8))])
@@ -207,7 +221,7 @@ def test_select_uses_scenarios_for_unlabelled_images_and_is_deterministic():
 
 
 def test_a_large_stratum_is_herded_inside_cells(monkeypatch):
-    from cv_dataops.lib import curation
+    from cv_dataops.curation import curation as curation
 
     monkeypatch.setattr(curation, "HERD_ROWS", 100)  # the cell path, on a pool small enough for a unit test
     rng = np.random.default_rng(0)

@@ -8,7 +8,7 @@ import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 
-from cv_dataops.lib import demo_data
+from cv_dataops.demo import data as demo_data
 from cv_dataops.runner import open_instance, run_pipeline
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image, UnidentifiedImageError
 
-from cv_dataops.lib.demo_data import (
+from cv_dataops.demo.data import (
     CAMERAS,
     CLASSES,
     DEMO_COLUMNS,

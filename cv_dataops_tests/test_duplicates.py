@@ -12,9 +12,15 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageEnhance
 
-from cv_dataops.lib import duplicates as dup
-from cv_dataops.lib.duplicates import (DuplicatePair, DuplicateSettings, HammingIndex, connected_components,
-                                       find_pairs, group_duplicates)
+from cv_dataops.duplicates import index as dup
+from cv_dataops.duplicates.index import (
+    DuplicatePair,
+    DuplicateSettings,
+    HammingIndex,
+    connected_components,
+    find_pairs,
+    group_duplicates,
+)
 from cv_dataops_tests.conftest import CIFAR_SAMPLE, encode
 
 PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "camera", "immunohistochemistry", "hubble_deep_field",
@@ -471,7 +477,10 @@ def _unit_rows(x):
 
 
 def test_embedding_pairs_need_a_tiny_distance_or_both_signals():
-    from cv_dataops.lib.duplicates import EmbeddingDuplicateSettings, find_embedding_pairs
+    from cv_dataops.duplicates.index import (
+        EmbeddingDuplicateSettings,
+        find_embedding_pairs,
+    )
 
     rng = np.random.default_rng(0)
     base, *directions = np.linalg.qr(rng.normal(size=(16, 16)))[0].T[:5]  # orthonormal

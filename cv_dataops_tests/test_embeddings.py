@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
-from cv_dataops.lib.embeddings import (
+from cv_dataops.embeddings.embedders import (
     Embedder,
     OnnxEmbedder,
     PatchKMeansEmbedder,
@@ -330,8 +330,13 @@ def test_linear_probe_on_cifar_is_well_above_chance():
 
 
 def test_the_stored_model_follows_the_configured_options(photos, tmp_path):
-    from cv_dataops.lib.embedder_store import PATCH_KMEANS_KEY, load_or_fit_embedder, model_key, stored_patch_kmeans
-    from cv_dataops.lib.storage import LocalStorage
+    from cv_dataops.core.storage import LocalStorage
+    from cv_dataops.embeddings.store import (
+        PATCH_KMEANS_KEY,
+        load_or_fit_embedder,
+        model_key,
+        stored_patch_kmeans,
+    )
 
     storage = LocalStorage(tmp_path)
     small = {"kind": "patch-kmeans", "n_centroids": 8, "n_patches": 2000, "dimension": 8, "kmeans_iterations": 2}

@@ -7,10 +7,17 @@ from datetime import UTC, datetime
 import pytest
 from PIL import Image
 
-from cv_dataops.lib.ingest import IngestLimits, LabelSource, Refusal, ImageFacts, ingest_batch, inspect_image
-from cv_dataops.lib.landing import BatchLedger
-from cv_dataops.lib.storage import LocalStorage
-from cv_dataops.lib.tables import IMAGES, OBJECTS, QUARANTINE
+from cv_dataops.core.storage import LocalStorage
+from cv_dataops.ingest.batch import (
+    ImageFacts,
+    IngestLimits,
+    LabelSource,
+    Refusal,
+    ingest_batch,
+    inspect_image,
+)
+from cv_dataops.ingest.landing import BatchLedger
+from cv_dataops.ingest.tables import IMAGES, OBJECTS, QUARANTINE
 from cv_dataops_tests.conftest import bad_input_corpus, encode, photo, write_files
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from cv_dataops.defs.ingestion import checks
-from cv_dataops.defs.ingestion.assets import raw_images
-from cv_dataops.defs.shared import batch_partitions
-from cv_dataops.lib.catalog import Catalog
-from cv_dataops.lib.landing import BatchLedger
-from cv_dataops.lib.storage import LocalStorage
+from cv_dataops.core.catalog import Catalog
+from cv_dataops.core.storage import LocalStorage
+from cv_dataops.defs.ingest import checks
+from cv_dataops.defs.ingest.assets import raw_images
+from cv_dataops.defs.shared.partitions import batch_partitions
+from cv_dataops.ingest.landing import BatchLedger
 from cv_dataops.resources import build_resources
 from cv_dataops_tests.conftest import bad_input_corpus, encode, photo, write_files
 

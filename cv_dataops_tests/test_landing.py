@@ -6,8 +6,8 @@ import os
 import time
 from datetime import UTC, datetime
 
-from cv_dataops.lib.landing import INDEX_KEY, BatchLedger, BatchManifest
-from cv_dataops.lib.storage import LocalStorage
+from cv_dataops.core.storage import LocalStorage
+from cv_dataops.ingest.landing import INDEX_KEY, BatchLedger, BatchManifest
 from cv_dataops_tests.conftest import write_files
 
 

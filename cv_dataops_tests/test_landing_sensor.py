@@ -10,10 +10,10 @@ import time
 import dagster as dg
 import pytest
 
-from cv_dataops.defs.ingestion.sensors import landing_sensor
-from cv_dataops.defs.shared import batch_partitions
-from cv_dataops.lib.catalog import Catalog
-from cv_dataops.lib.storage import LocalStorage
+from cv_dataops.core.catalog import Catalog
+from cv_dataops.core.storage import LocalStorage
+from cv_dataops.defs.ingest.sensors import landing_sensor
+from cv_dataops.defs.shared.partitions import batch_partitions
 from cv_dataops.resources import build_resources
 from cv_dataops_tests.conftest import REPOSITORY, encode, photo, write_files
 
@@ -53,7 +53,10 @@ def test_sensor_called_directly_batches_new_objects_once(tmp_path):
 @pytest.fixture
 def daemon_workspace(tmp_path, monkeypatch):
     """A Dagster instance whose runs execute synchronously, and the daemon's view of our code location."""
-    from dagster._core.test_utils import create_test_daemon_workspace_context, instance_for_test
+    from dagster._core.test_utils import (
+        create_test_daemon_workspace_context,
+        instance_for_test,
+    )
     from dagster._core.workspace.load_target import ModuleTarget
 
     monkeypatch.setenv("CV_DATAOPS_LANDING", str(tmp_path / "landing"))

@@ -6,14 +6,16 @@ from __future__ import annotations
 import dagster as dg
 from PIL import Image, ImageEnhance, ImageFilter
 
-from cv_dataops.defs.ingestion import checks as ingestion_checks
-from cv_dataops.defs.ingestion.assets import raw_images
+from cv_dataops.core.catalog import Catalog
+from cv_dataops.core.storage import LocalStorage
+from cv_dataops.defs.duplicates import checks as duplicates_checks
+from cv_dataops.defs.duplicates.assets import image_duplicates
+from cv_dataops.defs.ingest import checks as ingestion_checks
+from cv_dataops.defs.ingest.assets import raw_images
 from cv_dataops.defs.quality import checks as quality_checks
-from cv_dataops.defs.quality.assets import image_duplicates, image_quality
-from cv_dataops.defs.shared import batch_partitions
-from cv_dataops.lib.catalog import Catalog
-from cv_dataops.lib.landing import BatchLedger
-from cv_dataops.lib.storage import LocalStorage
+from cv_dataops.defs.quality.assets import image_quality
+from cv_dataops.defs.shared.partitions import batch_partitions
+from cv_dataops.ingest.landing import BatchLedger
 from cv_dataops.resources import build_resources
 from cv_dataops_tests.conftest import encode, photo, write_files
 
@@ -108,7 +110,7 @@ def test_a_mostly_unusable_batch_is_an_error_that_blocks_downstream(tmp_path):
     assert ran == []
 
     # the spanning duplicates stage leaves the blocked batch out
-    duplicates = dg.materialize([image_duplicates, quality_checks.duplicates_one_kept_per_group],
+    duplicates = dg.materialize([image_duplicates, duplicates_checks.duplicates_one_kept_per_group],
                                 instance=instance, resources=_resources(tmp_path))
     (materialization,) = duplicates.asset_materializations_for_node("image_duplicates")
     assert materialization.metadata["batches_left_out"].value == [batch_id]
@@ -132,7 +134,7 @@ def test_duplicates_across_batches_are_found_incrementally(tmp_path):
     }
     second = _land_and_plan(tmp_path, second_files, instance)
     assert dg.materialize(PER_BATCH, partition_key=second, instance=instance, resources=resources).success
-    result = dg.materialize([image_duplicates, quality_checks.duplicates_one_kept_per_group], instance=instance,
+    result = dg.materialize([image_duplicates, duplicates_checks.duplicates_one_kept_per_group], instance=instance,
                             resources=resources)
     assert result.success
     (materialization,) = result.asset_materializations_for_node("image_duplicates")
@@ -151,8 +153,8 @@ def test_duplicates_across_batches_are_found_incrementally(tmp_path):
 
 
 def test_suite_file_matches_the_schema_and_fails_on_bad_rows(tmp_path):
-    from cv_dataops.lib.expectations import load_suite_spec, validate_frame
-    from cv_dataops.lib.tables import QUALITY
+    from cv_dataops.quality.expectations import load_suite_spec, validate_frame
+    from cv_dataops.quality.tables import QUALITY
 
     spec = load_suite_spec("quality")
     (column_set,) = [e for e in spec["expectations"] if e["type"] == "expect_table_columns_to_match_set"]
@@ -226,7 +228,7 @@ def test_flips_the_hashes_miss_are_found_by_embedding_distance(tmp_path, monkeyp
     second = _land_and_plan(tmp_path, {"second/mirrored.png": encode(ImageOps.mirror(originals["first/1.png"]), "PNG"),
                                        "second/different.png": encode(photo(77, (320, 240)), "PNG")}, instance)
     assert dg.materialize(per_batch, partition_key=second, instance=instance, resources=resources).success
-    result = dg.materialize([image_duplicates, quality_checks.duplicates_one_kept_per_group], instance=instance,
+    result = dg.materialize([image_duplicates, duplicates_checks.duplicates_one_kept_per_group], instance=instance,
                             resources=resources)
     assert result.success
     (materialization,) = result.asset_materializations_for_node("image_duplicates")

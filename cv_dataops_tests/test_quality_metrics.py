@@ -1,4 +1,4 @@
-"""Per-image quality metrics (cv_dataops.lib.quality) on crafted images whose answer is known.
+"""Per-image quality metrics (cv_dataops.quality.measure) on crafted images whose answer is known.
 
 "Photos" are real: scikit-image ships a few (astronaut, coffee, chelsea, rocket); CIFAR-10 sample images are read in
 place where present (the ``cifar_sample`` fixture skips otherwise). Every test builds its images in memory or under
@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from cv_dataops.lib import quality as q
+from cv_dataops.images.decode import load_for_analysis
+from cv_dataops.quality import measure as q
 
 skdata = pytest.importorskip("skimage.data", reason="scikit-image provides the real sample photos")
 
@@ -324,7 +325,7 @@ def test_phash_is_close_for_a_resized_recompressed_copy_and_far_for_another_phot
     assert hamming(original["dhash"], copy["dhash"]) <= 12
     import imagehash
 
-    gray = q.load_for_analysis(encode(astronaut, "PNG"))[0].convert("L")
+    gray = load_for_analysis(encode(astronaut, "PNG"))[0].convert("L")
     assert hamming(original["phash"], int(str(imagehash.phash(gray, hash_size=8)), 16)) <= 4
 
 
@@ -334,13 +335,13 @@ def test_phash_is_close_for_a_resized_recompressed_copy_and_far_for_another_phot
 
 def test_large_jpeg_is_decoded_at_reduced_size(coffee):
     big = coffee.resize((2400, 1600))
-    image, width, height = q.load_for_analysis(encode(big, "JPEG", quality=85))
+    image, width, height = load_for_analysis(encode(big, "JPEG", quality=85))
     assert (width, height) == (2400, 1600)
     assert image.mode == "RGB" and max(image.size) == q.ANALYSIS_SIDE
     assert image.size == (256, 171)
-    small, w2, h2 = q.load_for_analysis(encode(big, "JPEG", quality=85), analysis_side=128)
+    small, w2, h2 = load_for_analysis(encode(big, "JPEG", quality=85), analysis_side=128)
     assert max(small.size) == 128 and (w2, h2) == (2400, 1600)
-    tiny, w3, h3 = q.load_for_analysis(encode(coffee.resize((40, 30))))
+    tiny, w3, h3 = load_for_analysis(encode(coffee.resize((40, 30))))
     assert tiny.size == (40, 30) and (w3, h3) == (40, 30)  # never upscaled
 
 

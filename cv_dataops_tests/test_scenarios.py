@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 from sklearn.datasets import make_blobs
 
-from cv_dataops.lib.scenarios import choose_count, discover, map_2d, map_png
+from cv_dataops.discovery.scenarios import choose_count, discover, map_2d, map_png
 
 
 def _unit(x):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from cv_dataops.lib.catalog import Catalog
-from cv_dataops.lib.search import run_sql
-from cv_dataops.lib.storage import LocalStorage, open_storage
-from cv_dataops.lib.tables import QUARANTINE
+from cv_dataops.core.catalog import Catalog
+from cv_dataops.core.storage import LocalStorage, open_storage
+from cv_dataops.discovery.search import run_sql
+from cv_dataops.ingest.tables import QUARANTINE
 from cv_dataops_tests.test_cli import cli
 
 ROWS = [{"uri": f"/l/{i}.jpg", "batch_id": f"b{i % 2}", "relative_path": f"{i}.jpg",

@@ -12,18 +12,19 @@ import numpy as np
 import pytest
 
 from cv_dataops import cli
-from cv_dataops.lib.catalog import Catalog
-from cv_dataops.lib.embedder_store import PATCH_KMEANS_KEY
-from cv_dataops.lib.embeddings import PatchKMeansEmbedder, embed_bytes
-from cv_dataops.lib.search import (
+from cv_dataops.core.catalog import Catalog
+from cv_dataops.core.storage import LocalStorage
+from cv_dataops.discovery.search import (
     MixedEmbedderVersionsWarning,
     UnknownImageError,
     embed_image_bytes,
     similar_images,
     stored_embedder,
 )
-from cv_dataops.lib.storage import LocalStorage
-from cv_dataops.lib.tables import EMBEDDINGS, IMAGES
+from cv_dataops.embeddings.embedders import PatchKMeansEmbedder, embed_bytes
+from cv_dataops.embeddings.store import PATCH_KMEANS_KEY
+from cv_dataops.embeddings.tables import EMBEDDINGS
+from cv_dataops.ingest.tables import IMAGES
 from cv_dataops_tests.conftest import encode, photo
 
 # Angle (degrees) from the query direction (1, 0, 0) of every image; ids are 64 hex digits like real ones.
@@ -167,7 +168,7 @@ def test_a_file_is_embedded_by_the_catalog_embedder_only(tmp_path):
 
 def test_search_like_a_file_in_an_s3_catalog(s3_bucket, capsys):
     """Catalog, fitted model and query file all in a bucket (moto's S3 server on 127.0.0.1)."""
-    from cv_dataops.lib.storage import open_storage
+    from cv_dataops.core.storage import open_storage
 
     catalog = Catalog(open_storage(f"s3://{s3_bucket}/root"))
     files = [encode(photo(seed), "PNG") for seed in range(4)]
@@ -192,7 +193,7 @@ def test_search_like_a_file_in_an_s3_catalog(s3_bucket, capsys):
 @pytest.fixture(scope="module")
 def pipeline_catalog(tmp_path_factory):
     """24 generated scenes ingested and embedded by the real pipeline (a tiny built-in embedder, for speed)."""
-    from cv_dataops.lib import demo_data
+    from cv_dataops.demo import data as demo_data
     from cv_dataops.runner import open_instance, run_pipeline
 
     root = tmp_path_factory.mktemp("search_like")

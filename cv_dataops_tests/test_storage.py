@@ -8,8 +8,14 @@ import threading
 import boto3
 import pytest
 
-from cv_dataops.lib.storage import (LocalStorage, S3Storage, StorageError, UnsafeKeyError, open_storage,
-                                    unsafe_key_reason)
+from cv_dataops.core.storage import (
+    LocalStorage,
+    S3Storage,
+    StorageError,
+    UnsafeKeyError,
+    open_storage,
+    unsafe_key_reason,
+)
 
 
 @pytest.fixture(params=["local", "s3"])

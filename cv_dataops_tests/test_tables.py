@@ -7,9 +7,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from cv_dataops.lib.catalog import Catalog
-from cv_dataops.lib.storage import LocalStorage
-from cv_dataops.lib.tables import IMAGES, QUARANTINE, TABLES, render_markdown
+from cv_dataops.core.catalog import Catalog
+from cv_dataops.core.storage import LocalStorage
+from cv_dataops.ingest.tables import IMAGES, QUARANTINE
+from cv_dataops.tables import TABLES, render_markdown
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "data-model.md"
 
@@ -17,7 +18,7 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "data-model.md"
 def test_data_model_doc_is_generated_from_the_code():
     assert render_markdown() in DOC.read_text(), (
         "docs/data-model.md is out of date: paste the output of "
-        "`python -c 'from cv_dataops.lib.tables import render_markdown; print(render_markdown())'`")
+        "`python -c 'from cv_dataops.tables import render_markdown; print(render_markdown())'`")
 
 
 def test_public_columns_are_there():

@@ -4,38 +4,20 @@ immutable, content-addressed snapshot with its exports."""
 import json
 
 import dagster as dg
-import numpy as np
-import pandas as pd
 import pyarrow as pa
 
-from cv_dataops.defs.embeddings.assets import catalog_vectors, image_embeddings, scenarios
-from cv_dataops.defs.quality.assets import blocked_batches, image_duplicates, image_quality
-from cv_dataops.defs.shared import SPANNING, table_metadata
-from cv_dataops.lib import curation as curation_lib
-from cv_dataops.lib.storage import read_uri
-from cv_dataops.lib.tables import CURATED, DUPLICATES, IMAGES, QUALITY, SCENARIOS
+from cv_dataops.core.storage import read_uri
+from cv_dataops.curation import curation as curation_lib
+from cv_dataops.curation.pool import curation_pool
+from cv_dataops.curation.tables import CURATED
+from cv_dataops.defs.shared.partitions import SPANNING, table_metadata
 from cv_dataops.resources import CatalogResource, CurationResource, QualityResource
 
 SNAPSHOTS_PREFIX = "snapshots"
 
 
-def curation_pool(tables, max_unusable_rate: float) -> tuple[pd.DataFrame, np.ndarray]:
-    """Every embedded image with what curation needs, batches blocked by their quality check left out."""
-    ids, vectors = catalog_vectors(tables)
-    images = tables.read(IMAGES, columns=["image_id", "uri", "label", "width", "height"]).to_pandas()
-    quality = tables.read(QUALITY, columns=["image_id", "batch_id", "is_unusable"]).to_pandas()
-    duplicates = tables.read(DUPLICATES, columns=["image_id", "group_id", "keep"]).to_pandas()
-    scenes = tables.read(SCENARIOS, columns=["image_id", "scenario"]).to_pandas()
-    frame = (ids.merge(images, on="image_id").merge(quality.drop(columns="batch_id"), on="image_id", how="left")
-             .merge(duplicates, on="image_id", how="left").merge(scenes, on="image_id", how="left"))
-    positions = dict(zip(ids.image_id, range(len(ids)), strict=True))
-    keep = ~frame.batch_id.isin(blocked_batches(quality, max_unusable_rate))
-    frame = frame[keep].reset_index(drop=True)
-    return frame, vectors[[positions[i] for i in frame.image_id]] if len(frame) else vectors[:0]
-
-
 @dg.asset(
-    deps=[image_quality, image_duplicates, image_embeddings, scenarios],
+    deps=["image_quality", "image_duplicates", "image_embeddings", "scenarios"],
     group_name="curation",
     kinds={"python", "parquet"},
     code_version="2",
@@ -90,7 +72,7 @@ def curated_dataset(context: dg.AssetExecutionContext, catalog: CatalogResource,
 nightly_recuration = dg.ScheduleDefinition(
     name="nightly_recuration",
     cron_schedule="0 3 * * *",
-    target=dg.AssetSelection.assets(image_duplicates, scenarios, curated_dataset),
+    target=dg.AssetSelection.assets("image_duplicates", "scenarios", curated_dataset),
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description="Re-curate everything every night, whatever the sensors did during the day.",
 )

@@ -4,10 +4,12 @@ per class and split (ERROR), class balance (WARN)."""
 import dagster as dg
 import numpy as np
 
+from cv_dataops.curation import curation as curation_lib
+from cv_dataops.curation.tables import CURATED
 from cv_dataops.defs.curation.assets import curated_dataset
-from cv_dataops.defs.embeddings.assets import catalog_vectors
-from cv_dataops.lib import curation as curation_lib
-from cv_dataops.lib.tables import CURATED, DUPLICATES, QUALITY
+from cv_dataops.duplicates.tables import DUPLICATES
+from cv_dataops.embeddings.vectors import catalog_vectors
+from cv_dataops.quality.tables import QUALITY
 from cv_dataops.resources import CatalogResource, CurationResource
 
 

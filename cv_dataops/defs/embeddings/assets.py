@@ -1,26 +1,29 @@
-"""Embeddings per batch, and the scenarios (clusters) and 2-D map over the whole catalog."""
+"""Embeddings: every image of a batch as a vector."""
 
-import base64
 import hashlib
 import io
 import json
 import time
 
 import dagster as dg
-import numpy as np
-import pandas as pd
-import pyarrow as pa
 from PIL import Image, ImageOps
 
-from cv_dataops.defs.ingestion.assets import raw_images
-from cv_dataops.defs.shared import PER_BATCH_TAG, SPANNING, STALE_OR_NEW, batch_partitions, table_metadata
-from cv_dataops.lib.embedder_store import load_or_fit_embedder
-from cv_dataops.lib.embeddings import embed_bytes
-from cv_dataops.lib.scenarios import discover, map_2d, map_png
-from cv_dataops.lib.storage import read_uri
-from cv_dataops.lib.tables import EMBEDDINGS, IMAGES, SCENARIOS
-from cv_dataops.lib.thumbnails import markdown_grid, thumbnail_data_uri
-from cv_dataops.resources import CatalogResource, EmbeddingResource, embedder_spec_from_environment
+from cv_dataops.core.storage import read_uri
+from cv_dataops.defs.shared.partitions import (
+    PER_BATCH_TAG,
+    STALE_OR_NEW,
+    batch_partitions,
+    table_metadata,
+)
+from cv_dataops.embeddings.embedders import embed_bytes
+from cv_dataops.embeddings.store import load_or_fit_embedder
+from cv_dataops.embeddings.tables import EMBEDDINGS
+from cv_dataops.ingest.tables import IMAGES
+from cv_dataops.resources import (
+    CatalogResource,
+    EmbeddingResource,
+    embedder_spec_from_environment,
+)
 
 EMBEDDINGS_VERSION = "1"
 
@@ -39,7 +42,7 @@ def _decoded(data: bytes) -> Image.Image:
 
 @dg.asset(
     partitions_def=batch_partitions,
-    deps=[raw_images],
+    deps=["raw_images"],
     group_name="embeddings",
     tags=PER_BATCH_TAG,
     kinds={"python", "parquet"},
@@ -76,47 +79,3 @@ def image_embeddings(context: dg.AssetExecutionContext, catalog: CatalogResource
         "dagster/row_count": table.num_rows, "embedder": embedder.name, "embedder_version": embedder.version,
         "dimension": int(embedder.dimension), "images_per_second": round(len(images) / seconds, 1) if seconds else 0,
         "embeddings_table": dg.MetadataValue.path(uri)})
-
-
-def catalog_vectors(tables) -> tuple[pd.DataFrame, np.ndarray]:
-    """Every embedding in the catalog, as a frame of ids and a float32 matrix."""
-    table = tables.read(EMBEDDINGS, columns=["image_id", "batch_id", "vector"])
-    if table.num_rows == 0:
-        return table.select(["image_id", "batch_id"]).to_pandas(), np.zeros((0, 0), np.float32)
-    vectors = np.stack(table.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32)
-    return table.select(["image_id", "batch_id"]).to_pandas(), vectors
-
-
-@dg.asset(
-    deps=[image_embeddings],
-    group_name="embeddings",
-    kinds={"python", "parquet"},
-    code_version="1",
-    metadata=table_metadata(SCENARIOS),
-    automation_condition=SPANNING,
-)
-def scenarios(context: dg.AssetExecutionContext, catalog: CatalogResource) -> dg.MaterializeResult:
-    """The scenarios a team curates for, found as clusters in embedding space (their number chosen by silhouette),
-    each with its size and thumbnails, and a 2-D map of the whole catalog."""
-    tables = catalog.catalog()
-    ids, vectors = catalog_vectors(tables)
-    found = discover(vectors)
-    coordinates = map_2d(vectors)
-    frame = pd.DataFrame({"image_id": ids.image_id, "scenario": found.labels.astype(np.int32),
-                          "distance": found.distances, "map_x": coordinates[:, 0] if len(ids) else [],
-                          "map_y": coordinates[:, 1] if len(ids) else []})
-    uri = tables.write(SCENARIOS, pa.Table.from_pandas(frame, preserve_index=False))
-    uris = dict(zip(*tables.read(IMAGES, columns=["image_id", "uri"]).to_pydict().values(), strict=True))
-    sections = {}
-    for scenario, members in frame.groupby("scenario"):
-        typical = members.nsmallest(5, "distance")
-        sections[f"scenario {scenario} ({len(members)} images)"] = [
-            (f"{row.distance:.2f}", thumbnail_data_uri(read_uri(uris[row.image_id]), side=48))
-            for row in typical.itertuples() if row.image_id in uris]
-    png = map_png(coordinates, found.labels)
-    return dg.MaterializeResult(metadata={
-        "dagster/row_count": len(frame), "scenarios": int(frame.scenario.nunique()) if len(frame) else 0,
-        "sizes": dg.MetadataValue.json(frame.scenario.value_counts().sort_index().to_dict() if len(frame) else {}),
-        "typical_images": dg.MetadataValue.md(markdown_grid(sections) if sections else "no images"),
-        "map": dg.MetadataValue.md(f"![map of the catalog](data:image/png;base64,{base64.b64encode(png).decode()})"),
-        "scenarios_table": dg.MetadataValue.path(uri)})

@@ -1,14 +1,16 @@
 """Checks on quality: GX suites (schema, ranges, nulls) with Data Docs, issue rates (WARN), unusable batches
-(ERROR, blocking), and one image kept per duplicate group."""
+(ERROR, blocking)."""
 
 
 import dagster as dg
 
-from cv_dataops.defs.quality.assets import image_duplicates, image_quality
-from cv_dataops.defs.shared import batch_partitions
-from cv_dataops.lib.expectations import validate_frame
-from cv_dataops.lib.quality import ISSUE_TYPES
-from cv_dataops.lib.tables import DUPLICATES, IMAGES, QUALITY
+from cv_dataops.defs.quality.assets import image_quality
+from cv_dataops.defs.shared.partitions import batch_partitions
+from cv_dataops.ingest.tables import IMAGES
+from cv_dataops.quality.expectations import validate_frame
+from cv_dataops.quality.gating import batch_is_usable, unusable_rate
+from cv_dataops.quality.measure import ISSUE_TYPES
+from cv_dataops.quality.tables import QUALITY
 from cv_dataops.resources import CatalogResource, QualityResource
 
 
@@ -42,8 +44,8 @@ def quality_batch_usable(context: dg.AssetCheckExecutionContext, catalog: Catalo
                          quality: QualityResource) -> dg.AssetCheckResult:
     """ERROR, blocking, when most of the batch is unusable: nothing downstream consumes it."""
     frame = catalog.catalog().read(QUALITY, [context.partition_key], columns=["is_unusable"]).to_pandas()
-    rate = float(frame.is_unusable.mean()) if len(frame) else 0.0
-    return dg.AssetCheckResult(passed=rate <= quality.max_unusable_rate, metadata={
+    rate = unusable_rate(frame.is_unusable)
+    return dg.AssetCheckResult(passed=batch_is_usable(frame.is_unusable, quality.max_unusable_rate), metadata={
         "unusable_rate": rate, "limit": quality.max_unusable_rate, "images": len(frame)})
 
 
@@ -58,13 +60,3 @@ def quality_every_image_measured(context: dg.AssetCheckExecutionContext,
     missing = sorted(images - measured)
     return dg.AssetCheckResult(passed=not missing, severity=dg.AssetCheckSeverity.WARN,
                                metadata={"images": len(images), "unmeasured": dg.MetadataValue.json(missing[:20])})
-
-
-@dg.asset_check(asset=image_duplicates, blocking=True)
-def duplicates_one_kept_per_group(catalog: CatalogResource) -> dg.AssetCheckResult:
-    """Every duplicate group has at least two members and exactly one image to keep."""
-    frame = catalog.catalog().read(DUPLICATES).to_pandas()
-    per_group = frame.groupby("group_id").agg(members=("image_id", "size"), kept=("keep", "sum"))
-    bad = per_group[(per_group.members < 2) | (per_group.kept != 1)]
-    return dg.AssetCheckResult(passed=bad.empty, metadata={
-        "groups": len(per_group), "bad_groups": dg.MetadataValue.json(bad.index.tolist()[:20])})

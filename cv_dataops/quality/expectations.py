@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from cv_dataops.lib.storage import Storage
+from cv_dataops.core.storage import Storage
 
-SUITES_DIR = Path(__file__).resolve().parent.parent / "expectations"
+SUITES_DIR = Path(__file__).resolve().parent / "suites"
 DATA_DOCS_PREFIX = "reports/data_docs"
 
 
@@ -39,7 +39,9 @@ def validate_frame(frame: pd.DataFrame, suite_name: str, batch_label: str, docs:
     """Validate ``frame`` against the named suite; render Data Docs into ``docs`` (under reports/data_docs)."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     import great_expectations as gx
-    from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+    from great_expectations.expectations.expectation_configuration import (
+        ExpectationConfiguration,
+    )
 
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
     spec = load_suite_spec(suite_name)

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from cv_dataops.lib.tables import TableDefinition
+from cv_dataops.core.schema import TableDefinition
 
 # One partition per landing batch; the landing sensor (and `cv-dataops run`) adds them.
 batch_partitions = dg.DynamicPartitionsDefinition(name="batches")

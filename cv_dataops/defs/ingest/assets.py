@@ -2,9 +2,13 @@
 
 import dagster as dg
 
-from cv_dataops.defs.shared import PER_BATCH_TAG, batch_partitions, table_metadata
-from cv_dataops.lib.ingest import ingest_batch
-from cv_dataops.lib.tables import IMAGES, OBJECTS, QUARANTINE
+from cv_dataops.defs.shared.partitions import (
+    PER_BATCH_TAG,
+    batch_partitions,
+    table_metadata,
+)
+from cv_dataops.ingest.batch import ingest_batch
+from cv_dataops.ingest.tables import IMAGES, OBJECTS, QUARANTINE
 from cv_dataops.resources import CatalogResource, LandingResource
 
 INGEST_VERSION = "1"

@@ -539,7 +539,9 @@ def write_digits(dest: str | Path, size: int = 64, limit: int | None = None) -> 
     white ink on black, each source pixel a sharp block (nearest-neighbour: interpolating 8 pixels up to 64 would
     make every digit genuinely blurry). Returns columns relative_path and label (the digit as a string).
     """
-    from sklearn.datasets import load_digits  # imported here: scikit-learn is slow to import, scenes don't need it
+    from sklearn.datasets import (
+        load_digits,  # imported here: scikit-learn is slow to import, scenes don't need it
+    )
 
     dest = Path(dest)
     digits = load_digits()

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cv_dataops.lib.storage import ObjectInfo, Storage
+from cv_dataops.core.storage import ObjectInfo, Storage
 
 BATCHES_PREFIX = "batches/"
 INDEX_KEY = "batches/_index.parquet"

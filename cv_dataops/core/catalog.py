@@ -13,8 +13,8 @@ from collections.abc import Iterable, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cv_dataops.lib.storage import Storage, check_key
-from cv_dataops.lib.tables import TableDefinition, table_definition
+from cv_dataops.core.schema import TableDefinition
+from cv_dataops.core.storage import Storage, check_key
 
 CATALOG_PREFIX = "catalog"
 UNPARTITIONED = "all"
@@ -29,7 +29,13 @@ class Catalog:
 
     @staticmethod
     def _definition(table: TableDefinition | str) -> TableDefinition:
-        return table if isinstance(table, TableDefinition) else table_definition(table)
+        if isinstance(table, TableDefinition):
+            return table
+        from cv_dataops.tables import (
+            table_definition,  # by name: the list of every domain's tables
+        )
+
+        return table_definition(table)
 
     def key(self, table: TableDefinition | str, partition: str | None = None) -> str:
         definition = self._definition(table)

@@ -26,12 +26,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cv_dataops.lib.catalog import CATALOG_PREFIX, Catalog
-from cv_dataops.lib.storage import Storage
-from cv_dataops.lib.tables import EMBEDDINGS, IMAGES, TABLES
+from cv_dataops.core.catalog import CATALOG_PREFIX, Catalog
+from cv_dataops.core.storage import Storage
+from cv_dataops.embeddings.tables import EMBEDDINGS
+from cv_dataops.ingest.tables import IMAGES
+from cv_dataops.tables import TABLES
 
 if TYPE_CHECKING:
-    from cv_dataops.lib.embeddings import Embedder
+    from cv_dataops.embeddings.embedders import Embedder
 
 SIMILAR_CHUNK_ROWS = 65_536  # vectors scored at once: 128 MB of float32 at 512 dimensions
 SIMILAR_SCHEMA = pa.schema([
@@ -239,8 +241,11 @@ def stored_embedder(storage: Storage, spec: dict, versions: Iterable[str] = ()) 
     """The embedder that made the catalog's vectors (``versions``), as the pipeline configured it (``spec``). The
     built-in one is read from the data root (the stored model of one of ``versions`` if there is one) and never
     fitted here: a search must not change the model the catalog was embedded by."""
-    from cv_dataops.lib.embedder_store import model_key, stored_patch_kmeans  # only needed to embed a file
-    from cv_dataops.lib.embeddings import load_embedder
+    from cv_dataops.embeddings.embedders import load_embedder
+    from cv_dataops.embeddings.store import (  # only needed to embed a file
+        model_key,
+        stored_patch_kmeans,
+    )
 
     if spec.get("kind", "patch-kmeans") != "patch-kmeans":
         return load_embedder(spec)
@@ -262,7 +267,7 @@ def embed_image_bytes(catalog: Catalog, data: bytes, spec: dict) -> tuple[np.nda
         raise ValueError(f"the configured embedder ({embedder.name}, version {embedder.version}) did not make the "
                          f"catalog's embeddings (version {', '.join(sorted(versions))}): configure the embedder the "
                          f"pipeline used (CV_DATAOPS_EMBEDDER), or run the pipeline to re-embed the catalog")
-    from cv_dataops.lib.embeddings import embed_bytes
+    from cv_dataops.embeddings.embedders import embed_bytes
 
     (vectors,) = list(embed_bytes(embedder, [data], batch_size=1))
     return vectors[0], embedder.version

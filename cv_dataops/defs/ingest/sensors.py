@@ -4,7 +4,7 @@ import json
 
 import dagster as dg
 
-from cv_dataops.defs.shared import batch_partitions, per_batch_assets
+from cv_dataops.defs.shared.partitions import batch_partitions, per_batch_assets
 from cv_dataops.resources import CatalogResource, LandingResource
 
 ingest_batch_job = dg.define_asset_job(

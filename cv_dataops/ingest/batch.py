@@ -19,9 +19,9 @@ from datetime import UTC, datetime, timedelta, timezone
 import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 
-from cv_dataops.lib.landing import BatchManifest
-from cv_dataops.lib.storage import ObjectInfo, Storage
-from cv_dataops.lib.tables import IMAGES, OBJECTS, QUARANTINE
+from cv_dataops.core.storage import ObjectInfo, Storage
+from cv_dataops.ingest.landing import BatchManifest
+from cv_dataops.ingest.tables import IMAGES, OBJECTS, QUARANTINE
 
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "BMP", "TIFF", "WEBP"})
 LABELS_CSV = "labels.csv"

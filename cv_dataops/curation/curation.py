@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from cv_dataops.lib.export import neutralize_formula
+from cv_dataops.exports.files import neutralize_formula
 
 SPLITS = ("train", "val", "test")
 # At most this many k-means cells per stratum: bounds selection's cost on large strata (more picks per cell).

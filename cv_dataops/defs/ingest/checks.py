@@ -4,9 +4,9 @@ from collections import Counter
 
 import dagster as dg
 
-from cv_dataops.defs.ingestion.assets import raw_images
-from cv_dataops.defs.shared import batch_partitions
-from cv_dataops.lib.tables import IMAGES, OBJECTS, QUARANTINE
+from cv_dataops.defs.ingest.assets import raw_images
+from cv_dataops.defs.shared.partitions import batch_partitions
+from cv_dataops.ingest.tables import IMAGES, OBJECTS, QUARANTINE
 from cv_dataops.resources import CatalogResource, LandingResource
 
 

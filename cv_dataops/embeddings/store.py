@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterable
 
 from PIL import Image
 
-from cv_dataops.lib.embeddings import Embedder, PatchKMeansEmbedder, load_embedder
-from cv_dataops.lib.storage import Storage
+from cv_dataops.core.storage import Storage
+from cv_dataops.embeddings.embedders import Embedder, PatchKMeansEmbedder, load_embedder
 
 MODELS_PREFIX = "models/"
 PATCH_KMEANS_KEY = "models/patch-kmeans.npz"

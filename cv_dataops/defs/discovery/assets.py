@@ -1,0 +1,52 @@
+"""Discovery: the scenarios (clusters) and 2-D map over the whole catalog."""
+
+import base64
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from cv_dataops.core.storage import read_uri
+from cv_dataops.defs.shared.partitions import SPANNING, table_metadata
+from cv_dataops.discovery.scenarios import discover, map_2d, map_png
+from cv_dataops.discovery.tables import SCENARIOS
+from cv_dataops.embeddings.vectors import catalog_vectors
+from cv_dataops.images.thumbnails import markdown_grid, thumbnail_data_uri
+from cv_dataops.ingest.tables import IMAGES
+from cv_dataops.resources import CatalogResource
+
+
+@dg.asset(
+    deps=["image_embeddings"],
+    group_name="discovery",
+    kinds={"python", "parquet"},
+    code_version="1",
+    metadata=table_metadata(SCENARIOS),
+    automation_condition=SPANNING,
+)
+def scenarios(context: dg.AssetExecutionContext, catalog: CatalogResource) -> dg.MaterializeResult:
+    """The scenarios a team curates for, found as clusters in embedding space (their number chosen by silhouette),
+    each with its size and thumbnails, and a 2-D map of the whole catalog."""
+    tables = catalog.catalog()
+    ids, vectors = catalog_vectors(tables)
+    found = discover(vectors)
+    coordinates = map_2d(vectors)
+    frame = pd.DataFrame({"image_id": ids.image_id, "scenario": found.labels.astype(np.int32),
+                          "distance": found.distances, "map_x": coordinates[:, 0] if len(ids) else [],
+                          "map_y": coordinates[:, 1] if len(ids) else []})
+    uri = tables.write(SCENARIOS, pa.Table.from_pandas(frame, preserve_index=False))
+    uris = dict(zip(*tables.read(IMAGES, columns=["image_id", "uri"]).to_pydict().values(), strict=True))
+    sections = {}
+    for scenario, members in frame.groupby("scenario"):
+        typical = members.nsmallest(5, "distance")
+        sections[f"scenario {scenario} ({len(members)} images)"] = [
+            (f"{row.distance:.2f}", thumbnail_data_uri(read_uri(uris[row.image_id]), side=48))
+            for row in typical.itertuples() if row.image_id in uris]
+    png = map_png(coordinates, found.labels)
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": len(frame), "scenarios": int(frame.scenario.nunique()) if len(frame) else 0,
+        "sizes": dg.MetadataValue.json(frame.scenario.value_counts().sort_index().to_dict() if len(frame) else {}),
+        "typical_images": dg.MetadataValue.md(markdown_grid(sections) if sections else "no images"),
+        "map": dg.MetadataValue.md(f"![map of the catalog](data:image/png;base64,{base64.b64encode(png).decode()})"),
+        "scenarios_table": dg.MetadataValue.path(uri)})

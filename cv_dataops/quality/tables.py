@@ -1,0 +1,57 @@
+"""The table the quality stage writes: `quality`."""
+
+import pyarrow as pa
+
+from cv_dataops.core.schema import Column, TableDefinition
+
+_ISSUE_MEANINGS = {
+    "dark": "too dark (bright pixels are rare)",
+    "light": "too bright (dark pixels are rare)",
+    "blurry": "out of focus or motion-blurred (little fine detail at a fixed analysis size)",
+    "low_information": "little content (low entropy: blank, flat or nearly constant)",
+    "odd_aspect_ratio": "unusually elongated (width/height far from the usual)",
+    "odd_size": "area far from the typical area of the whole catalog",
+    "grayscale": "no colour: a grayscale mode, or RGB whose three channels are (nearly) equal",
+}
+
+
+def _issue_columns() -> tuple[Column, ...]:
+    columns: list[Column] = []
+    for issue, meaning in _ISSUE_MEANINGS.items():
+        columns.append(Column(f"{issue}_score", pa.float32(), f"0..1, lower is worse: {meaning}.", False))
+        columns.append(Column(f"is_{issue}", pa.bool_(), f"{issue}_score is below its threshold.", False))
+    return tuple(columns)
+
+
+QUALITY = TableDefinition(
+    name="quality",
+    description="One row per image: a score and a flag for each issue type, plain measurements, and the hashes "
+                "duplicate detection uses, all from one decode at reduced size.",
+    partitioned_by_batch=True,
+    written_by="image_quality",
+    columns=(
+        Column("image_id", pa.string(), "The image (see `images`).", False),
+        Column("batch_id", pa.string(), "The batch that brought it.", False),
+        *_issue_columns(),
+        Column("is_unusable", pa.bool_(), "Has one of the issues configured as unusable (by default dark, light, "
+                                          "blurry, low_information).", False),
+        Column("width", pa.int32(), "Width in pixels (after EXIF orientation).", False),
+        Column("height", pa.int32(), "Height in pixels (after EXIF orientation).", False),
+        Column("brightness", pa.float32(), "Mean luma, 0..1.", False),
+        Column("dark_clipped_fraction", pa.float32(), "Fraction of pixels crushed to black (exposure clipping).", False),
+        Column("light_clipped_fraction", pa.float32(), "Fraction of pixels blown to white (exposure clipping).", False),
+        Column("rms_contrast", pa.float32(), "Standard deviation of luma, 0..1.", False),
+        Column("colourfulness", pa.float32(), "Hasler and Suesstrunk's colourfulness (0 for gray).", False),
+        Column("noise_sigma", pa.float32(), "Estimated noise standard deviation, in 0..255 units.", False),
+        Column("sharpness", pa.float32(), "Variance of the Laplacian at the analysis size.", False),
+        Column("entropy", pa.float32(), "Shannon entropy of the luma histogram, in bits.", False),
+        Column("jpeg_quality", pa.int16(), "Quality (1..100) estimated from the JPEG quantization tables; "
+                                           "null for other formats."),
+        Column("analysis_width", pa.int32(), "Width of the reduced image the metrics were computed on.", False),
+        Column("analysis_height", pa.int32(), "Height of the reduced image the metrics were computed on.", False),
+        Column("phash", pa.uint64(), "64-bit perceptual (DCT) hash of the luma.", False),
+        Column("dhash", pa.uint64(), "64-bit difference hash of the luma.", False),
+        Column("pixel_hash", pa.string(), "SHA-256 of the decoded pixels: equal means identical pixels.", False),
+        Column("quality_version", pa.string(), "Version of the metrics and thresholds that produced the row.", False),
+    ),
+)
