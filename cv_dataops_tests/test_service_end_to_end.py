@@ -80,14 +80,21 @@ telemetry: {{enabled: false}}
                               stdout=open(tmp_path / "daemon.log", "w"), stderr=subprocess.STDOUT)
     try:
         with dg.DagsterInstance.from_config(str(home)) as instance:
-            deadline = time.time() + 300
+            # generous: on a busy 2-core machine the daemon's first ticks and the embedder fit take minutes
+            deadline = time.time() + 900
             duplicates = dg.AssetKey("image_duplicates")
-            while time.time() < deadline:
+            while True:
                 runs = instance.get_runs()
                 if (runs and all(run.is_finished for run in runs)
                         and instance.get_latest_materialization_event(duplicates) is not None):
                     break
                 assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()[-3000:]
+                if time.time() > deadline:
+                    seen = [(run.job_name, run.status.value, run.tags.get("dagster/partition")) for run in runs]
+                    built = [key.to_user_string() for key in instance.get_asset_keys()
+                             if instance.get_latest_materialization_event(key) is not None]
+                    pytest.fail(f"after 900 s: runs {seen}; materialized {built}; daemon log tail:\n"
+                                + (tmp_path / "daemon.log").read_text()[-3000:])
                 time.sleep(2)
             runs = {run.job_name: run for run in instance.get_runs()}
             log = (tmp_path / "daemon.log").read_text()[-3000:]
