@@ -11,7 +11,7 @@ import csv
 import hashlib
 import io
 import posixpath
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
@@ -228,13 +228,15 @@ def _examine(info: ObjectInfo, landing: Storage, limits: IngestLimits) -> tuple[
     return hashlib.sha256(data).hexdigest(), inspect_image(data, limits)
 
 
-def ingest_batch(manifest: BatchManifest, landing: Storage, *, known_image_ids: set[str] | frozenset[str] = frozenset(),
+def ingest_batch(manifest: BatchManifest, landing: Storage, *,
+                 known_image_ids: Collection[str] | Callable[[list[str]], Collection[str]] = frozenset(),
                  labels: LabelSource | None = None, limits: IngestLimits = IngestLimits(), workers: int = 8,
                  progress: Callable[[int], None] | None = None, now: datetime | None = None) -> BatchResult:
     """Examine every object of a batch and sort it into images, duplicates, quarantine or sidecars.
 
     ``known_image_ids`` are the images earlier batches already hold: the same bytes landing again are recorded in
-    ``objects`` as a duplicate of that image instead of a second image row.
+    ``objects`` as a duplicate of that image instead of a second image row. Either the ids themselves or a function
+    answering which of the batch's ids are known (an index lookup: the catalog's ids are then never loaded).
     """
     labels = labels or LabelSource("none")
     now = now or datetime.now(UTC)
@@ -248,6 +250,9 @@ def ingest_batch(manifest: BatchManifest, landing: Storage, *, known_image_ids: 
             examined[info.key] = outcome
             if progress:
                 progress(1)
+    if callable(known_image_ids):
+        known_image_ids = known_image_ids(sorted({image_id for image_id, result in examined.values()
+                                                  if image_id is not None and not isinstance(result, Refusal)}))
     seen = set(known_image_ids)
     images, quarantine, ledger, reasons, duplicates = [], [], [], {}, 0
     for info in objects:

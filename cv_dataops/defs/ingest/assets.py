@@ -8,6 +8,7 @@ from cv_dataops.defs.shared.partitions import (
     table_metadata,
 )
 from cv_dataops.ingest.batch import ingest_batch
+from cv_dataops.ingest.id_index import ImageIdIndex
 from cv_dataops.ingest.tables import IMAGES, OBJECTS, QUARANTINE
 from cv_dataops.resources import CatalogResource, LandingResource
 
@@ -25,13 +26,13 @@ INGEST_VERSION = "1"
 def raw_images(context: dg.AssetExecutionContext, catalog: CatalogResource,
                landing: LandingResource) -> dg.MaterializeResult:
     """Every object of one landing batch, decoded safely: good images to `images`, the rest to `quarantine`
-    with a reason, and every object's outcome to the `objects` ledger. Image bytes stay where they landed."""
+    with a reason, and every object's outcome to the `objects` ledger. Image bytes stay where they landed. Earlier
+    batches' ids are looked up in the image-id index, never read from their tables."""
     batch_id = context.partition_key
     tables = catalog.catalog()
     manifest = catalog.ledger().manifest(batch_id)
     landing_storage = landing.storage(manifest.landing_uri)
-    earlier = [b for b in tables.partitions(IMAGES) if b < batch_id]
-    known = set(tables.read(IMAGES, earlier, columns=["image_id"]).column("image_id").to_pylist())
+    id_index = ImageIdIndex(tables)
 
     total, done = len(manifest.objects), [0]
 
@@ -40,11 +41,15 @@ def raw_images(context: dg.AssetExecutionContext, catalog: CatalogResource,
         if done[0] % 500 == 0 or done[0] == total:
             context.log.info(f"examined {done[0]}/{total} objects")
 
-    result = ingest_batch(manifest, landing_storage, known_image_ids=known,
+    def known_earlier(ids: list[str]) -> set[str]:
+        return id_index.known_before(batch_id, ids)
+
+    result = ingest_batch(manifest, landing_storage, known_image_ids=known_earlier,
                           labels=landing.label_source(landing_storage), limits=landing.limits(),
                           workers=landing.workers, progress=progress)
     uris = {table.name: tables.write(table, data, batch_id) for table, data in
             ((IMAGES, result.images), (QUARANTINE, result.quarantine), (OBJECTS, result.objects))}
+    id_index.write(batch_id, result.images.column("image_id").to_pylist())
     quarantine_preview = result.quarantine.select(["relative_path", "reason", "detail"]).slice(0, 20).to_pandas()
     return dg.MaterializeResult(metadata={
         "dagster/row_count": result.images.num_rows,

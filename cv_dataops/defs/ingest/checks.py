@@ -6,6 +6,7 @@ import dagster as dg
 
 from cv_dataops.defs.ingest.assets import raw_images
 from cv_dataops.defs.shared.partitions import batch_partitions
+from cv_dataops.ingest.id_index import ImageIdIndex, batch_uniqueness
 from cv_dataops.ingest.tables import IMAGES, OBJECTS, QUARANTINE
 from cv_dataops.resources import CatalogResource, LandingResource
 
@@ -23,18 +24,21 @@ def raw_images_schema(context: dg.AssetCheckExecutionContext, catalog: CatalogRe
 @dg.asset_check(asset=raw_images, partitions_def=batch_partitions, blocking=True)
 def raw_images_unique_image_id(context: dg.AssetCheckExecutionContext,
                                catalog: CatalogResource) -> dg.AssetCheckResult:
-    """No image_id appears twice in `images`, across all batches (the same bytes are one image)."""
-    ids = catalog.catalog().read(IMAGES, columns=["image_id"]).column("image_id").to_pylist()
-    repeated = [image_id for image_id, count in Counter(ids).items() if count > 1]
-    return dg.AssetCheckResult(passed=not repeated, metadata={
-        "images_in_catalog": len(ids), "repeated_ids": len(repeated),
-        "examples": dg.MetadataValue.json(repeated[:10])})
+    """No image_id of the batch appears twice in `images`, in this batch or any other (the same bytes are one
+    image). Reads the batch's own rows and the other batches' image-id index, never the whole table."""
+    found = batch_uniqueness(catalog.catalog(), context.partition_key)
+    return dg.AssetCheckResult(passed=not found.repeated, metadata={
+        "images_in_catalog": found.images_in_catalog, "repeated_ids": len(found.repeated),
+        "examples": dg.MetadataValue.json(found.repeated[:10]),
+        "also_in_batches": dg.MetadataValue.json(
+            sorted({b for batches in found.other_batches.values() for b in batches})[:10])})
 
 
 @dg.asset_check(asset=raw_images, partitions_def=batch_partitions, blocking=True)
 def raw_images_accounted_for(context: dg.AssetCheckExecutionContext,
                              catalog: CatalogResource) -> dg.AssetCheckResult:
-    """Every object in the batch manifest has exactly one outcome, and that outcome's row exists."""
+    """Every object in the batch manifest has exactly one outcome, and that outcome's row exists (a duplicate's
+    image in this batch or, by the image-id index, in another)."""
     batch_id = context.partition_key
     tables = catalog.catalog()
     manifest = catalog.ledger().manifest(batch_id)
@@ -45,12 +49,13 @@ def raw_images_accounted_for(context: dg.AssetCheckExecutionContext,
     repeated = sorted(key for key, count in recorded.items() if count > 1)
     unexpected = sorted(key for key in recorded if key not in landed)
     batch_images = set(tables.read(IMAGES, [batch_id], columns=["image_id"]).column("image_id").to_pylist())
-    all_images = set(tables.read(IMAGES, columns=["image_id"]).column("image_id").to_pylist())
+    duplicate_of = {row["image_id"] for row in ledger if row["outcome"] == "duplicate"} - batch_images
+    images_anywhere = batch_images | (set(ImageIdIndex(tables).holders(duplicate_of).by_id) if duplicate_of else set())
     quarantined = set(tables.read(QUARANTINE, [batch_id], columns=["relative_path"])
                       .column("relative_path").to_pylist())
     dangling = [row["relative_path"] for row in ledger if
                 (row["outcome"] == "image" and row["image_id"] not in batch_images)
-                or (row["outcome"] == "duplicate" and row["image_id"] not in all_images)
+                or (row["outcome"] == "duplicate" and row["image_id"] not in images_anywhere)
                 or (row["outcome"] == "quarantined" and row["relative_path"] not in quarantined)]
     outcomes = Counter(row["outcome"] for row in ledger)
     passed = not (missing or repeated or unexpected or dangling)
