@@ -111,31 +111,42 @@ def decode(data: bytes, analysis_side: int) -> DecodedImage:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-            img.seek(0)  # first frame of an animation
-            stored_w, stored_h = img.size
-            try:
-                orientation = int(img.getexif().get(_ORIENTATION_TAG, 1) or 1)
-            except Exception:  # a broken EXIF block must not make the image unusable
-                orientation = 1
-            is_jpeg = img.format in _JPEG_FORMATS
-            quantization = getattr(img, "quantization", None) if is_jpeg else None
-            target = target_size(stored_w, stored_h, analysis_side)
-            if is_jpeg and target != (stored_w, stored_h):
-                img.draft("RGB", target)  # decode at 1/2, 1/4 or 1/8 scale, never below the target size
-            img.load()
-            if getattr(img, "is_animated", False):
-                img = img.copy()  # detach frame 0 from the file so later conversions do not touch other frames
-            source_gray = img.mode in _SINGLE_CHANNEL_MODES
-            img = to_8bit(img)
-            if img.size != target:
-                img = img.resize(target, Image.Resampling.BICUBIC, reducing_gap=3.0)
-            transpose = _ORIENTATION_TRANSPOSE.get(orientation)
-            if transpose is not None:
-                img = img.transpose(transpose)
+        return decode_image(img, analysis_side)
     except MemoryError:
         raise
     except Exception as error:  # Pillow raises many types for malformed files; callers get one
         raise ValueError(f"cannot decode image ({len(data)} bytes): {type(error).__name__}: {error}") from error
+
+
+def decode_image(img: Image.Image, analysis_side: int) -> DecodedImage:
+    """:func:`decode` on an image already opened (and not yet loaded), raising Pillow's own exceptions: for
+    ingestion, which reads the header first and sorts decoding errors into quarantine reasons. Draft mode still
+    reads the whole entropy-coded stream, so truncated data fails here as it does in a full decode."""
+    if analysis_side < 8:
+        raise ValueError(f"analysis_side must be at least 8, got {analysis_side}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img.seek(0)  # first frame of an animation
+        stored_w, stored_h = img.size
+        try:
+            orientation = int(img.getexif().get(_ORIENTATION_TAG, 1) or 1)
+        except Exception:  # a broken EXIF block must not make the image unusable
+            orientation = 1
+        is_jpeg = img.format in _JPEG_FORMATS
+        quantization = getattr(img, "quantization", None) if is_jpeg else None
+        target = target_size(stored_w, stored_h, analysis_side)
+        if is_jpeg and target != (stored_w, stored_h):
+            img.draft("RGB", target)  # decode at 1/2, 1/4 or 1/8 scale, never below the target size
+        img.load()
+        if getattr(img, "is_animated", False):
+            img = img.copy()  # detach frame 0 from the file so later conversions do not touch other frames
+        source_gray = img.mode in _SINGLE_CHANNEL_MODES
+        img = to_8bit(img)
+        if img.size != target:
+            img = img.resize(target, Image.Resampling.BICUBIC, reducing_gap=3.0)
+        transpose = _ORIENTATION_TRANSPOSE.get(orientation)
+        if transpose is not None:
+            img = img.transpose(transpose)
     if orientation in (5, 6, 7, 8):
         stored_w, stored_h = stored_h, stored_w
     if img.mode == "L":
@@ -143,7 +154,7 @@ def decode(data: bytes, analysis_side: int) -> DecodedImage:
     else:
         rgb, gray = img, img.convert("L")
     return DecodedImage(rgb=rgb, gray=gray, width=stored_w, height=stored_h, source_gray=source_gray,
-                    quantization=dict(quantization) if quantization else None)
+                        quantization=dict(quantization) if quantization else None)
 
 
 def load_for_analysis(data: bytes, analysis_side: int = 256) -> tuple[Image.Image, int, int]:
