@@ -40,6 +40,17 @@ def write_files(root: Path, files: dict[str, bytes]) -> Path:
     return root
 
 
+# A built-in embedder small enough to fit in well under a second: for tests that need vectors, not good ones.
+# (The default fits 400 centroids and 512 dimensions on up to 3,000 images: seconds to minutes per test.)
+TINY_EMBEDDER_SPEC = {"kind": "patch-kmeans", "n_centroids": 16, "dimension": 16, "n_patches": 4000,
+                      "kmeans_iterations": 3}
+
+
+@pytest.fixture
+def tiny_embedder_spec() -> dict:
+    return dict(TINY_EMBEDDER_SPEC)
+
+
 @pytest.fixture
 def cifar_sample() -> Path:
     if not (CIFAR_SAMPLE / "train").is_dir():

@@ -21,6 +21,8 @@ import pytest
 
 from cv_dataops_tests.conftest import REPOSITORY, _free_port, encode, photo
 
+pytestmark = pytest.mark.slow  # a Postgres cluster and the real dagster-daemon
+
 
 def _postgres_binaries() -> Path | None:
     for candidate in [shutil.which("initdb"), *sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)]:
