@@ -38,11 +38,11 @@ from quality_dataset import (  # noqa: E402
 from report import update_section  # noqa: E402
 
 from cv_dataops.duplicates.index import DuplicateSettings, find_pairs, group_duplicates  # noqa: E402
+from cv_dataops.quality.issues.odd_size import odd_size_scores  # noqa: E402
 from cv_dataops.quality.measure import (  # noqa: E402
     QualityThresholds,
     flag_issues,
     measure_stream,
-    odd_size_scores,
 )
 
 

@@ -1,4 +1,5 @@
-"""Per-image quality metrics (cv_dataops.quality.measure) on crafted images whose answer is known.
+"""Per-image quality metrics (cv_dataops.quality.measure and the issue types of cv_dataops.quality.issues) on
+crafted images whose answer is known.
 
 "Photos" are real: scikit-image ships a few (astronaut, coffee, chelsea, rocket); CIFAR-10 sample images are read in
 place where present (the ``cifar_sample`` fixture skips otherwise). Every test builds its images in memory or under
@@ -15,6 +16,7 @@ from PIL import Image, ImageFilter
 
 from cv_dataops.images.decode import load_for_analysis
 from cv_dataops.quality import measure as q
+from cv_dataops.quality.issues.odd_size import odd_size_scores
 
 skdata = pytest.importorskip("skimage.data", reason="scikit-image provides the real sample photos")
 
@@ -223,7 +225,7 @@ def test_ten_to_one_image_is_odd_aspect_ratio(astronaut):
 def test_odd_size_flags_tiny_and_huge_images_among_typical_ones():
     widths = np.array([256] * 30 + [20, 4000, 300, 200])
     heights = np.array([256] * 30 + [20, 4000, 300, 220])
-    scores = q.odd_size_scores(widths, heights)
+    scores = odd_size_scores(widths, heights)
     assert scores.shape == widths.shape and np.all((scores >= 0) & (scores <= 1))
     flagged = scores < DEFAULTS.odd_size
     assert flagged[30] and flagged[31]
@@ -231,8 +233,8 @@ def test_odd_size_flags_tiny_and_huge_images_among_typical_ones():
     assert not flagged[32] and not flagged[33]  # slightly different sizes are not odd (CleanVision flags them)
     # Against a reference catalog: a batch of one is scored relative to the catalog, not to itself.
     catalog = np.full(100, 256 * 256)
-    assert q.odd_size_scores(np.array([20]), np.array([20]), reference_areas=catalog)[0] < DEFAULTS.odd_size
-    assert q.odd_size_scores(np.array([256]), np.array([256]), reference_areas=catalog)[0] == 1.0
+    assert odd_size_scores(np.array([20]), np.array([20]), reference_areas=catalog)[0] < DEFAULTS.odd_size
+    assert odd_size_scores(np.array([256]), np.array([256]), reference_areas=catalog)[0] == 1.0
     # flag_issues computes it from width/height when no odd_size_score column is given.
     rows = {f"{t}_score": np.ones(len(widths)) for t in q.ISSUE_TYPES if t != "odd_size"}
     rows.update(width=widths, height=heights)
@@ -246,7 +248,7 @@ def test_odd_size_scales_to_a_large_catalog():
     import tracemalloc
 
     tracemalloc.start()
-    scores = q.odd_size_scores(widths, heights)
+    scores = odd_size_scores(widths, heights)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 200 * 2**20  # O(n) memory: percentiles by partition, no pairwise work (which would need terabytes)

@@ -1,19 +1,20 @@
-"""Per-image quality measurements and issue flags: dark, light, blurry, low information, odd aspect ratio, odd size,
-grayscale; plus plain measurements (exposure, contrast, colourfulness, noise, sharpness, entropy, JPEG quality) and
-the hashes that duplicate detection needs.
+"""Per-image quality measurements and issue flags. The issue types themselves (dark, light, blurry, low
+information, odd aspect ratio, odd size, grayscale, and any added later) live in :mod:`cv_dataops.quality.issues`,
+one module each; this module measures what they score, and turns scores into flags.
 
 Design
 ------
-* **One decode, at reduced size.** :func:`load_for_analysis` decodes each image once, at about ``ANALYSIS_SIDE``
-  pixels on its longest side. JPEGs use Pillow's draft mode, which decodes at 1/2, 1/4 or 1/8 scale in the DCT
-  domain, so a 12-megapixel photo costs a fraction of a full decode; everything else is decoded and resized once.
-  Images smaller than the analysis size are analysed at their own size (never upscaled).
-* **Every metric on that small image, vectorised with numpy.** Pixel-level scores are therefore defined *at the
-  analysis size*: the blur score answers "does it look blurry at ~``ANALYSIS_SIDE`` px", whatever the file size.
+* **One decode, at reduced size.** :func:`measure` decodes each image once (``cv_dataops.images.decode``), at about
+  ``ANALYSIS_SIDE`` pixels on its longest side. JPEGs use Pillow's draft mode, which decodes at 1/2, 1/4 or 1/8 scale
+  in the DCT domain, so a 12-megapixel photo costs a fraction of a full decode; everything else is decoded and
+  resized once. Images smaller than the analysis size are analysed at their own size (never upscaled).
+* **Shared statistics, then one score per issue type.** Histograms, percentiles, gradients and the blur features are
+  computed once, vectorised with numpy, into :class:`ImageStatistics`; each registered issue type turns them into
+  its score. Pixel-level scores are therefore defined *at the analysis size*: the blur score answers "does it look
+  blurry at ~``ANALYSIS_SIDE`` px", whatever the file size.
 * **Scores mean what CleanVision's mean**: one ``<issue>_score`` per issue type in 0..1, lower is worse, and an
-  image has issue T when ``T_score < threshold[T]`` (see :class:`QualityThresholds` for the defaults and how each
-  relates to CleanVision's). ``odd_size`` depends on the whole catalog, so it is computed by
-  :func:`odd_size_scores` over all images rather than by :func:`measure`.
+  image has issue T when ``T_score < threshold[T]`` (:class:`QualityThresholds`). Catalog-relative issue types
+  (``odd_size``) are scored over a batch by :func:`catalog_scores` rather than by :func:`measure`.
 * **Plain Python** (numpy, Pillow, imagehash): no orchestration imports, so it runs in worker processes cheaply.
   :func:`measure_stream` fans the work out over a process pool with a bounded number of tasks in flight.
 """
@@ -23,15 +24,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
+import json
 import math
 import multiprocessing
 import os
 import pickle
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -43,13 +45,7 @@ from cv_dataops.core.storage import (
 )
 from cv_dataops.core.storage import aws_environment as current_aws_environment
 from cv_dataops.images.decode import DecodedImage, decode
-
-ISSUE_TYPES: tuple[str, ...] = ("dark", "light", "blurry", "low_information", "odd_aspect_ratio", "odd_size",
-                                "grayscale")
-
-# Scores measure() returns (odd_size is catalog-relative, see odd_size_scores).
-SCORE_COLUMNS: tuple[str, ...] = ("dark_score", "light_score", "blurry_score", "low_information_score",
-                                  "odd_aspect_ratio_score", "grayscale_score")
+from cv_dataops.quality.issues import column, issue_names, issue_types
 
 MEASUREMENTS: tuple[str, ...] = ("brightness", "dark_clipped_fraction", "light_clipped_fraction", "rms_contrast",
                                  "colourfulness", "noise_sigma", "sharpness", "entropy", "jpeg_quality")
@@ -58,8 +54,19 @@ HASH_COLUMNS: tuple[str, ...] = ("phash", "dhash", "pixel_hash")
 
 SIZE_COLUMNS: tuple[str, ...] = ("width", "height", "analysis_width", "analysis_height")
 
-# Every key measure() returns, in a stable order (handy for building table schemas).
-MEASURE_COLUMNS: tuple[str, ...] = SIZE_COLUMNS + SCORE_COLUMNS + MEASUREMENTS + HASH_COLUMNS
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    """``ISSUE_TYPES`` (every issue type's name), ``SCORE_COLUMNS`` (the scores :func:`measure` returns: the per-image
+    issue types') and ``MEASURE_COLUMNS`` (every key :func:`measure` returns, in a stable order), read from the
+    issue registry each time, so they follow it."""
+    if name == "ISSUE_TYPES":
+        return issue_names()
+    if name == "SCORE_COLUMNS":
+        return tuple(f"{issue.name}_score" for issue in issue_types() if issue.score is not None)
+    if name == "MEASURE_COLUMNS":
+        return SIZE_COLUMNS + __getattr__("SCORE_COLUMNS") + MEASUREMENTS + HASH_COLUMNS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # Longest side of the image every pixel metric is computed on. 256 keeps JPEG decoding at 1/4 or 1/8 scale for
 # ordinary photos (the main cost), is large enough to see blur of ~1% of the image width, and matches the input size
@@ -69,63 +76,95 @@ ANALYSIS_SIDE = 256
 # Pixels whose luma is within this many levels of 0 (or 255) count as clipped.
 CLIP_LEVELS = 4
 
-# Composited under transparent pixels: what a viewer on a white page shows.
+# Bump when the metrics change: the quality rows of every batch then carry an out-of-date quality_version.
+QUALITY_VERSION = "1"
+
+
+@dataclass(frozen=True, init=False)
+class QualityThresholds:
+    """An image has issue T when ``T_score < T`` (the threshold for T); ``unusable_issues`` are the issue types that
+    make it unusable. Unset values take each issue type's defaults (its ``threshold`` and ``unusable``; each module
+    of :mod:`cv_dataops.quality.issues` says how its default relates to CleanVision's).
+
+    ``QualityThresholds(dark=0.4)`` or ``QualityThresholds({"dark": 0.4})`` override one threshold, and
+    ``thresholds.dark`` reads one; ``dataclasses.replace(thresholds, dark=0.4)`` works too. An unknown issue type
+    or a non-finite threshold raises ValueError naming the known ones.
+    """
+
+    by_issue: Mapping[str, float]
+    unusable_issues: tuple[str, ...]
+
+    def __init__(self, by_issue: Mapping[str, float] | None = None, unusable_issues: Iterable[str] | None = None,
+                 **thresholds: float) -> None:
+        known = issue_types()
+        names = [issue.name for issue in known]
+        overrides = {**(by_issue or {}), **thresholds}
+        unknown = sorted(set(overrides) - set(names))
+        if unknown:
+            raise ValueError(f"unknown issue types {unknown} in the quality thresholds; known: {names}")
+        values = {issue.name: overrides.get(issue.name, issue.threshold) for issue in known}
+        for name, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"threshold {name} must be a finite number, got {value!r}")
+        unusable = (tuple(issue.name for issue in known if issue.unusable) if unusable_issues is None
+                    else tuple(unusable_issues))
+        unknown = [name for name in unusable if name not in values]
+        if unknown:
+            raise ValueError(f"unusable_issues has unknown issue types {unknown}; known: {names}")
+        object.__setattr__(self, "by_issue", values)
+        object.__setattr__(self, "unusable_issues", unusable)
+
+    def __getattr__(self, name: str) -> float:
+        # Only called when ordinary lookup fails: an issue type's threshold, as an attribute.
+        try:
+            return self.__dict__["by_issue"][name]
+        except KeyError:
+            raise AttributeError(f"{type(self).__name__!r} has no threshold {name!r}") from None
+
+    def __hash__(self) -> int:
+        return hash((tuple(self.by_issue.items()), self.unusable_issues))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.by_issue, "unusable_issues": list(self.unusable_issues)}
+
+
+def quality_version(thresholds: QualityThresholds) -> str:
+    """The metrics' version plus the thresholds in force: either changing makes stored quality rows out of date."""
+    digest = hashlib.sha256(json.dumps(thresholds.as_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    return f"{QUALITY_VERSION}-{digest}"
 
 
 @dataclass(frozen=True)
-class QualityThresholds:
-    """An image has issue T when ``T_score < T`` (the threshold for T). Defaults, and how they relate to CleanVision
-    (0.3.x) defaults:
+class ImageStatistics:
+    """What is measured once per image, for every issue type to score. All pixel statistics are taken at the
+    analysis size; luma levels are 0..255, brightness 0..1."""
 
-    * ``dark`` 0.32: dark_score is the 99th percentile of perceived pixel brightness (HSP model), so "dark" means even
-      the brightest 1% of pixels are below 32% brightness. Same score definition and threshold as CleanVision.
-    * ``light`` 0.05: light_score is 1 - the 5th percentile of perceived brightness, so "light" means even the
-      darkest 5% of pixels are above 95% brightness. Same as CleanVision.
-    * ``blurry`` 0.3: blurry_score is a logistic sharpness score from two contrast-invariant, noise-compensated
-      features measured at the analysis size: how much gradient energy lives in the finest octave, and how steep
-      the strongest edges are relative to the image's contrast (see ``_blur_score``). 0.3 is its decision
-      boundary (fitted on real photos sharp vs Gaussian-blurred by >= 1 analysis pixel). CleanVision's score,
-      1 - exp(-std(edge filter) / 100) on a copy at most 64 px wide (threshold 0.29), depends on contrast and cannot
-      see blur smaller than 1/64 of the image; ours is a different quantity with the same meaning and direction.
-      An image with under ~10 levels of luma range scores 1 (it is low information, not blurry).
-    * ``low_information`` 0.3: low_information_score is the luma entropy in bits / 8, measured after 2x2 averaging
-      (which removes pixel noise, so "flat + sensor noise" is still flat). CleanVision uses 0.1 x the entropy of the
-      768-bin RGB histogram (threshold 0.3: < 3 bits, which is ~1.4-3 bits of luma entropy); ours flags < 2.4 bits.
-    * ``odd_aspect_ratio`` 0.35: min(w/h, h/w) of the original size, as CleanVision (flags shapes longer than
-      ~2.9:1).
-    * ``odd_size`` 0.5: see :func:`odd_size_scores`; 0.5 marks "outside the catalog's usual sizes" as CleanVision's
-      IQR fences do, but measured in log scale and with a minimum tolerance.
-    * ``grayscale`` 0.1: grayscale_score is min(1, 2 x the 99th percentile of per-pixel chroma (max - min of R, G,
-      B) / the 1..99 percentile luma range (at least 16 levels)); 0 for single-channel files. "Grayscale" means 99%
-      of pixels have channels within 5% of the image's contrast of each other (~13 levels for a full-range image).
-      CleanVision flags only mode "L" files (its score is 0 or 1); this also catches RGB files with (nearly) equal
-      channels, and, being relative to contrast, does not mistake a dark or washed-out colour photo for a gray one.
-    """
-
-    dark: float = 0.32
-    light: float = 0.05
-    blurry: float = 0.3
-    low_information: float = 0.3
-    odd_aspect_ratio: float = 0.35
-    odd_size: float = 0.5
-    grayscale: float = 0.1
-    unusable_issues: tuple[str, ...] = ("dark", "light", "blurry", "low_information")
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "unusable_issues", tuple(self.unusable_issues))
-        unknown = [name for name in self.unusable_issues if name not in ISSUE_TYPES]
-        if unknown:
-            raise ValueError(f"unusable_issues has unknown issue types {unknown}; known: {list(ISSUE_TYPES)}")
-        for name in ISSUE_TYPES:
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"threshold {name} must be a finite number, got {value!r}")
-
-    def as_dict(self) -> dict[str, Any]:
-        values = asdict(self)
-        values["unusable_issues"] = list(self.unusable_issues)
-        return values
-
+    width: int                              # original size, after EXIF orientation
+    height: int
+    analysis_width: int
+    analysis_height: int
+    source_gray: bool                       # the file has a single (gray) channel
+    # the plain measurements the quality table keeps (see measure())
+    brightness: float
+    dark_clipped_fraction: float
+    light_clipped_fraction: float
+    rms_contrast: float
+    colourfulness: float
+    noise_sigma: float
+    sharpness: float
+    entropy: float
+    jpeg_quality: int | None
+    # statistics the scores are made of
+    perceived_brightness_p05: float         # percentiles of HSP perceived brightness (Finley 2006), 0..1
+    perceived_brightness_p99: float
+    luma_p01: float                         # luma histogram percentiles (bin index)
+    luma_p02: float
+    luma_p98: float
+    luma_p99: float
+    pooled_entropy: float                   # luma entropy (bits) after 2x2 averaging, which removes pixel noise
+    chroma_p99: float                       # 99th percentile of max - min of R, G, B (0 for single-channel files)
+    octave_ratio: float | None              # blur features (see _blur_features); None: no structure to judge
+    edge_steepness: float | None
 
 # ---------------------------------------------------------------------------------------------------------------
 # JPEG quality from the quantization tables
@@ -181,19 +220,7 @@ def estimate_jpeg_quality(quantization: dict | None) -> int | None:
 # Metrics
 # ---------------------------------------------------------------------------------------------------------------
 
-# Perceived brightness (HSP colour model, Finley 2006): sqrt(0.241 R^2 + 0.691 G^2 + 0.068 B^2), per pixel, 0..1.
-# Looked up per channel, squared, so a pixel's brightness^2 is the sum of three table entries.
-_LEVELS = np.arange(256, dtype=np.float32) / 255.0
-_HSP_R2 = (0.241 * _LEVELS ** 2).astype(np.float32)
-_HSP_G2 = (0.691 * _LEVELS ** 2).astype(np.float32)
-_HSP_B2 = (0.068 * _LEVELS ** 2).astype(np.float32)
-
-# grayscale_score = min(1, 2 * chroma_p99 / max(luma 1..99 percentile range, 16)): colour relative to contrast, so a
-# dark or washed-out colour photo (whose chroma shrinks with its contrast) is not mistaken for a gray one.
-_GRAYSCALE_SCORE_GAIN = 2.0
-_GRAYSCALE_MIN_RANGE = 16.0
 _SQRT_HALF_PI = math.sqrt(math.pi / 2.0)
-
 
 def _quantile_from_hist(hist: np.ndarray, q: float) -> float:
     """Smallest bin index whose cumulative count reaches fraction q of the total."""
@@ -238,20 +265,12 @@ def _gradient_energy(g: np.ndarray) -> float:
     dy = g[1:, :] - g[:-1, :]
     return float(np.einsum("ij,ij->", dx, dx) / dx.size + np.einsum("ij,ij->", dy, dy) / dy.size)
 
-
-# blurry_score = sigmoid(_BLUR_A * ln(octave_ratio) + _BLUR_B * ln(edge_steepness) + _BLUR_C). Fitted by logistic
-# regression on ~1000 real photos (scikit-image samples, colour and gray, crops and mosaics, 30% with added noise,
-# JPEG q70-95) and CIFAR-10 images, sharp versus Gaussian-blurred by 0.4-2% of the image side (>= 1 px), plus flat
-# images with one sharp object; AUC 0.999. The intercept is shifted by ln(0.3/0.7) so the decision boundary sits at
-# score 0.3, next to CleanVision's default threshold of 0.29.
-_BLUR_A = 10.9
-_BLUR_B = 6.7
-_BLUR_C = 17.1 - 0.847
 _MIN_STRUCTURE_LEVELS = 10.0   # below this 2..98 percentile luma range there is nothing to judge blur on
 
 
-def _blur_score(g: np.ndarray, pooled: np.ndarray, noise: float, lo: float, hi: float) -> tuple[float, float, float]:
-    """(blurry_score, octave_ratio, edge_steepness) of a float32 luma image (0..255).
+def _blur_features(g: np.ndarray, pooled: np.ndarray, noise: float, lo: float, hi: float
+                   ) -> tuple[float | None, float | None]:
+    """(octave_ratio, edge_steepness) of a float32 luma image (0..255); the ``blurry`` issue type scores them.
 
     * octave_ratio: gradient energy at the analysis size over gradient energy after 2x2 averaging, both with the
       estimated white-noise contribution removed. An image with no detail at the finest scale (blurred) tends to
@@ -259,11 +278,11 @@ def _blur_score(g: np.ndarray, pooled: np.ndarray, noise: float, lo: float, hi: 
     * edge_steepness: 99th percentile of the gradient magnitude (or, if larger, the 90th percentile among pixels
       with a gradient above the noise, for images whose edges are sparse) over the 2..98 percentile luma range:
       how abrupt the strongest edges are relative to the image's contrast (blurred edges are ramps, not steps).
-    Both are contrast-invariant, unlike the Laplacian variance (``sharpness``); an image with less than
-    _MIN_STRUCTURE_LEVELS of luma range scores 1: it is low information, not blurry.
+    Both are contrast-invariant, unlike the Laplacian variance (``sharpness``). (None, None) when there is no
+    structure to judge: under 8 px, less than _MIN_STRUCTURE_LEVELS of luma range, or no coarse gradient at all.
     """
     if g.shape[0] < 8 or g.shape[1] < 8 or hi - lo < _MIN_STRUCTURE_LEVELS:
-        return 1.0, 1.0, 1.0
+        return None, None
     n2 = noise * noise
     dx = g[:, 1:] - g[:, :-1]
     dy = g[1:, :] - g[:-1, :]
@@ -271,7 +290,7 @@ def _blur_score(g: np.ndarray, pooled: np.ndarray, noise: float, lo: float, hi: 
     fine = float(dx2.mean()) + float(dy2.mean()) - 4.0 * n2
     coarse = _gradient_energy(pooled) - n2
     if coarse <= 1e-6:
-        return 1.0, 1.0, 1.0
+        return None, None
     octave = max(fine, 1e-6) / coarse
     magnitude2 = (dx2[:-1, :] + dy2[:, :-1]).ravel()
     k = int(0.99 * (magnitude2.size - 1))
@@ -283,20 +302,18 @@ def _blur_score(g: np.ndarray, pooled: np.ndarray, noise: float, lo: float, hi: 
         k = int(0.9 * (active.size - 1))
         steep2 = max(steep2, float(np.partition(active, k)[k]))
     steepness = math.sqrt(steep2) / (hi - lo + 1.0)
-    z = _BLUR_A * math.log(octave) + _BLUR_B * math.log(max(steepness, 1e-6)) + _BLUR_C
-    score = 1.0 / (1.0 + math.exp(-min(max(z, -50.0), 50.0)))
-    return score, octave, steepness
+    return octave, steepness
 
 
 def measure(data: bytes, analysis_side: int = ANALYSIS_SIDE) -> dict:
-    """Decode ``data`` once at the analysis size (:func:`load_for_analysis`) and compute every per-image metric.
+    """Decode ``data`` once at the analysis size and compute every per-image metric.
 
     Returns a flat dict (keys in ``MEASURE_COLUMNS``):
 
     * ``width``, ``height``: original size after EXIF orientation; ``analysis_width``, ``analysis_height``.
-    * scores in 0..1, lower is worse (meaning and defaults: :class:`QualityThresholds`): ``dark_score``,
-      ``light_score``, ``blurry_score``, ``low_information_score``, ``odd_aspect_ratio_score``,
-      ``grayscale_score``. ``odd_size`` is catalog-relative: :func:`odd_size_scores`.
+    * ``<T>_score`` for every per-image issue type T of :mod:`cv_dataops.quality.issues` (0..1, lower is worse):
+      ``dark_score``, ``light_score``, ``blurry_score``, ``low_information_score``, ``odd_aspect_ratio_score``,
+      ``grayscale_score``. Catalog-relative ones (``odd_size``) come from :func:`catalog_scores`.
     * measurements, all at the analysis size: ``brightness`` (mean Rec.601 luma, 0..1), ``dark_clipped_fraction`` /
       ``light_clipped_fraction`` (luma within CLIP_LEVELS of 0 / 255), ``rms_contrast`` (luma std, 0..1),
       ``colourfulness`` (Hasler & Suesstrunk 2003, 0..~200), ``noise_sigma`` (Immerkaer 1996 estimate of the luma
@@ -313,7 +330,6 @@ def measure(data: bytes, analysis_side: int = ANALYSIS_SIDE) -> dict:
     """
     decoded = decode(data, analysis_side)
     return _measure_decoded(decoded)
-
 
 _imagehash: Any = None
 
@@ -342,12 +358,19 @@ def _hash_to_int(image_hash: Any) -> int:
     return int.from_bytes(np.packbits(bits).tobytes(), "big") >> ((-bits.size) % 8)
 
 
-def _measure_decoded(decoded: DecodedImage, extra: bool = False) -> dict:
-    imagehash = _hashes()
-    rgb_img, gray_img = decoded.rgb, decoded.gray
-    aw, ah = rgb_img.size
-    rgb = np.asarray(rgb_img)
-    gray8 = np.asarray(gray_img)
+def _measure_decoded(decoded: DecodedImage) -> dict:
+    rgb = np.asarray(decoded.rgb)
+    statistics = image_statistics(decoded, rgb)
+    scores = {f"{issue.name}_score": issue.score(statistics) for issue in issue_types() if issue.score is not None}
+    return {**{name: getattr(statistics, name) for name in SIZE_COLUMNS}, **scores,
+            **{name: getattr(statistics, name) for name in MEASUREMENTS}, **_image_hashes(decoded, rgb)}
+
+
+def image_statistics(decoded: DecodedImage, rgb: np.ndarray | None = None) -> ImageStatistics:
+    """Every statistic the issue types score, from one decoded image (``rgb``: its pixels, if already at hand)."""
+    rgb = np.asarray(decoded.rgb) if rgb is None else rgb
+    ah, aw = rgb.shape[:2]
+    gray8 = np.asarray(decoded.gray)
     n = gray8.size
 
     # --- colour statistics (HSP brightness percentiles, colourfulness, chroma), on a subsample of large images
@@ -366,25 +389,20 @@ def _measure_decoded(decoded: DecodedImage, extra: bool = False) -> dict:
     rg_var = float(np.einsum("ij,ij->", rg, rg)) / rg.size - rg_mean * rg_mean
     yb_var = float(np.einsum("ij,ij->", yb, yb)) / yb.size - yb_mean * yb_mean
     colourfulness = math.sqrt(max(rg_var, 0.0) + max(yb_var, 0.0)) + 0.3 * math.hypot(rg_mean, yb_mean)
+    if decoded.source_gray:
+        chroma_p99 = 0.0
+    else:
+        chroma = np.maximum(np.maximum(r8, g8), b8) - np.minimum(np.minimum(r8, g8), b8)
+        chroma_p99 = _quantile_from_hist(np.bincount(chroma.ravel(), minlength=256), 0.99)
 
     # --- luma histogram: brightness, clipping, entropy, robust range
     hist = np.bincount(gray8.ravel(), minlength=256)
     cumulative = np.cumsum(hist)
     levels = np.arange(256)
     brightness = float(np.dot(hist, levels)) / n / 255.0
-    dark_clipped = float(cumulative[CLIP_LEVELS]) / n
-    light_clipped = float(n - cumulative[254 - CLIP_LEVELS]) / n
     entropy = _entropy_bits(hist)
     p01, p02, p98, p99l = (float(v) for v in np.searchsorted(cumulative, np.array([0.01, 0.02, 0.98, 0.99]) * n))
     mean_level = brightness * 255.0
-    rms_contrast = math.sqrt(max(float(np.dot(hist, (levels - mean_level) ** 2)) / n, 0.0)) / 255.0
-
-    if decoded.source_gray:
-        chroma_p99 = 0.0
-    else:
-        chroma = np.maximum(np.maximum(r8, g8), b8) - np.minimum(np.minimum(r8, g8), b8)
-        chroma_p99 = _quantile_from_hist(np.bincount(chroma.ravel(), minlength=256), 0.99)
-    grayscale_score = min(1.0, _GRAYSCALE_SCORE_GAIN * chroma_p99 / max(p99l - p01, _GRAYSCALE_MIN_RANGE))
 
     # --- structure on the full analysis image: noise, sharpness, blur, information
     g = gray8.astype(np.float32)
@@ -396,101 +414,54 @@ def _measure_decoded(decoded: DecodedImage, extra: bool = False) -> dict:
     else:
         sharpness = 0.0
     pooled = _box2(g) if min(aw, ah) >= 2 else g
-    blurry_score, octave, steepness = _blur_score(g, pooled, noise_sigma, p02, p98)
-    # Low information: entropy after 2x2 averaging when the image is large enough (averages away pixel noise).
+    octave, steepness = _blur_features(g, pooled, noise_sigma, p02, p98)
+    # Entropy after 2x2 averaging when the image is large enough (averages away pixel noise).
     if min(aw, ah) >= 32:
-        li_entropy = _entropy_bits(np.bincount((pooled + 0.5).astype(np.uint8).ravel(), minlength=256))
+        pooled_entropy = _entropy_bits(np.bincount((pooled + 0.5).astype(np.uint8).ravel(), minlength=256))
     else:
-        li_entropy = entropy
+        pooled_entropy = entropy
 
-    # --- hashes
+    return ImageStatistics(
+        width=decoded.width, height=decoded.height, analysis_width=aw, analysis_height=ah,
+        source_gray=bool(decoded.source_gray),
+        brightness=brightness,
+        dark_clipped_fraction=float(cumulative[CLIP_LEVELS]) / n,
+        light_clipped_fraction=float(n - cumulative[254 - CLIP_LEVELS]) / n,
+        rms_contrast=math.sqrt(max(float(np.dot(hist, (levels - mean_level) ** 2)) / n, 0.0)) / 255.0,
+        colourfulness=colourfulness, noise_sigma=noise_sigma, sharpness=sharpness, entropy=entropy,
+        jpeg_quality=estimate_jpeg_quality(decoded.quantization),
+        perceived_brightness_p05=p05, perceived_brightness_p99=p99,
+        luma_p01=p01, luma_p02=p02, luma_p98=p98, luma_p99=p99l,
+        pooled_entropy=pooled_entropy, chroma_p99=chroma_p99, octave_ratio=octave, edge_steepness=steepness)
+
+
+def _image_hashes(decoded: DecodedImage, rgb: np.ndarray) -> dict:
+    imagehash = _hashes()
+    gray_img = decoded.gray
+    aw, ah = decoded.rgb.size
     reduce_by = max(1, min(aw, ah) // _HASH_SOURCE_SIDE)
     hash_source = gray_img.reduce(reduce_by) if reduce_by > 1 else gray_img
-    phash = imagehash.phash(hash_source, hash_size=8)
-    dhash = imagehash.dhash(hash_source, hash_size=8)
-    digest = hashlib.sha256(f"{rgb_img.mode}:{aw}x{ah}:".encode())
+    digest = hashlib.sha256(f"{decoded.rgb.mode}:{aw}x{ah}:".encode())
     digest.update(np.ascontiguousarray(rgb))
-
-    w, h = decoded.width, decoded.height
-    result = {
-        "width": w,
-        "height": h,
-        "analysis_width": aw,
-        "analysis_height": ah,
-        "dark_score": min(1.0, p99),
-        "light_score": max(0.0, 1.0 - p05),
-        "blurry_score": blurry_score,
-        "low_information_score": min(1.0, li_entropy / 8.0),
-        "odd_aspect_ratio_score": min(w / h, h / w) if w > 0 and h > 0 else 0.0,
-        "grayscale_score": grayscale_score,
-        "brightness": brightness,
-        "dark_clipped_fraction": dark_clipped,
-        "light_clipped_fraction": light_clipped,
-        "rms_contrast": rms_contrast,
-        "colourfulness": colourfulness,
-        "noise_sigma": noise_sigma,
-        "sharpness": sharpness,
-        "entropy": entropy,
-        "jpeg_quality": estimate_jpeg_quality(decoded.quantization),
-        "phash": _hash_to_int(phash),
-        "dhash": _hash_to_int(dhash),
-        "pixel_hash": digest.hexdigest(),
-    }
-    if extra:
-        result.update({"x_octave": octave, "x_steepness": steepness, "x_li_entropy": li_entropy,
-                       "x_chroma_p99": chroma_p99})
-    return result
-
+    return {"phash": _hash_to_int(imagehash.phash(hash_source, hash_size=8)),
+            "dhash": _hash_to_int(imagehash.dhash(hash_source, hash_size=8)),
+            "pixel_hash": digest.hexdigest()}
 
 # ---------------------------------------------------------------------------------------------------------------
-# Catalog-relative size, and flags
+# Catalog-relative scores, and flags
 # ---------------------------------------------------------------------------------------------------------------
 
-# odd_size: an image's size is log2(sqrt(width * height)) (the geometric-mean side, in octaves). Its distance
-# outside the reference set's interquartile box [q1, q3] is compared with a tolerance of max(ODD_SIZE_IQR_FACTOR *
-# IQR, ODD_SIZE_MIN_OCTAVES): score = 0.5 ** ((distance / tolerance) ** 2), so score 0.5 is exactly one tolerance out.
-ODD_SIZE_IQR_FACTOR = 1.5
-ODD_SIZE_MIN_OCTAVES = 1.5  # never call an image odd for being less than 2 ** 1.5 ~ 2.8x off in side length
+def catalog_columns() -> tuple[str, ...]:
+    """The `images` columns the catalog-relative issue types judge a batch against."""
+    return tuple(dict.fromkeys(name for issue in issue_types() for name in issue.catalog_columns))
 
 
-def odd_size_scores(widths: np.ndarray, heights: np.ndarray, reference_areas: np.ndarray | None = None) -> np.ndarray:
-    """0..1, lower is worse: how far each image's area is from the usual areas of the reference set (by default the
-    inputs themselves; pass the whole catalog's ``width * height`` to score a batch against it).
-
-    Works in log scale (a 4x smaller and a 4x larger side are equally odd) with Tukey-style fences: inside the
-    reference's interquartile range of log2(sqrt(area)) the score is 1; beyond it the score halves at
-    ``max(1.5 * IQR, 1.5 octaves)`` out and falls towards 0 after that. Unlike CleanVision's fences on the linear
-    side length, a catalog where (nearly) every image has the same size does not flag every slightly different
-    size, and very small images are caught even when large ones make the distribution skewed. O(n) (percentiles
-    by partition). Images with a zero or missing dimension score 0.
-    """
-    widths = np.asarray(widths, dtype=np.float64)
-    heights = np.asarray(heights, dtype=np.float64)
-    if widths.shape != heights.shape:
-        raise ValueError(f"widths and heights differ in shape: {widths.shape} vs {heights.shape}")
-    areas = widths * heights
-    reference = areas if reference_areas is None else np.asarray(reference_areas, dtype=np.float64).ravel()
-    reference = reference[np.isfinite(reference) & (reference > 0)]
-    scores = np.zeros(areas.shape, dtype=np.float64)
-    valid = np.isfinite(areas) & (areas > 0)
-    if reference.size == 0:
-        scores[valid] = 1.0
-        return scores
-    ref_octaves = 0.5 * np.log2(reference)
-    q1, q3 = np.percentile(ref_octaves, [25, 75])
-    tolerance = max(ODD_SIZE_IQR_FACTOR * (q3 - q1), ODD_SIZE_MIN_OCTAVES)
-    octaves = 0.5 * np.log2(areas[valid])
-    distance = np.maximum(np.maximum(q1 - octaves, octaves - q3), 0.0)
-    scores[valid] = np.power(0.5, (distance / tolerance) ** 2)
-    return scores
-
-
-def _column(rows: Any, name: str) -> np.ndarray | None:
-    try:
-        values = rows[name]
-    except (KeyError, IndexError):
-        return None
-    return np.asarray(values, dtype=np.float64)
+def catalog_scores(rows: Any, catalog: Any | None = None) -> dict[str, np.ndarray]:
+    """``<T>_score`` arrays for every catalog-relative issue type T (``odd_size``): ``rows`` (a mapping of column
+    to array, or a DataFrame, of :func:`measure` results) judged against ``catalog`` (the same of the `images`
+    table's :func:`catalog_columns`), or against the rows themselves when ``catalog`` is None."""
+    return {f"{issue.name}_score": issue.catalog_score(rows, catalog)
+            for issue in issue_types() if issue.catalog_score is not None}
 
 
 def flag_issues(rows: Any, thresholds: QualityThresholds | None = None) -> dict[str, np.ndarray]:
@@ -498,34 +469,35 @@ def flag_issues(rows: Any, thresholds: QualityThresholds | None = None) -> dict[
     ``thresholds.unusable_issues``).
 
     ``rows`` is a mapping of column name to array (or a pandas DataFrame) holding the ``<T>_score`` columns that
-    :func:`measure` returns. ``odd_size_score`` is used when present; otherwise it is computed from ``width`` and
-    ``height`` with the rows themselves as the reference set. A missing score (NaN/None, e.g. an image that failed
-    to decode) is never flagged.
+    :func:`measure` returns. A catalog-relative score (``odd_size_score``) is used when present; otherwise it is
+    computed from the rows themselves as the reference set (:func:`catalog_scores`). A missing score (NaN/None,
+    e.g. an image that failed to decode) is never flagged.
     """
     thresholds = thresholds or QualityThresholds()
     length = None
-    for name in ("width", *SCORE_COLUMNS, "odd_size_score"):
-        col = _column(rows, name)
-        if col is not None:
-            length = len(col)
+    for name in ("width", *(f"{issue}_score" for issue in issue_names())):
+        values = column(rows, name)
+        if values is not None:
+            length = len(values)
             break
     if length is None:
         raise ValueError("rows has none of the score columns measure() returns")
     flags: dict[str, np.ndarray] = {}
-    for issue in ISSUE_TYPES:
-        score = _column(rows, f"{issue}_score")
-        if score is None and issue == "odd_size":
-            widths, heights = _column(rows, "width"), _column(rows, "height")
-            if widths is not None and heights is not None:
-                score = odd_size_scores(widths, heights)
-                score[~(np.isfinite(widths) & np.isfinite(heights))] = np.nan
+    for issue in issue_types():
+        score = column(rows, f"{issue.name}_score")
+        if score is None and issue.catalog_score is not None:
+            try:
+                score = issue.catalog_score(rows, None)
+            except ValueError:
+                score = None
         if score is None:
-            raise ValueError(f"rows lacks {issue}_score (and what it is computed from)")
+            raise ValueError(f"rows lacks {issue.name}_score (and what it is computed from)")
         with np.errstate(invalid="ignore"):
-            flags[f"is_{issue}"] = np.asarray(score < getattr(thresholds, issue), dtype=bool) & np.isfinite(score)
+            flags[f"is_{issue.name}"] = (np.asarray(score < thresholds.by_issue[issue.name], dtype=bool)
+                                         & np.isfinite(score))
     unusable = np.zeros(length, dtype=bool)
-    for issue in thresholds.unusable_issues:
-        unusable |= flags[f"is_{issue}"]
+    for name in thresholds.unusable_issues:
+        unusable |= flags[f"is_{name}"]
     flags["is_unusable"] = unusable
     return flags
 

@@ -3,25 +3,19 @@
 import pyarrow as pa
 
 from cv_dataops.core.schema import Column, TableDefinition
-
-_ISSUE_MEANINGS = {
-    "dark": "too dark (bright pixels are rare)",
-    "light": "too bright (dark pixels are rare)",
-    "blurry": "out of focus or motion-blurred (little fine detail at a fixed analysis size)",
-    "low_information": "little content (low entropy: blank, flat or nearly constant)",
-    "odd_aspect_ratio": "unusually elongated (width/height far from the usual)",
-    "odd_size": "area far from the typical area of the whole catalog",
-    "grayscale": "no colour: a grayscale mode, or RGB whose three channels are (nearly) equal",
-}
+from cv_dataops.quality.issues import issue_types
 
 
 def _issue_columns() -> tuple[Column, ...]:
+    """A score and a flag per registered issue type, in registration order."""
     columns: list[Column] = []
-    for issue, meaning in _ISSUE_MEANINGS.items():
-        columns.append(Column(f"{issue}_score", pa.float32(), f"0..1, lower is worse: {meaning}.", False))
-        columns.append(Column(f"is_{issue}", pa.bool_(), f"{issue}_score is below its threshold.", False))
+    for issue in issue_types():
+        columns.append(Column(f"{issue.name}_score", pa.float32(), f"0..1, lower is worse: {issue.meaning}.", False))
+        columns.append(Column(f"is_{issue.name}", pa.bool_(), f"{issue.name}_score is below its threshold.", False))
     return tuple(columns)
 
+
+_DEFAULT_UNUSABLE = ", ".join(issue.name for issue in issue_types() if issue.unusable)
 
 QUALITY = TableDefinition(
     name="quality",
@@ -33,8 +27,8 @@ QUALITY = TableDefinition(
         Column("image_id", pa.string(), "The image (see `images`).", False),
         Column("batch_id", pa.string(), "The batch that brought it.", False),
         *_issue_columns(),
-        Column("is_unusable", pa.bool_(), "Has one of the issues configured as unusable (by default dark, light, "
-                                          "blurry, low_information).", False),
+        Column("is_unusable", pa.bool_(), "Has one of the issues configured as unusable (by default "
+                                          f"{_DEFAULT_UNUSABLE}).", False),
         Column("width", pa.int32(), "Width in pixels (after EXIF orientation).", False),
         Column("height", pa.int32(), "Height in pixels (after EXIF orientation).", False),
         Column("brightness", pa.float32(), "Mean luma, 0..1.", False),

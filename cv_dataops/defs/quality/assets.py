@@ -1,9 +1,6 @@
 """Quality: a score and a flag per issue type for every image of a batch."""
 
 
-import hashlib
-import json
-
 import dagster as dg
 import pandas as pd
 import pyarrow as pa
@@ -17,29 +14,22 @@ from cv_dataops.defs.shared.partitions import (
 )
 from cv_dataops.images.thumbnails import markdown_grid, thumbnail_data_uri
 from cv_dataops.ingest.tables import IMAGES
-from cv_dataops.quality import measure as quality_lib
+from cv_dataops.quality.issues import issue_names
 from cv_dataops.quality.measure import (
-    ISSUE_TYPES,
+    QUALITY_VERSION,
+    catalog_columns,
+    catalog_scores,
     flag_issues,
     measure_stream,
-    odd_size_scores,
+    quality_version,
 )
 from cv_dataops.quality.tables import QUALITY
-from cv_dataops.resources import CatalogResource, QualityResource, build_resources
-
-# Bump when the metrics change: Dagster then shows every batch's quality as stale.
-QUALITY_VERSION = "1"
-
-
-def quality_version(thresholds: quality_lib.QualityThresholds) -> str:
-    """The metrics' version plus the thresholds in force: either changing makes stored rows out of date."""
-    digest = hashlib.sha256(json.dumps(thresholds.as_dict(), sort_keys=True).encode()).hexdigest()[:8]
-    return f"{QUALITY_VERSION}-{digest}"
+from cv_dataops.resources import CatalogResource, QualityResource
 
 
 def _worst_images_grid(frame: pd.DataFrame, uris: dict[str, str], per_issue: int = 3) -> str:
     sections = {}
-    for issue in ISSUE_TYPES:
+    for issue in issue_names():
         flagged = frame[frame[f"is_{issue}"]].nsmallest(per_issue, f"{issue}_score")
         items = []
         for row in flagged.itertuples():
@@ -60,7 +50,7 @@ def _worst_images_grid(frame: pd.DataFrame, uris: dict[str, str], per_issue: int
     kinds={"python", "parquet"},
     # the metrics' version and the thresholds in force: changing either shows every batch stale, and the
     # automation condition then requests the backfill of the stale batches
-    code_version=quality_version(build_resources()["quality"].quality_thresholds()),
+    code_version=QUALITY_VERSION,  # plus the thresholds' digest: definitions.settings_code_versions
     automation_condition=STALE_OR_NEW,
     metadata=table_metadata(QUALITY),
 )
@@ -84,15 +74,13 @@ def image_quality(context: dg.AssetExecutionContext, catalog: CatalogResource,
             context.log.info(f"measured {done}/{len(images)} images")
     frame = pd.DataFrame(rows) if rows else QUALITY.empty().to_pandas()
     if rows:
-        catalog_sizes = tables.read(IMAGES, columns=["width", "height"]).to_pandas()
-        frame["odd_size_score"] = odd_size_scores(frame["width"].to_numpy(), frame["height"].to_numpy(),
-                                                  (catalog_sizes.width * catalog_sizes.height).to_numpy())
-        for name, values in flag_issues(frame, thresholds).items():
-            frame[name] = values
+        catalog_images = tables.read(IMAGES, columns=list(catalog_columns())).to_pandas()
+        frame = frame.assign(**catalog_scores(frame, catalog_images))
+        frame = frame.assign(**flag_issues(frame, thresholds))
     frame["batch_id"] = batch_id
     frame["quality_version"] = quality_version(thresholds)
     uri = tables.write(QUALITY, pa.Table.from_pandas(frame[QUALITY.column_names], preserve_index=False), batch_id)
-    counts = {issue: int(frame[f"is_{issue}"].sum()) for issue in ISSUE_TYPES} if rows else {}
+    counts = {issue: int(frame[f"is_{issue}"].sum()) for issue in issue_names()} if rows else {}
     return dg.MaterializeResult(metadata={
         "dagster/row_count": len(frame),
         "issue_counts": dg.MetadataValue.json(counts),

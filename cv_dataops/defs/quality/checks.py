@@ -9,7 +9,7 @@ from cv_dataops.defs.shared.partitions import batch_partitions
 from cv_dataops.ingest.tables import IMAGES
 from cv_dataops.quality.expectations import validate_frame
 from cv_dataops.quality.gating import batch_is_usable, unusable_rate
-from cv_dataops.quality.measure import ISSUE_TYPES
+from cv_dataops.quality.issues import issue_names
 from cv_dataops.quality.tables import QUALITY
 from cv_dataops.resources import CatalogResource, QualityResource
 
@@ -32,7 +32,7 @@ def quality_issue_rates(context: dg.AssetCheckExecutionContext, catalog: Catalog
                         quality: QualityResource) -> dg.AssetCheckResult:
     """WARN when any issue type affects more than `max_issue_rate` of the batch."""
     frame = catalog.catalog().read(QUALITY, [context.partition_key]).to_pandas()
-    rates = {issue: float(frame[f"is_{issue}"].mean()) if len(frame) else 0.0 for issue in ISSUE_TYPES}
+    rates = {issue: float(frame[f"is_{issue}"].mean()) if len(frame) else 0.0 for issue in issue_names()}
     over = {issue: rate for issue, rate in rates.items() if rate > quality.max_issue_rate}
     return dg.AssetCheckResult(passed=not over, severity=dg.AssetCheckSeverity.WARN, metadata={
         "rates": dg.MetadataValue.json(rates), "over_limit": dg.MetadataValue.json(over),

@@ -1,0 +1,23 @@
+"""dark: even the brightest pixels are dim.
+
+The score is the 99th percentile of perceived pixel brightness (HSP model, 0..1), so with the default threshold
+0.32 "dark" means even the brightest 1% of pixels are below 32% brightness. Same score definition and threshold as
+CleanVision (0.3.x).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cv_dataops.quality.issues import IssueType, register
+
+if TYPE_CHECKING:
+    from cv_dataops.quality.measure import ImageStatistics
+
+
+def score(statistics: ImageStatistics) -> float:
+    return min(1.0, statistics.perceived_brightness_p99)
+
+
+ISSUE = register(IssueType(name="dark", meaning="too dark (bright pixels are rare)", threshold=0.32, unusable=True,
+                           score=score))

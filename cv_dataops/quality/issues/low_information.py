@@ -1,0 +1,24 @@
+"""low_information: blank, flat or nearly constant.
+
+The score is the luma entropy in bits / 8, measured after 2x2 averaging (``pooled_entropy``, which removes pixel
+noise, so "flat + sensor noise" is still flat). CleanVision uses 0.1 x the entropy of the 768-bin RGB histogram
+(threshold 0.3: < 3 bits, which is ~1.4-3 bits of luma entropy); with the same threshold 0.3 this flags < 2.4 bits.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cv_dataops.quality.issues import IssueType, register
+
+if TYPE_CHECKING:
+    from cv_dataops.quality.measure import ImageStatistics
+
+
+def score(statistics: ImageStatistics) -> float:
+    return min(1.0, statistics.pooled_entropy / 8.0)
+
+
+ISSUE = register(IssueType(
+    name="low_information", meaning="little content (low entropy: blank, flat or nearly constant)",
+    threshold=0.3, unusable=True, score=score))
