@@ -12,7 +12,7 @@ method, a logistic regression is trained on the subset's embeddings and labels a
   ``select``, kept here because it shows why ``select`` no longer works this way);
 * ``k-center in cells``: ``select`` with ``method="k-center"``: per-label quotas, k-means cells with proportional
   shares, each cell's most typical image then farthest-point picks (the second design of ``select``);
-* ``curated``: :func:`cv_dataops.curation.curation.select` (default: kernel herding) with the labels known;
+* ``curated``: :func:`cv_dataops.curation.selection.select` (default: kernel herding) with the labels known;
 * ``curated, labels unknown``: the same with the labels hidden, so the strata are scenarios
   (:func:`cv_dataops.discovery.scenarios.discover` on the pool): choosing what to send to labelling.
 
@@ -23,10 +23,10 @@ Leakage, the way the pipeline meets it: the pool's files plus near copies of an 
 those of the quality benchmark: half-size resize, JPEG quality 40, 5 % crop, 20 % brighter, saturation x1.5) and
 pixel-identical copies (re-encoded as PNG) of another eighth, nothing flagged by hand. The project's duplicate
 detection (``quality.measure`` hashes, ``duplicates.find_pairs``, ``group_duplicates``) groups them as the
-``image_duplicates`` stage would; everything is kept (no :func:`~cv_dataops.curation.curation.eligible` step, which would
-drop the copies) and split by :func:`~cv_dataops.curation.curation.leak_free_split` with those groups and the embedding
+``image_duplicates`` stage would; everything is kept (no :func:`~cv_dataops.curation.eligibility.eligible` step, which would
+drop the copies) and split by :func:`~cv_dataops.curation.splits.leak_free_split` with those groups and the embedding
 radius, with the embedding radius alone, and by a stratified random split. Reported: planted pairs that end up in
-different splits, and :func:`~cv_dataops.curation.curation.leakage`'s counts.
+different splits, and :func:`~cv_dataops.curation.splits.leakage`'s counts.
 
 Datasets: scikit-learn's bundled handwritten digits (features: the 64 pixels, L2-normalised; files: the 8x8 images
 scaled to 32x32 PNG); the CIFAR-10 sample (``/work/shared/datasets/cifar10-sample``, train = pool, test = test set)
@@ -60,17 +60,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_dataset import NEAR_TRANSFORMS, near_duplicate  # noqa: E402
 from report import update_section  # noqa: E402
 
-from cv_dataops.curation.curation import (  # noqa: E402
-    CurationSettings,
-    allocate,
-    k_center_greedy,
-    leak_free_split,
-    leakage,
-    near_pairs,
-    select,
-)
+from cv_dataops.core.graph import connected_components  # noqa: E402
+from cv_dataops.curation.selection import allocate, k_center_greedy, select  # noqa: E402
+from cv_dataops.curation.settings import CurationSettings  # noqa: E402
+from cv_dataops.curation.splits import leak_free_split, leakage, near_pairs  # noqa: E402
 from cv_dataops.discovery.scenarios import discover  # noqa: E402
 from cv_dataops.duplicates.index import DuplicateSettings, find_pairs, group_duplicates  # noqa: E402
+from cv_dataops.embeddings.neighbors import NeighborIndex  # noqa: E402
 from cv_dataops.quality.measure import measure  # noqa: E402
 
 CIFAR = Path("/work/shared/datasets/cifar10-sample")
@@ -286,15 +282,11 @@ def stratified_random_split(labels: np.ndarray, seed: int) -> pd.Series:
 
 
 def nearest_other(vectors: np.ndarray) -> np.ndarray:
-    from sklearn.neighbors import NearestNeighbors
-    distances, _ = NearestNeighbors(n_neighbors=2).fit(vectors).kneighbors(vectors)
-    return distances[:, 1] ** 2 / 2.0  # Euclidean on the unit sphere to cosine distance
+    """Each row's cosine distance to its nearest other row."""
+    return NeighborIndex(vectors).kneighbors(k=1)[0][:, 0]
 
 
 def largest_cluster(vectors: np.ndarray, groups: pd.Series | None, radius: float) -> int:
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     i, j, _ = near_pairs(vectors, radius)
     a, b = list(i), list(j)
     if groups is not None:
@@ -303,8 +295,7 @@ def largest_cluster(vectors: np.ndarray, groups: pd.Series | None, radius: float
             if group is not None:
                 a.append(first.setdefault(group, row))
                 b.append(row)
-    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(len(vectors),) * 2)
-    return int(np.bincount(connected_components(graph, directed=False)[1]).max())
+    return int(np.bincount(connected_components(np.array(a, np.int64), np.array(b, np.int64), len(vectors))).max())
 
 
 def leakage_section(data: Dataset, seed: int = 0) -> tuple[str, list[str]]:

@@ -12,23 +12,20 @@ import pandas as pd
 import pytest
 from sklearn.datasets import make_blobs
 
-from cv_dataops.curation.curation import (
-    CurationSettings,
+from cv_dataops.curation.eligibility import eligible
+from cv_dataops.curation.selection import (
     allocate,
-    eligible,
-    export_coco,
-    export_csv,
-    export_imagefolder,
-    export_label_studio,
     k_center_greedy,
-    label_studio_config,
-    leak_free_split,
-    leakage,
-    near_pairs,
     proportional,
     select,
-    snapshot_manifest,
 )
+from cv_dataops.curation.settings import CurationSettings
+from cv_dataops.curation.snapshots import snapshot_manifest
+from cv_dataops.curation.splits import leak_free_split, leakage, near_pairs
+from cv_dataops.exports.coco import export_coco
+from cv_dataops.exports.csv import export_csv
+from cv_dataops.exports.imagefolder import export_imagefolder
+from cv_dataops.exports.label_studio import export_label_studio, label_studio_config
 
 
 def _unit(x):
@@ -188,7 +185,7 @@ def test_select_follows_the_density_within_a_stratum_and_starts_with_typical_ima
 
 
 def test_kernel_herding_matches_the_distribution_better_than_random_subsets():
-    from cv_dataops.curation.curation import kernel_herding, median_bandwidth
+    from cv_dataops.curation.selection import kernel_herding, median_bandwidth
 
     rng = np.random.default_rng(1)
     x = np.concatenate([rng.normal(0, 1, (300, 8)), rng.normal(4, 0.5, (60, 8)), rng.normal(-5, 2, (40, 8))])
@@ -221,9 +218,9 @@ def test_select_uses_scenarios_for_unlabelled_images_and_is_deterministic():
 
 
 def test_a_large_stratum_is_herded_inside_cells(monkeypatch):
-    from cv_dataops.curation import curation as curation
+    from cv_dataops.curation import selection
 
-    monkeypatch.setattr(curation, "HERD_ROWS", 100)  # the cell path, on a pool small enough for a unit test
+    monkeypatch.setattr(selection, "HERD_ROWS", 100)  # the cell path, on a pool small enough for a unit test
     rng = np.random.default_rng(0)
     centres = _unit(rng.normal(size=(2, 32))) * 8
     vectors, blob = make_blobs(n_samples=[300, 100], centers=centres, cluster_std=1.0, random_state=0)

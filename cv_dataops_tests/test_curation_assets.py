@@ -8,8 +8,13 @@ import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 
+from cv_dataops.config import Settings
 from cv_dataops.demo import data as demo_data
 from cv_dataops.runner import open_instance, run_pipeline
+
+# A tiny built-in embedder: these tests need vectors, not the real fit (test_embeddings measures that one).
+TINY_EMBEDDER = {"kind": "patch-kmeans", "n_centroids": 16, "n_patches": 4000, "dimension": 16,
+                 "kmeans_iterations": 3}
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +31,8 @@ def curated_catalog(tmp_path_factory):
 
     os.environ["DAGSTER_HOME"] = str(root / "home")
     instance = open_instance(str(root / "data"))
-    summary = run_pipeline(instance, landing=str(landing), data_root=str(root / "data"))
+    summary = run_pipeline(instance, landing=str(landing), data_root=str(root / "data"),
+                           settings=Settings.build(embedder=TINY_EMBEDDER))
     return root, instance, summary
 
 
@@ -67,12 +73,11 @@ def test_curated_table_splits_and_snapshot(curated_catalog):
 def test_same_inputs_same_snapshot(curated_catalog):
     root, instance, _ = curated_catalog
     from cv_dataops.definitions import load_definitions
-    from cv_dataops.runner import pipeline_environment
 
     before = set(pq.read_table(root / "data" / "catalog" / "curated").column("snapshot_id").to_pylist())
-    with pipeline_environment(str(root / "landing"), str(root / "data"), "imagefolder"):
-        job = load_definitions().resolve_implicit_global_asset_job_def()
-        assert job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("curated_dataset")]).success
+    settings = Settings.build(landing=root / "landing", data_root=root / "data", embedder=TINY_EMBEDDER)
+    job = load_definitions(settings).resolve_implicit_global_asset_job_def()
+    assert job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("curated_dataset")]).success
     after = set(pq.read_table(root / "data" / "catalog" / "curated").column("snapshot_id").to_pylist())
     assert before == after
 
@@ -85,4 +90,4 @@ def test_scenarios_and_embeddings(curated_catalog):
     assert len(set(embeddings.embedder_version)) == 1
     scenarios = pq.read_table(data / "catalog" / "scenarios").to_pandas()
     assert set(scenarios.image_id) == set(images.image_id) and scenarios.scenario.nunique() >= 2
-    assert (data / "models" / "patch-kmeans.npz").exists()
+    assert len(list((data / "models").glob("patch-kmeans-*.npz"))) == 1  # the configured options' own model

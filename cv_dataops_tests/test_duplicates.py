@@ -434,14 +434,6 @@ def test_popcount_without_numpy_bitwise_count(monkeypatch):
     assert dup.popcount(codes.reshape(10, 100)).reshape(-1).tolist() == want
 
 
-def test_union_find_fallback_agrees(monkeypatch):
-    rng = np.random.default_rng(4)
-    a, b = rng.integers(0, 5000, 4000), rng.integers(0, 5000, 4000)
-    vectorised = connected_components(a, b, 5000)
-    monkeypatch.setattr(dup, "VECTOR_ROUNDS", 1)
-    np.testing.assert_array_equal(connected_components(a, b, 5000), vectorised)
-
-
 def test_grouping_100k_pairs_is_cheap():
     rng = np.random.default_rng(1)
     n = 100_000

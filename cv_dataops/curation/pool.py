@@ -1,4 +1,4 @@
-"""The curation pool: every embedded image joined with what curation needs to judge it."""
+"""The curation pool: every image embedded by the current embedder, joined with what curation needs to judge it."""
 
 from __future__ import annotations
 
@@ -7,22 +7,23 @@ import pandas as pd
 
 from cv_dataops.discovery.tables import SCENARIOS
 from cv_dataops.duplicates.tables import DUPLICATES
-from cv_dataops.embeddings.vectors import catalog_vectors
+from cv_dataops.embeddings.vectors import Vectors
 from cv_dataops.ingest.tables import IMAGES
 from cv_dataops.quality.gating import blocked_batches
 from cv_dataops.quality.tables import QUALITY
 
 
-def curation_pool(tables, max_unusable_rate: float) -> tuple[pd.DataFrame, np.ndarray]:
-    """Every embedded image with what curation needs, batches blocked by their quality check left out."""
-    ids, vectors = catalog_vectors(tables)
+def curation_pool(tables, max_unusable_rate: float, vectors: Vectors) -> tuple[pd.DataFrame, np.ndarray]:
+    """Every image with a vector in ``vectors`` (one embedder version: images still waiting to be re-embedded are
+    not in the pool) and what curation needs, batches blocked by their quality check left out; the frame (on a
+    RangeIndex) and its rows' vectors."""
     images = tables.read(IMAGES, columns=["image_id", "uri", "label", "width", "height"]).to_pandas()
     quality = tables.read(QUALITY, columns=["image_id", "batch_id", "is_unusable"]).to_pandas()
     duplicates = tables.read(DUPLICATES, columns=["image_id", "group_id", "keep"]).to_pandas()
     scenes = tables.read(SCENARIOS, columns=["image_id", "scenario"]).to_pandas()
-    frame = (ids.merge(images, on="image_id").merge(quality.drop(columns="batch_id"), on="image_id", how="left")
+    frame = (vectors.frame().merge(images, on="image_id").merge(quality.drop(columns="batch_id"), on="image_id",
+                                                                 how="left")
              .merge(duplicates, on="image_id", how="left").merge(scenes, on="image_id", how="left"))
-    positions = dict(zip(ids.image_id, range(len(ids)), strict=True))
     keep = ~frame.batch_id.isin(blocked_batches(quality, max_unusable_rate))
     frame = frame[keep].reset_index(drop=True)
-    return frame, vectors[[positions[i] for i in frame.image_id]] if len(frame) else vectors[:0]
+    return frame, vectors.matrix[vectors.rows_of(frame.image_id)] if len(frame) else vectors.matrix[:0]

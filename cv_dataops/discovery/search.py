@@ -4,8 +4,9 @@ SQL: DuckDB with one view per catalog table. Local catalogs are read by DuckDB s
 (nothing is loaded until a query needs it); for S3 catalogs the tables are read through the storage layer and handed
 to DuckDB as Arrow (DuckDB's own S3 support would need an extension download, which a closed network does not allow).
 
-Similarity: exact nearest neighbours by cosine distance (``1 - dot`` of the L2-normalised ``embeddings`` vectors),
-one batch file and at most ``chunk_rows`` vectors at a time, keeping only the best ``k`` so far: memory stays bounded
+Similarity: exact nearest neighbours by cosine distance (the shared engine,
+:class:`~cv_dataops.embeddings.neighbors.NeighborIndex`), one batch file and at most ``chunk_rows`` vectors at a time
+(:func:`~cv_dataops.embeddings.vectors.iter_vectors`), keeping only the best ``k`` so far: memory stays bounded
 however large the catalog, and at these sizes a brute-force scan is fast enough that no index has to be kept in
 step with the catalog. Vectors are only comparable when one embedder made them, so a search compares the query with
 the images embedded by the query's ``embedder_version`` only; when the catalog mixes versions (a new embedder whose
@@ -17,7 +18,6 @@ This module does not import Dagster.
 from __future__ import annotations
 
 import warnings
-from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -28,7 +28,9 @@ import pyarrow.compute as pc
 
 from cv_dataops.core.catalog import CATALOG_PREFIX, Catalog
 from cv_dataops.core.storage import Storage
+from cv_dataops.embeddings.neighbors import NeighborIndex
 from cv_dataops.embeddings.tables import EMBEDDINGS
+from cv_dataops.embeddings.vectors import embedder_versions, iter_vectors, read_vectors
 from cv_dataops.ingest.tables import IMAGES
 from cv_dataops.tables import TABLES
 
@@ -85,12 +87,6 @@ class UnknownImageError(ValueError):
     """No image in the catalog has this id (or an id starting with it)."""
 
 
-def embedder_versions(catalog: Catalog) -> Counter:
-    """How many images each embedder version embedded: more than one means a re-embedding is under way."""
-    table = catalog.read(EMBEDDINGS, columns=["embedder_version"])
-    return Counter(table.column("embedder_version").to_pylist())
-
-
 def resolve_image_id(catalog: Catalog, id_or_prefix: str) -> tuple[str, str, str]:
     """``(image_id, batch_id, embedder_version)`` of the embedded image whose id is ``id_or_prefix`` or, since ids
     are 64 hex digits, the only one that starts with it."""
@@ -118,16 +114,6 @@ def resolve_image_id(catalog: Catalog, id_or_prefix: str) -> tuple[str, str, str
     return row["image_id"], row["batch_id"], row["embedder_version"]
 
 
-def _vectors(column: pa.ChunkedArray, dimension: int, version: str) -> np.ndarray:
-    """A list<float32> column as a (rows, dimension) float32 matrix, without a Python object per row."""
-    array = column.combine_chunks()
-    lengths = pc.list_value_length(array)
-    if len(array) and (pc.min(lengths).as_py() != dimension or pc.max(lengths).as_py() != dimension):
-        raise ValueError(f"embeddings of version {version} are not all {dimension}-dimensional like the query")
-    values = pc.list_flatten(array).to_numpy(zero_copy_only=False)
-    return np.asarray(values, dtype=np.float32).reshape(len(array), dimension)
-
-
 def _smallest(distances: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` smallest distances, in no particular order."""
     if len(distances) <= k:
@@ -135,13 +121,13 @@ def _smallest(distances: np.ndarray, k: int) -> np.ndarray:
     return np.argpartition(distances, k - 1)[:k]
 
 
-def image_vector(catalog: Catalog, image_id: str, batch_id: str) -> np.ndarray:
-    """The stored embedding of one image (read from its batch's file only)."""
-    table = catalog.read(EMBEDDINGS, [batch_id], columns=["image_id", "vector"])
-    row = table.filter(pc.equal(table.column("image_id"), image_id))
-    if row.num_rows == 0:
-        raise UnknownImageError(f"no embedding of image {image_id!r} in batch {batch_id!r}")
-    return np.asarray(row.column("vector")[0].as_py(), dtype=np.float32)
+def image_vector(catalog: Catalog, image_id: str, batch_id: str, embedder_version: str) -> np.ndarray:
+    """The stored embedding of one image by ``embedder_version`` (read from its batch's file only)."""
+    vectors = read_vectors(catalog, embedder_version, batches=[batch_id])
+    if image_id not in vectors.image_ids:
+        raise UnknownImageError(f"no embedding of image {image_id!r} by version {embedder_version} in batch "
+                                f"{batch_id!r}")
+    return vectors.matrix[vectors.rows_of([image_id])[0]]
 
 
 def similar_images(catalog: Catalog, query: str | np.ndarray, k: int = 10, *, embedder_version: str | None = None,
@@ -167,7 +153,7 @@ def similar_images(catalog: Catalog, query: str | np.ndarray, k: int = 10, *, em
         exclude, batch_id, version = resolve_image_id(catalog, query)
         if embedder_version is not None and embedder_version != version:
             raise ValueError(f"image {exclude} was embedded by version {version}, not {embedder_version}")
-        vector = image_vector(catalog, exclude, batch_id)
+        vector = image_vector(catalog, exclude, batch_id, version)
     else:
         vector = np.asarray(query, dtype=np.float32).ravel()
         if embedder_version is not None:
@@ -185,28 +171,25 @@ def similar_images(catalog: Catalog, query: str | np.ndarray, k: int = 10, *, em
         raise ValueError("the query vector is zero or not finite")
     vector = vector / np.float32(norm)
 
-    best_distances = np.empty(0, np.float32)
+    best_distances = np.empty(0, np.float64)
     best_ids: list[str] = []
     best_batches: list[str] = []
-    for partition in catalog.partitions(EMBEDDINGS):
-        table = catalog.read(EMBEDDINGS, [partition], columns=["image_id", "batch_id", "vector", "embedder_version"])
-        table = table.filter(pc.equal(table.column("embedder_version"), version))
-        for start in range(0, table.num_rows, chunk_rows):
-            chunk = table.slice(start, chunk_rows)
-            distances = 1.0 - _vectors(chunk.column("vector"), len(vector), version) @ vector
-            distances = np.nan_to_num(distances, nan=np.inf)
-            if exclude is not None:
-                position = pc.index(chunk.column("image_id"), exclude).as_py()
-                if position >= 0:
-                    distances[position] = np.inf
-            keep = _smallest(distances, k)
-            candidates = np.concatenate([best_distances, distances[keep]])
-            ids = best_ids + chunk.column("image_id").take(pa.array(keep)).to_pylist()
-            batches = best_batches + chunk.column("batch_id").take(pa.array(keep)).to_pylist()
-            survivors = _smallest(candidates, k)
-            best_distances = candidates[survivors]
-            best_ids = [ids[i] for i in survivors]
-            best_batches = [batches[i] for i in survivors]
+    for chunk in iter_vectors(catalog, version, chunk_rows):
+        if not len(chunk):
+            continue
+        if chunk.dimension != len(vector):
+            raise ValueError(f"embeddings of version {version} are not all {len(vector)}-dimensional like the query")
+        distances, rows = NeighborIndex(chunk.matrix).kneighbors(vector, min(k + 1, len(chunk)))
+        found = [(float(d), chunk.image_ids[r], chunk.batch_ids[r]) for d, r in zip(distances[0], rows[0],
+                                                                                     strict=True)
+                 if np.isfinite(d) and chunk.image_ids[r] != exclude]
+        candidates = np.concatenate([best_distances, np.array([d for d, _, _ in found], np.float64)])
+        ids = best_ids + [i for _, i, _ in found]
+        batches = best_batches + [b for _, _, b in found]
+        survivors = _smallest(candidates, k)
+        best_distances = candidates[survivors]
+        best_ids = [ids[i] for i in survivors]
+        best_batches = [batches[i] for i in survivors]
 
     skipped = {other: count for other, count in versions.items() if other != version}
     if skipped:

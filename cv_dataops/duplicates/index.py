@@ -24,6 +24,9 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
+from cv_dataops.core.graph import connected_components
+from cv_dataops.embeddings.neighbors import NeighborIndex
+
 _U64 = np.uint64
 _MASK64 = (1 << 64) - 1
 
@@ -35,8 +38,6 @@ KEY_BLOCK = 1 << 20
 # Substrings of at most this many bits are looked up in a direct-address table (2^bits + 1 offsets); longer ones by
 # binary search.
 DIRECT_ADDRESS_BITS = 20
-# Vectorised hook-and-compress rounds of the union-find before it finishes in plain Python.
-VECTOR_ROUNDS = 64
 
 
 @dataclass(frozen=True)
@@ -525,40 +526,6 @@ def pairs_frame(pairs: Iterable[DuplicatePair] | pd.DataFrame) -> pd.DataFrame:
     return frame[frame.a != frame.b].reset_index(drop=True)  # an image is no duplicate of itself
 
 
-def connected_components(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
-    """Union-find over edges ``a[i] - b[i]`` of nodes ``0..n-1``, vectorised: each round hooks every root to the
-    smallest root it has an edge to, then compresses paths by pointer jumping. Returns each node's root (the
-    smallest node of its component)."""
-    parent = np.arange(n)
-    a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
-    for _ in range(VECTOR_ROUNDS):  # a handful of rounds in practice
-        ra, rb = parent[a], parent[b]
-        apart = ra != rb
-        if not apart.any():
-            return parent
-        a, b, ra, rb = a[apart], b[apart], ra[apart], rb[apart]
-        np.minimum.at(parent, np.maximum(ra, rb), np.minimum(ra, rb))
-        while True:
-            jumped = parent[parent]
-            if np.array_equal(jumped, parent):
-                break
-            parent = jumped
-    # Still edges between components after that many rounds (not seen in practice): a plain union-find finishes.
-    roots = parent.tolist()
-
-    def find(x: int) -> int:
-        while roots[x] != x:
-            roots[x] = roots[roots[x]]
-            x = roots[x]
-        return x
-
-    for x, y in zip(a.tolist(), b.tolist()):
-        rx, ry = find(x), find(y)
-        if rx != ry:
-            roots[max(rx, ry)] = min(rx, ry)
-    return np.array([find(x) for x in range(n)], dtype=np.int64)
-
-
 def _group_id(founder: str) -> str:
     return "dup-" + hashlib.sha256(founder.encode()).hexdigest()[:12]
 
@@ -722,7 +689,7 @@ class EmbeddingDuplicateSettings:
             (embedding_distance <= self.near_radius) & (hash_total_distance <= self.hash_total))
 
 
-# Query rows x catalog rows scored at once by find_embedding_pairs (float32): about 256 MB of scores at most.
+# Query rows x catalog rows scored at once by find_embedding_pairs' neighbour search (float32): 256 MB at most.
 EMBEDDING_BLOCK = 1 << 26
 
 
@@ -735,9 +702,10 @@ def find_embedding_pairs(new_ids: Sequence[str], new_vectors: np.ndarray, catalo
     ``catalog`` may or may not hold the new rows. ``hashes`` has ``image_id, pixel_hash, phash, dhash`` for every
     image: pairs with identical pixels are left to the exact rule of :func:`find_pairs`, and ``distance`` is the
     pair's phash Hamming distance, as for hash pairs. Each unordered pair is reported once as ``a < b``, sorted;
-    ``kind`` is ``near`` and ``found_by`` ``embedding``. Cost: one dense product of the new rows with the
-    catalog's, in blocks of :data:`EMBEDDING_BLOCK` scores (exact, no index: a few seconds per thousand new images
-    against 100,000).
+    ``kind`` is ``near`` and ``found_by`` ``embedding``. The neighbours come from the shared engine's exact
+    radius query (:class:`~cv_dataops.embeddings.neighbors.NeighborIndex`): one dense product of the new rows with
+    the catalog's, in blocks of :data:`EMBEDDING_BLOCK` scores (a few seconds per thousand new images against
+    100,000).
     """
     settings = settings or EmbeddingDuplicateSettings()
     new_vectors = np.asarray(new_vectors, dtype=np.float32)
@@ -750,17 +718,7 @@ def find_embedding_pairs(new_ids: Sequence[str], new_vectors: np.ndarray, catalo
     catalog_ids = [str(i) for i in catalog_ids]
     known = _hash_frame(hashes, "hashes").set_index("image_id")
     radius = max(settings.identical_radius, settings.near_radius if settings.hash_total > 0 else 0.0)
-    rows = max(1, EMBEDDING_BLOCK // max(1, len(catalog_ids)))
-    found_q: list[np.ndarray] = []
-    found_r: list[np.ndarray] = []
-    found_e: list[np.ndarray] = []
-    for start in range(0, len(new_ids), rows):
-        distance = 1.0 - new_vectors[start:start + rows] @ catalog_vectors.T
-        q, r = np.nonzero(distance <= radius)
-        found_q.append(q + start)
-        found_r.append(r)
-        found_e.append(distance[q, r])
-    q, r, e = np.concatenate(found_q), np.concatenate(found_r), np.concatenate(found_e)
+    q, r, e = NeighborIndex(catalog_vectors, block=EMBEDDING_BLOCK).query_radius(new_vectors, radius)
     query_ids = np.array(new_ids, dtype=object)[q]
     other_ids = np.array(catalog_ids, dtype=object)[r]
     keep = (query_ids != other_ids) & pd.Series(query_ids).isin(known.index).to_numpy() \

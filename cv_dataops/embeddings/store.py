@@ -67,3 +67,14 @@ def stored_patch_kmeans(storage: Storage, spec: dict, versions: Iterable[str] = 
     if first is None:
         raise FileNotFoundError(f"no fitted embedder at {storage.uri_of(preferred)}")
     return first
+
+
+def configured_version(spec: dict, storage: Storage) -> str | None:
+    """The version of the vectors the configured embedder makes, without fitting anything: the stored built-in
+    model's (None while it is not fitted yet), or the ONNX model's."""
+    if spec.get("kind", "patch-kmeans") != "patch-kmeans":
+        return load_embedder(spec).version
+    try:
+        return PatchKMeansEmbedder.from_bytes(storage.read_bytes(model_key(spec))).version
+    except FileNotFoundError:
+        return None

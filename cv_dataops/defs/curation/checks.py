@@ -2,31 +2,29 @@
 per class and split (ERROR), class balance (WARN)."""
 
 import dagster as dg
-import numpy as np
 
-from cv_dataops.curation import curation as curation_lib
+from cv_dataops.curation.dataset import curated_leakage
 from cv_dataops.curation.tables import CURATED
 from cv_dataops.defs.curation.assets import curated_dataset
 from cv_dataops.duplicates.tables import DUPLICATES
-from cv_dataops.embeddings.vectors import catalog_vectors
+from cv_dataops.embeddings.vectors import current_vectors
 from cv_dataops.quality.tables import QUALITY
-from cv_dataops.resources import CatalogResource, CurationResource
+from cv_dataops.resources import CatalogResource, CurationResource, EmbeddingResource
 
 
 @dg.asset_check(asset=curated_dataset, blocking=True)
-def curated_no_leakage(catalog: CatalogResource, curation: CurationResource) -> dg.AssetCheckResult:
-    """No duplicate group and no pair of near neighbours is spread across train, val and test."""
+def curated_no_leakage(catalog: CatalogResource, curation: CurationResource,
+                       embedding: EmbeddingResource) -> dg.AssetCheckResult:
+    """No duplicate group and no pair of near neighbours (by the current embedder's vectors) is spread across
+    train, val and test."""
     tables = catalog.catalog()
     curated = tables.read(CURATED, columns=["image_id", "split"]).to_pandas()
-    ids, vectors = catalog_vectors(tables)
-    positions = dict(zip(ids.image_id, range(len(ids)), strict=True))
+    vectors = current_vectors(tables, catalog.storage(), embedding.spec)
     groups = tables.read(DUPLICATES, columns=["image_id", "group_id"]).to_pandas().set_index("image_id").group_id
-    found = curation_lib.leakage(curated.split, vectors[[positions[i] for i in curated.image_id]]
-                                 if len(curated) else np.zeros((0, 1), np.float32),
-                                 curated.image_id.map(groups), curation.neighbour_radius)
-    passed = found["duplicate_groups_across_splits"] == 0 and found["near_pairs_across_splits"] == 0
-    return dg.AssetCheckResult(passed=passed, metadata={k: dg.MetadataValue.json(v) if isinstance(v, list) else v
-                                                        for k, v in found.items()})
+    found = curated_leakage(curated, vectors, groups, curation.neighbour_radius)
+    return dg.AssetCheckResult(passed=found["leak_free"], metadata={
+        **{k: dg.MetadataValue.json(v) if isinstance(v, list) else v for k, v in found.items()},
+        "embedder_version": vectors.embedder_version or ""})
 
 
 @dg.asset_check(asset=curated_dataset, blocking=True)

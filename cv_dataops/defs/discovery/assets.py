@@ -11,27 +11,31 @@ from cv_dataops.core.storage import read_uri
 from cv_dataops.defs.shared.partitions import SPANNING, table_metadata
 from cv_dataops.discovery.scenarios import discover, map_2d, map_png
 from cv_dataops.discovery.tables import SCENARIOS
-from cv_dataops.embeddings.vectors import catalog_vectors
+from cv_dataops.embeddings.vectors import current_vectors
 from cv_dataops.images.thumbnails import markdown_grid, thumbnail_data_uri
 from cv_dataops.ingest.tables import IMAGES
-from cv_dataops.resources import CatalogResource
+from cv_dataops.resources import CatalogResource, EmbeddingResource
 
 
 @dg.asset(
     deps=["image_embeddings"],
     group_name="discovery",
     kinds={"python", "parquet"},
-    code_version="1",
+    code_version="2",
     metadata=table_metadata(SCENARIOS),
     automation_condition=SPANNING,
 )
-def scenarios(context: dg.AssetExecutionContext, catalog: CatalogResource) -> dg.MaterializeResult:
+def scenarios(context: dg.AssetExecutionContext, catalog: CatalogResource,
+              embedding: EmbeddingResource) -> dg.MaterializeResult:
     """The scenarios a team curates for, found as clusters in embedding space (their number chosen by silhouette),
-    each with its size and thumbnails, and a 2-D map of the whole catalog."""
+    each with its size and thumbnails, and a 2-D map of the whole catalog. Only the current embedder's vectors are
+    used: after a change of embedder, the images still waiting to be re-embedded are left out until they are (the
+    metadata says how many)."""
     tables = catalog.catalog()
-    ids, vectors = catalog_vectors(tables)
-    found = discover(vectors)
-    coordinates = map_2d(vectors)
+    vectors = current_vectors(tables, catalog.storage(), embedding.spec)
+    ids = vectors.frame()
+    found = discover(vectors.matrix)
+    coordinates = map_2d(vectors.matrix)
     frame = pd.DataFrame({"image_id": ids.image_id, "scenario": found.labels.astype(np.int32),
                           "distance": found.distances, "map_x": coordinates[:, 0] if len(ids) else [],
                           "map_y": coordinates[:, 1] if len(ids) else []})
@@ -49,4 +53,5 @@ def scenarios(context: dg.AssetExecutionContext, catalog: CatalogResource) -> dg
         "sizes": dg.MetadataValue.json(frame.scenario.value_counts().sort_index().to_dict() if len(frame) else {}),
         "typical_images": dg.MetadataValue.md(markdown_grid(sections) if sections else "no images"),
         "map": dg.MetadataValue.md(f"![map of the catalog](data:image/png;base64,{base64.b64encode(png).decode()})"),
+        **vectors.summary(),
         "scenarios_table": dg.MetadataValue.path(uri)})

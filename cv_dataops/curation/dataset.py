@@ -1,0 +1,94 @@
+"""A curated dataset version from a pool: eligibility, selection, splits and its snapshot, and the leakage check
+on what was curated: what the ``curated_dataset`` asset and its checks call."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from cv_dataops.core.storage import Storage
+from cv_dataops.curation.eligibility import eligible
+from cv_dataops.curation.selection import select
+from cv_dataops.curation.settings import CurationSettings
+from cv_dataops.curation.snapshots import snapshot_manifest
+from cv_dataops.curation.splits import leak_free_split, leakage
+from cv_dataops.curation.tables import CURATED
+from cv_dataops.embeddings.vectors import Vectors
+from cv_dataops.exports.coco import export_coco
+from cv_dataops.exports.csv import export_csv
+from cv_dataops.exports.imagefolder import export_imagefolder
+from cv_dataops.exports.label_studio import export_label_studio
+
+SNAPSHOTS_PREFIX = "snapshots"
+
+
+@dataclass(frozen=True)
+class CuratedDataset:
+    """One curated version: ``selected`` (the pool's selected rows with ``selection_reason``, ``split`` and
+    ``snapshot_id``), ``excluded`` (with ``reason``), the number ``eligible``, and the snapshot's manifest."""
+
+    selected: pd.DataFrame
+    excluded: pd.DataFrame
+    eligible: int
+    snapshot_id: str
+    manifest: bytes
+
+    def table(self) -> pa.Table:
+        """The ``curated`` table."""
+        rows = self.selected.assign(scenario=self.selected["scenario"].astype("Int32"))
+        return pa.Table.from_pandas(rows[CURATED.column_names], preserve_index=False)
+
+
+def curate(pool: pd.DataFrame, vectors: np.ndarray, settings: CurationSettings) -> CuratedDataset:
+    """Unusable images and all but one of each duplicate group out; a selection within the budget; leak-free
+    splits; the content-addressed snapshot id. ``vectors[i]`` is the embedding of ``pool``'s *i*-th row, and
+    ``pool`` is on a RangeIndex (as :func:`~cv_dataops.curation.pool.curation_pool` returns it)."""
+    kept, excluded = eligible(pool)
+    selected = select(kept, vectors[kept.index.to_numpy()], settings)
+    selected = selected.assign(split=leak_free_split(selected, vectors[selected.index.to_numpy()], settings,
+                                                     selected.get("group_id")).values)
+    snapshot_id, manifest = snapshot_manifest(selected)
+    return CuratedDataset(selected.assign(snapshot_id=snapshot_id), excluded, len(kept), snapshot_id, manifest)
+
+
+def write_snapshot(storage: Storage, dataset: CuratedDataset, read_bytes: Callable[[str], bytes], *,
+                   imagefolder: bool = True) -> str:
+    """Write the snapshot under ``snapshots/<snapshot_id>/``: CSV, COCO, Label Studio tasks, optionally an
+    ImageFolder copy, and the manifest last (its presence means the snapshot is whole). A snapshot is immutable:
+    one that is already whole is left as it is. Returns its folder's key."""
+    folder = f"{SNAPSHOTS_PREFIX}/{dataset.snapshot_id}"
+    if storage.exists(f"{folder}/manifest.json"):
+        return folder
+    selected = dataset.selected
+    storage.write_bytes(f"{folder}/export.csv", export_csv(selected))
+    storage.write_text(f"{folder}/coco.json", json.dumps(export_coco(selected, selected[["image_id", "width",
+                                                                                         "height"]]), indent=1))
+    storage.write_text(f"{folder}/label_studio.json", json.dumps(export_label_studio(selected), indent=1))
+    if imagefolder:
+        export_imagefolder(selected, read_bytes, lambda path, data: storage.write_bytes(f"{folder}/imagefolder/{path}",
+                                                                                        data))
+    storage.write_bytes(f"{folder}/manifest.json", dataset.manifest)
+    return folder
+
+
+def curated_leakage(curated: pd.DataFrame, vectors: Vectors, groups: pd.Series, radius: float) -> dict:
+    """:func:`~cv_dataops.curation.splits.leakage` of the ``curated`` rows (``image_id, split``) with their vectors
+    of ``vectors``' embedder version, ``groups`` mapping image ids to duplicate groups. Curated images without such a
+    vector (embedded by another version since) cannot be checked for near pairs: ``images_without_vector`` counts
+    them (their duplicate groups are still checked)."""
+    has_vector = curated.image_id.isin(set(vectors.image_ids)).to_numpy()
+    checked = curated[has_vector]
+    near = leakage(checked.set_index("image_id").split,
+                   vectors.matrix[vectors.rows_of(checked.image_id)] if len(checked) else np.zeros((0, 1), np.float32),
+                   None, radius)
+    split = curated.set_index("image_id").split
+    by_group = leakage(split, None, split.index.to_series().map(groups), radius)
+    found = {**near, "duplicate_groups_across_splits": by_group["duplicate_groups_across_splits"],
+             "images_without_vector": int((~has_vector).sum())}
+    found["leak_free"] = found["duplicate_groups_across_splits"] == 0 and found["near_pairs_across_splits"] == 0
+    return found

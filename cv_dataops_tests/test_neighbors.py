@@ -1,0 +1,94 @@
+"""The one neighbour engine and the one connected-components, against brute force."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cv_dataops.core.graph import connected_components
+from cv_dataops.embeddings.neighbors import NeighborIndex
+
+
+def _unit(x):
+    x = np.asarray(x, dtype=np.float64)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _cosine(a, b):
+    return 1.0 - a.astype(np.float64) @ b.astype(np.float64).T
+
+
+@pytest.fixture(scope="module")
+def vectors():
+    rng = np.random.default_rng(0)
+    base = _unit(rng.normal(size=(300, 12)))
+    copies = _unit(base[rng.integers(0, 300, 80)] + 0.05 * rng.normal(size=(80, 12)))
+    return np.concatenate([base, copies])
+
+
+@pytest.mark.parametrize("block", [1, 997, 1 << 24])  # one row at a time, a few, all at once
+def test_kneighbors_agree_with_brute_force_whatever_the_blocks(vectors, block):
+    index = NeighborIndex(vectors, block=block)
+    queries = vectors[:40] + 0.01
+    distances, rows = index.kneighbors(queries, 7)
+    full = _cosine(_unit(queries), vectors)
+    want = np.lexsort((np.tile(np.arange(len(vectors)), (40, 1)), full), axis=1)[:, :7]
+    np.testing.assert_array_equal(rows, want)
+    np.testing.assert_allclose(distances, np.take_along_axis(full, want, axis=1), atol=1e-6)
+    own, own_rows = index.kneighbors(k=3)  # the index's own rows leave themselves out
+    assert not (own_rows == np.arange(len(vectors))[:, None]).any()
+    self_full = _cosine(vectors, vectors)
+    np.fill_diagonal(self_full, np.inf)
+    np.testing.assert_allclose(own, np.sort(self_full, axis=1)[:, :3], atol=1e-6)
+
+
+def test_radius_queries_agree_with_brute_force(vectors):
+    index = NeighborIndex(vectors, block=5000)
+    full = _cosine(vectors, vectors)
+    for radius in (0.0, 0.005, 0.02, 0.3):
+        i, j, d = index.radius_pairs(radius)
+        want = np.argwhere(np.triu(full <= radius, 1))
+        assert sorted(zip(i.tolist(), j.tolist())) == sorted(map(tuple, want.tolist()))
+        assert (i < j).all() and np.allclose(d, full[i, j], atol=1e-6)
+        strict = index.radius_pairs(radius, strict=True)
+        assert len(strict[0]) == int(np.triu(full < radius, 1).sum())
+    q, r, d = index.query_radius(vectors[:25], 0.02)
+    assert len(q) == int((full[:25] <= 0.02).sum()) and (q[:-1] <= q[1:]).all()
+    assert set(zip(q.tolist(), r.tolist())) >= {(n, n) for n in range(25)}  # an outside query may be in the index
+
+
+def test_ties_by_row_vectors_not_finite_and_other_dimensions():
+    x = _unit([[1, 0], [1, 0], [0, 1], [1, 0]]).astype(np.float32)
+    distances, rows = NeighborIndex(x).kneighbors(np.array([1.0, 0.0]), 3)
+    assert rows.tolist() == [[0, 1, 3]] and np.allclose(distances, 0.0)
+    x[1] = np.nan  # an undecodable image's vector
+    index = NeighborIndex(x)
+    assert 1 not in index.kneighbors(np.array([1.0, 0.0]), 2)[1]
+    assert np.isinf(index.kneighbors(k=3)[0][1]).all()
+    assert 1 not in index.radius_pairs(0.5)[0] and 1 not in index.radius_pairs(0.5)[1]
+    with pytest.raises(ValueError, match="3 dimensions, the index 2"):
+        index.kneighbors(np.ones(3), 1)
+    assert NeighborIndex(x).kneighbors(k=10)[0].shape == (4, 3)  # k is capped at the other rows
+    assert NeighborIndex(np.zeros((0, 4))).radius_pairs(0.1)[0].size == 0
+
+
+def test_connected_components_roots_are_the_smallest_node():
+    rng = np.random.default_rng(4)
+    n = 5000
+    a, b = rng.integers(0, n, 4000), rng.integers(0, n, 4000)
+    parent = list(range(n))
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for x, y in zip(a.tolist(), b.tolist()):
+        rx, ry = find(x), find(y)
+        parent[max(rx, ry)] = min(rx, ry)
+    assert connected_components(a, b, n).tolist() == [find(x) for x in range(n)]
+    chain = rng.permutation(100_000)  # one long chain: the worst case for label propagation
+    assert (connected_components(chain[:-1], chain[1:], 100_000) == 0).all()
+    assert connected_components(np.zeros(0), np.zeros(0), 3).tolist() == [0, 1, 2]
+    assert connected_components([], [], 0).size == 0
