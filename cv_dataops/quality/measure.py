@@ -485,11 +485,9 @@ def flag_issues(rows: Any, thresholds: QualityThresholds | None = None) -> dict[
     flags: dict[str, np.ndarray] = {}
     for issue in issue_types():
         score = column(rows, f"{issue.name}_score")
-        if score is None and issue.catalog_score is not None:
-            try:
-                score = issue.catalog_score(rows, None)
-            except ValueError:
-                score = None
+        if score is None and issue.catalog_score is not None and all(
+                column(rows, name) is not None for name in issue.catalog_columns):
+            score = issue.catalog_score(rows, None)
         if score is None:
             raise ValueError(f"rows lacks {issue.name}_score (and what it is computed from)")
         with np.errstate(invalid="ignore"):

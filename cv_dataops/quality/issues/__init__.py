@@ -29,9 +29,10 @@ class IssueType:
 
     * ``score(statistics)``: the 0..1 score of one image from its :class:`ImageStatistics`; ``measure()`` returns
       it as ``<name>_score``.
-    * ``catalog_score(rows, catalog)``: the 0..1 scores of a batch's rows (a mapping or DataFrame of ``measure()``
-      columns) judged against the catalog (a mapping or DataFrame of the ``images`` table's ``catalog_columns``),
-      or against the rows themselves when ``catalog`` is None; NaN where it cannot be judged.
+    * ``catalog_score(rows, catalog)``: the 0..1 scores of a batch's rows judged against the catalog, or against the
+      rows themselves when ``catalog`` is None; NaN where a row cannot be judged. Both are mappings (or DataFrames)
+      holding at least ``catalog_columns``: the rows as ``measure()`` returns them, the catalog from the ``images``
+      table.
     """
 
     name: str
@@ -40,7 +41,7 @@ class IssueType:
     unusable: bool                  # whether, by default, having the issue makes an image unusable
     score: Callable[[ImageStatistics], float] | None = None
     catalog_score: Callable[[Any, Any | None], np.ndarray] | None = None
-    catalog_columns: tuple[str, ...] = ()   # the `images` columns catalog_score reads
+    catalog_columns: tuple[str, ...] = ()   # what catalog_score reads from the rows and from `images`
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
