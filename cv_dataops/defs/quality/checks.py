@@ -16,7 +16,7 @@ from cv_dataops.resources import CatalogResource, QualityResource
 
 @dg.asset_check(asset=image_quality, partitions_def=batch_partitions, blocking=True)
 def quality_expectations(context: dg.AssetCheckExecutionContext, catalog: CatalogResource) -> dg.AssetCheckResult:
-    """The great_expectations suite `cv_dataops/expectations/quality.json` on the batch's quality rows; the
+    """The great_expectations suite `cv_dataops/quality/suites/quality.json` on the batch's quality rows; the
     results render as GX Data Docs under the data root (reports/data_docs)."""
     batch_id = context.partition_key
     frame = catalog.catalog().read(QUALITY, [batch_id]).to_pandas()
