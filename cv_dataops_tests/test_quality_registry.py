@@ -12,7 +12,14 @@ import pytest
 from PIL import Image, ImageFilter
 
 from cv_dataops.quality import measure as q
-from cv_dataops.quality.issues import IssueType, column, issue_names, issue_types, register, unregister
+from cv_dataops.quality.issues import (
+    IssueType,
+    column,
+    issue_names,
+    issue_types,
+    register,
+    unregister,
+)
 from cv_dataops.quality.tables import QUALITY
 
 skdata = pytest.importorskip("skimage.data", reason="scikit-image provides the real sample photos")
