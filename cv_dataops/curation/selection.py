@@ -14,8 +14,6 @@ from cv_dataops.embeddings.neighbors import NeighborIndex
 
 # At most this many k-means cells per stratum: bounds selection's cost on large strata (more picks per cell).
 MAX_CELLS = 1024
-
-
 # Kernel herding runs on at most this many rows at once; a larger stratum is herded inside k-means cells of about
 # this size (each with its proportional share), which keeps the cost at O(HERD_ROWS * quota * d).
 HERD_ROWS = 4096

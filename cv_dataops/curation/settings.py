@@ -20,11 +20,11 @@ class CurationSettings:
     ``split_fractions``: the targets for train, val and test (normalised to sum to 1; a zero leaves a split empty).
     ``neighbour_radius``: cosine distance under which two images are near neighbours; connected near neighbours
     form a cluster that is never spread across splits.
-    ``method``: how to pick within a stratum: ``herding`` (the default, :func:`kernel_herding`) or ``k-center``
-    (farthest-point picks inside k-means cells, tuned by the next three settings); see :func:`select` for the
+    ``method``: how to pick within a stratum: ``herding`` (the default, :func:`~cv_dataops.curation.selection.kernel_herding`) or ``k-center``
+    (farthest-point picks inside k-means cells, tuned by the next three settings); see :func:`~cv_dataops.curation.selection.select` for the
     measurements behind the default.
     ``cell_size`` (``k-center``): within a stratum of ``n`` images with a quota of ``q``, selection cuts it into
-    ``min(q, n // cell_size, MAX_CELLS)`` k-means cells (so about ``cell_size`` images or more per cell) and gives
+    ``min(q, n // cell_size, selection.MAX_CELLS)`` k-means cells (so about ``cell_size`` images or more per cell) and gives
     each cell a share of ``q`` in proportion to its size.
     ``outlier_fraction`` (``k-center``): in a cell of ``n`` images with a share of ``q``, the picks pass over its
     ``outlier_fraction * (n - 2q)`` most isolated images (largest distance to their ``outlier_neighbours``-th

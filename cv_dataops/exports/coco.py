@@ -20,7 +20,7 @@ def export_coco(rows: pd.DataFrame, width_height: pd.DataFrame) -> dict:
     """A COCO dataset: ``images``, ``categories`` and one image-level classification annotation per labelled image.
 
     Image ids come from :func:`coco_id` (stable across exports and versions); each image carries ``file_name`` (its
-    :func:`export_imagefolder` path), ``width``/``height`` (from ``width_height``: ``image_id, width, height``),
+    :func:`~cv_dataops.exports.imagefolder.export_path`), ``width``/``height`` (from ``width_height``: ``image_id, width, height``),
     ``split``, ``uri`` and ``sha256``. Categories are the sorted labels, numbered from 1. An annotation has the id
     of its image, ``bbox = [0, 0, width, height]`` (the full image), its ``area``, ``iscrowd: 0``, the full image
     as its polygon and ``attributes: {"annotation_type": "classification"}``. No timestamps: the same rows give the
