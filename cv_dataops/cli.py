@@ -1,7 +1,9 @@
 """The `cv-dataops` command line: demo, run, table, search, ui.
 
-Every command drives the same Dagster definitions the daemon does. Bad arguments, a missing folder or an
-unreachable bucket end in one clear line on stderr and a non-zero exit, never a traceback.
+Every command drives the same Dagster definitions the daemon does. Bad arguments, a wrong setting, a missing
+folder or an unreachable bucket end in one clear line on stderr and a non-zero exit, never a traceback. Arguments
+and settings are checked before anything heavy is imported (Dagster, pandas, the pipeline), so a typo costs a
+fraction of a second.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cv_dataops.ingest.batch import LABEL_MODES
+from cv_dataops.config import LABEL_MODES, ConfigError, Settings
 
 DEMO_DATASETS = ("scenes", "digits")
 EXIT_FAILED, EXIT_USAGE = 1, 2
@@ -35,7 +37,35 @@ def _progress(total: int, description: str):
     return tqdm(total=total, desc=description, unit="batch", disable=None, file=sys.stderr)
 
 
-def run_command(landing: str, data_root: str, labels: str, select: list[str] | None) -> int:
+def _settings(**locations: str | None) -> Settings:
+    """The environment's settings with the locations given on the command line (None: the setting's), or
+    :class:`ConfigError` naming the first wrong one."""
+    settings = Settings.from_environment().replace(**{k: v for k, v in locations.items() if v is not None}).check()
+    for name in settings.unknown_variables:
+        print(f"cv-dataops: warning: {name} is not a setting (ignored); settings: "
+              f"{', '.join(sorted(_known_variables()))}", file=sys.stderr)
+    return settings
+
+
+def _known_variables() -> list[str]:
+    from cv_dataops.config import VARIABLES
+
+    return list(VARIABLES)
+
+
+def _check_reachable(*uris: str) -> None:
+    """Fail fast on a missing folder or bucket, before the pipeline is loaded."""
+    from cv_dataops.core.storage import open_storage
+
+    for uri in uris:
+        if not uri.startswith("s3://"):  # a bucket is checked when first read, with the S3 client configured
+            open_storage(uri).ensure_exists()
+
+
+def run_command(landing: str, data_root: str | None, labels: str | None, select: list[str] | None) -> int:
+    settings = _settings(landing=landing, data_root=data_root, labels=labels)
+    landing, data_root, labels = settings.landing, settings.data_root, settings.labels
+    _check_reachable(landing)
     from cv_dataops.runner import dagster_ui_hint, open_instance, run_pipeline
 
     bar = None
@@ -51,7 +81,7 @@ def run_command(landing: str, data_root: str, labels: str, select: list[str] | N
     instance = open_instance(data_root)
     try:
         summary = run_pipeline(instance, landing=landing, data_root=data_root, labels=labels, select=select,
-                               on_batch=on_batch)
+                               settings=settings, on_batch=on_batch)
     finally:
         if bar is not None:
             bar.update(bar.total - bar.n if not sys.exc_info()[0] else 0)
@@ -61,15 +91,20 @@ def run_command(landing: str, data_root: str, labels: str, select: list[str] | N
     else:
         print(f"new batches: {len(summary.new_batches)}; batches run: {len(summary.ingested_batches)}; "
               f"downstream assets refreshed: {', '.join(summary.downstream_assets) or 'none'}")
-    _print_catalog_summary(data_root)
+    _print_catalog_summary(settings)
     print(f"Dagster UI on these runs: {dagster_ui_hint(landing, data_root)}")
     return 0
 
 
-def _print_catalog_summary(data_root: str) -> None:
+def _catalog(settings: Settings):
     from cv_dataops.resources import build_resources
 
-    catalog = build_resources(data_root=data_root)["catalog"].catalog()
+    return build_resources(settings)["catalog"].catalog()
+
+
+def _print_catalog_summary(settings: Settings) -> None:
+    data_root = settings.data_root
+    catalog = _catalog(settings)
     images = catalog.read("images", columns=["image_id"]).num_rows
     quarantine = catalog.read("quarantine", columns=["reason"]).column("reason").to_pylist()
     reasons = {reason: quarantine.count(reason) for reason in sorted(set(quarantine))}
@@ -93,6 +128,7 @@ def _print_catalog_summary(data_root: str) -> None:
 
 def demo_command(data_dir: str, dataset: str, count: int, seed: int) -> int:
     """Generate the demo landing zone once (nothing downloaded), then run the whole pipeline on it."""
+    _settings(landing=str(Path(data_dir) / "landing"), data_root=data_dir)
     from cv_dataops.demo import data as demo_data
 
     landing = Path(data_dir) / "landing"
@@ -113,47 +149,52 @@ def demo_command(data_dir: str, dataset: str, count: int, seed: int) -> int:
     return run_command(str(landing), data_dir, "imagefolder", None)
 
 
-def table_command(name: str, data_root: str, output: str | None) -> int:
-    from cv_dataops.resources import build_resources
+def table_command(name: str, data_root: str | None, output: str | None) -> int:
+    settings = _settings(data_root=data_root)
+    data_root = settings.data_root
     from cv_dataops.tables import table_definition
 
     definition = table_definition(name)
-    catalog = build_resources(data_root=data_root)["catalog"].catalog()
+    catalog = _catalog(settings)
     catalog.storage.ensure_exists()
     return _show(catalog.read(definition), output, f"table {name}")
 
 
-def search_command(data_root: str, sql: str, output: str | None) -> int:
+def search_command(data_root: str | None, sql: str, output: str | None) -> int:
+    settings = _settings(data_root=data_root)
+    data_root = settings.data_root
     from cv_dataops.discovery.search import run_sql
-    from cv_dataops.resources import build_resources
 
-    catalog = build_resources(data_root=data_root)["catalog"].catalog()
+    catalog = _catalog(settings)
     catalog.storage.ensure_exists()
     return _show(run_sql(catalog, sql), output, "query result")
 
 
-def search_like_command(data_root: str, like: str, k: int, output: str | None) -> int:
+def search_like_command(data_root: str | None, like: str, k: int, output: str | None) -> int:
     """The ``k`` images nearest to an image file (local or s3://), or to a catalog image given by its id or a
     unique prefix of it (which is then left out of the answer)."""
     import warnings
 
-    from cv_dataops.core.storage import read_uri
+    settings = _settings(data_root=data_root)
+    data_root = settings.data_root
     from cv_dataops.discovery.search import (
         MixedEmbedderVersionsWarning,
         UnknownImageError,
         embed_image_bytes,
         similar_images,
     )
-    from cv_dataops.resources import build_resources, embedder_spec_from_environment
+    from cv_dataops.resources import build_resources
 
-    catalog = build_resources(data_root=data_root)["catalog"].catalog()
+    catalog_resource = build_resources(settings)["catalog"]
+    catalog = catalog_resource.catalog()
     catalog.storage.ensure_exists()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MixedEmbedderVersionsWarning)
         if like.startswith("s3://") or Path(like).is_file():
             uri = like if like.startswith("s3://") else os.path.abspath(like)
             try:
-                vector, version = embed_image_bytes(catalog, read_uri(uri), embedder_spec_from_environment())
+                vector, version = embed_image_bytes(catalog, catalog_resource.uri_reader()(uri),
+                                                    dict(settings.embedder))
             except ValueError as error:
                 raise CliError(f"{like}: {error}") if str(error).startswith("cannot decode") else error
             result = similar_images(catalog, vector, k, embedder_version=version)
@@ -193,13 +234,15 @@ def _show(table, output: str | None, what: str) -> int:
     return 0
 
 
-def ui_command(landing: str, data_root: str) -> int:
+def ui_command(landing: str | None, data_root: str | None) -> int:
     """Start the Dagster UI and daemon on the same instance and data as the CLI (Ctrl-C stops both)."""
-    from cv_dataops.runner import open_instance
+    settings = _settings(landing=landing, data_root=data_root)
+    landing, data_root = settings.landing, settings.data_root
+    from cv_dataops.runner import dagster_home
 
-    open_instance(data_root)
-    environment = {**os.environ, "CV_DATAOPS_LANDING": landing, "CV_DATAOPS_DATA_ROOT": data_root}
-    command = [sys.executable, "-m", "dagster", "dev", "-m", "cv_dataops.definitions"]
+    home = dagster_home(data_root)
+    environment = {**os.environ, **settings.as_environment(), "DAGSTER_HOME": str(home)}
+    command = [sys.executable, "-m", "dagster", "dev", "-w", str(home / "workspace.yaml")]
     return subprocess.call(command, env=environment)
 
 
@@ -216,15 +259,17 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="ingest everything landed since the last run, then refresh downstream")
     run.add_argument("--landing", required=True, help="folder or s3://bucket/prefix where images land")
-    run.add_argument("--data-root", default=os.environ.get("CV_DATAOPS_DATA_ROOT", "data"),
+    run.add_argument("--data-root", default=None,
                      help="folder or s3://bucket/prefix for the catalog (default: $CV_DATAOPS_DATA_ROOT or data)")
-    run.add_argument("--labels", choices=LABEL_MODES, default="imagefolder",
-                     help="labels at landing: ImageFolder folder names, a labels.csv at the landing root, or none")
+    run.add_argument("--labels", choices=LABEL_MODES, default=None,
+                     help="labels at landing: ImageFolder folder names, a labels.csv at the landing root, or none "
+                          "(default: $CV_DATAOPS_LABELS or imagefolder)")
     run.add_argument("--select", help="comma-separated asset names: only these and what they need")
 
     table = commands.add_parser("table", help="print or write the current version of a catalog table")
     table.add_argument("name", help="images, quarantine, objects, ...")
-    table.add_argument("--data-root", default=os.environ.get("CV_DATAOPS_DATA_ROOT", "data"))
+    table.add_argument("--data-root", default=None,
+                       help="the catalog's folder or s3://bucket/prefix (default: $CV_DATAOPS_DATA_ROOT or data)")
     table.add_argument("-o", "--output", help="write to FILE.csv, FILE.parquet or FILE.json instead of printing")
 
     search = commands.add_parser("search", help="query the catalog with SQL (DuckDB; one view per catalog table), "
@@ -237,12 +282,14 @@ def _parser() -> argparse.ArgumentParser:
                        help="an image file (path or s3:// URI), or the id of a catalog image (or a unique prefix of "
                             "it): list the catalog images nearest to it in embedding space (cosine distance)")
     search.add_argument("-k", type=int, help="with --like: how many images to list (default: 10)")
-    search.add_argument("--data-root", default=os.environ.get("CV_DATAOPS_DATA_ROOT", "data"))
+    search.add_argument("--data-root", default=None,
+                       help="the catalog's folder or s3://bucket/prefix (default: $CV_DATAOPS_DATA_ROOT or data)")
     search.add_argument("-o", "--output", help="write to FILE.csv, FILE.parquet or FILE.json instead of printing")
 
     ui = commands.add_parser("ui", help="start the Dagster UI and daemon on the catalog")
-    ui.add_argument("--landing", default=os.environ.get("CV_DATAOPS_LANDING", "data/landing"))
-    ui.add_argument("--data-root", default=os.environ.get("CV_DATAOPS_DATA_ROOT", "data"))
+    ui.add_argument("--landing", default=None, help="default: $CV_DATAOPS_LANDING or data/landing")
+    ui.add_argument("--data-root", default=None,
+                       help="the catalog's folder or s3://bucket/prefix (default: $CV_DATAOPS_DATA_ROOT or data)")
     return parser
 
 
@@ -269,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise CliError("-k must be at least 1")
             return search_like_command(args.data_root, args.like, 10 if args.k is None else args.k, args.output)
         return ui_command(args.landing, args.data_root)
-    except CliError as error:
+    except (CliError, ConfigError) as error:
         return _error(str(error), EXIT_USAGE)
     except (StorageError, UnsafeKeyError, FileNotFoundError, ValueError) as error:
         return _error(str(error))

@@ -1,41 +1,69 @@
 """Dagster resources shared by every stage: where the catalog lives and where images land.
 
-Both work on a local folder or an ``s3://`` URI; S3 goes through dagster-aws's ``S3Resource`` (endpoint, credentials
-and region from the environment, e.g. ``AWS_ENDPOINT_URL`` for MinIO), which also retries throttling and 5xx errors.
+Configured from :class:`cv_dataops.config.Settings` by :func:`build_resources`. Storage works on a local folder or an
+``s3://`` URI; S3 is configured by dagster-aws's ``S3Resource`` (endpoint, credentials and region, by default from
+the environment, e.g. ``AWS_ENDPOINT_URL`` for MinIO) and every client, for tables and image bytes alike, is built
+from its settings (:func:`s3_client_settings`), with retries on throttling and 5xx errors.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-from pathlib import Path
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
+from cv_dataops.config import (
+    CATALOG,
+    CURATION,
+    DEFAULT_EMBEDDER,
+    EMBEDDING,
+    LANDING,
+    QUALITY,
+    ConfigError,
+    Settings,
+)
 from cv_dataops.core.catalog import Catalog
-from cv_dataops.core.storage import Storage, open_storage
+from cv_dataops.core.storage import S3ClientSettings, Storage, UriReader, open_storage
 from cv_dataops.ingest.batch import LABEL_MODES, IngestLimits, LabelSource
 from cv_dataops.ingest.landing import BatchLedger
-
-DEFAULT_DATA_ROOT = "data"
-DEFAULT_LANDING = "data/landing"
 
 
 def _absolute(uri: str) -> str:
     return uri if "://" in uri else os.path.abspath(uri)
 
 
-class CatalogResource(dg.ConfigurableResource):
+def s3_client_settings(s3: S3Resource) -> S3ClientSettings:
+    """The S3Resource's configuration as plain settings: every S3 client (tables, image bytes, worker processes)
+    is built from them, so there is one place that configures S3."""
+    return S3ClientSettings(**{f.name: getattr(s3, f.name) for f in dataclasses.fields(S3ClientSettings)})
+
+
+class StageResource(dg.ConfigurableResource):
+    """A stage's resource. When its settings were wrong it carries the one-line error instead of failing the code
+    location's load, and every run, check or sensor tick that uses it fails with that line before doing anything."""
+
+    settings_error: str | None = Field(default=None, description="Why this stage's settings are unusable, if so.")
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        if self.settings_error:
+            raise ConfigError(self.settings_error)
+
+
+class CatalogResource(StageResource):
     """The data root: catalog tables, batch manifests and reports."""
 
     data_root: str = Field(description="Folder or s3://bucket/prefix holding the catalog.")
     s3: S3Resource = Field(default_factory=S3Resource)
 
     def storage(self) -> Storage:
-        return open_storage(_absolute(self.data_root), self.s3.get_client)
+        return open_storage(_absolute(self.data_root), s3_client_settings(self.s3).client)
+
+    def uri_reader(self) -> UriReader:
+        """Reads the image bytes the tables point at (``uri`` columns) through the same S3 configuration."""
+        return UriReader(s3_client_settings(self.s3))
 
     def catalog(self) -> Catalog:
         return Catalog(self.storage())
@@ -44,7 +72,7 @@ class CatalogResource(dg.ConfigurableResource):
         return BatchLedger(self.storage())
 
 
-class LandingResource(dg.ConfigurableResource):
+class LandingResource(StageResource):
     """The landing zone and the rules for taking objects in from it."""
 
     uri: str = Field(description="Folder or s3://bucket/prefix that images land in.")
@@ -58,7 +86,7 @@ class LandingResource(dg.ConfigurableResource):
     s3: S3Resource = Field(default_factory=S3Resource)
 
     def storage(self, uri: str | None = None) -> Storage:
-        return open_storage(_absolute(uri or self.uri), self.s3.get_client)
+        return open_storage(_absolute(uri or self.uri), s3_client_settings(self.s3).client)
 
     def limits(self) -> IngestLimits:
         return IngestLimits(max_pixels=self.max_pixels, min_side=self.min_side)
@@ -67,7 +95,7 @@ class LandingResource(dg.ConfigurableResource):
         return LabelSource(self.labels, landing)
 
 
-class QualityResource(dg.ConfigurableResource):
+class QualityResource(StageResource):
     """Quality thresholds, issue-rate limits and duplicate radii; unset values take the library's defaults."""
 
     thresholds: dict[str, float] = Field(default_factory=dict,
@@ -103,7 +131,7 @@ class QualityResource(dg.ConfigurableResource):
         return dataclasses.replace(EmbeddingDuplicateSettings(), **{k: v for k, v in values.items() if v is not None})
 
 
-class CurationResource(dg.ConfigurableResource):
+class CurationResource(StageResource):
     """How the curated dataset is chosen, split, checked and exported."""
 
     budget: float | None = Field(default=None, description="At most this many images (>= 1) or this fraction "
@@ -118,23 +146,14 @@ class CurationResource(dg.ConfigurableResource):
     export_imagefolder: bool = Field(default=True, description="Also copy the images into an ImageFolder tree.")
 
     def settings(self):
-        from cv_dataops.curation.curation import CurationSettings
+        from cv_dataops.curation.settings import CurationSettings
 
         budget = None if self.budget is None else (int(self.budget) if self.budget >= 1 else float(self.budget))
         return CurationSettings(budget=budget, split_fractions=tuple(self.split_fractions),
                                 neighbour_radius=self.neighbour_radius, seed=self.seed, method=self.method)
 
 
-DEFAULT_EMBEDDER = {"kind": "patch-kmeans"}
-
-
-def embedder_spec_from_environment() -> dict:
-    """CV_DATAOPS_EMBEDDER: a JSON object such as {"kind": "onnx", "path": "model.onnx", "input_size": [224, 224],
-    "mean": [...], "std": [...]}; unset, the built-in patch-kmeans embedder."""
-    return json.loads(os.environ.get("CV_DATAOPS_EMBEDDER") or "null") or dict(DEFAULT_EMBEDDER)
-
-
-class EmbeddingResource(dg.ConfigurableResource):
+class EmbeddingResource(StageResource):
     """Which embedder turns images into vectors. The built-in one is fitted once, unsupervised, on the first images
     of the catalog, and kept under the data root (models/) so every batch uses the same parameters."""
 
@@ -145,28 +164,28 @@ class EmbeddingResource(dg.ConfigurableResource):
                                                              "helped small images on an idle machine: docs/benchmarks.md).")
 
 
-def build_resources(landing: str | None = None, data_root: str | None = None, labels: str | None = None,
-                    **landing_options: object) -> dict[str, dg.ConfigurableResource]:
-    """The resources every entry point uses; unset arguments come from the environment, then the defaults."""
+def build_resources(settings: Settings | None = None, *, landing: str | None = None, data_root: str | None = None,
+                    labels: str | None = None, **landing_options: object) -> dict[str, dg.ConfigurableResource]:
+    """The resources every entry point uses, from ``settings`` (validated; see :mod:`cv_dataops.config`) with
+    ``landing``, ``data_root`` and ``labels`` replacing theirs when given. Without settings, from these arguments
+    and the defaults only: this function never reads the environment.
+
+    A stage whose settings are wrong gets its defaults plus the error, which fails its assets when they run
+    (``settings_error``): loading the definitions, and every other stage, go on working."""
+    settings = settings or Settings.build()
+    locations = {"landing": landing, "data_root": data_root, "labels": labels}
+    if any(v is not None for v in locations.values()):
+        settings = settings.replace(**{k: v for k, v in locations.items() if v is not None})
+    if settings.min_age_seconds is not None:
+        landing_options.setdefault("min_age_seconds", settings.min_age_seconds)
     s3 = S3Resource()
-    if "min_age_seconds" not in landing_options and os.environ.get("CV_DATAOPS_MIN_AGE_SECONDS"):
-        landing_options["min_age_seconds"] = float(os.environ["CV_DATAOPS_MIN_AGE_SECONDS"])
+    curation = {} if settings.stage_error(CURATION) else dict(settings.curation)
     return {
-        "catalog": CatalogResource(data_root=data_root or os.environ.get("CV_DATAOPS_DATA_ROOT", DEFAULT_DATA_ROOT),
-                                   s3=s3),
-        "landing": LandingResource(uri=landing or os.environ.get("CV_DATAOPS_LANDING", DEFAULT_LANDING),
-                                   labels=labels or os.environ.get("CV_DATAOPS_LABELS", "imagefolder"),
-                                   s3=s3, **landing_options),
-        "embedding": EmbeddingResource(spec=embedder_spec_from_environment()),
-        "curation": CurationResource(**json.loads(os.environ.get("CV_DATAOPS_CURATION") or "{}")),
-        "quality": QualityResource(thresholds=json.loads(os.environ.get("CV_DATAOPS_QUALITY_THRESHOLDS") or "{}"),
-                                   workers=int(os.environ.get("CV_DATAOPS_WORKERS") or min(4, os.cpu_count() or 1))),
+        "catalog": CatalogResource(data_root=settings.data_root, s3=s3, settings_error=settings.stage_error(CATALOG)),
+        "landing": LandingResource(uri=settings.landing, labels=settings.labels, s3=s3,
+                                   settings_error=settings.stage_error(LANDING), **landing_options),
+        "embedding": EmbeddingResource(spec=dict(settings.embedder), settings_error=settings.stage_error(EMBEDDING)),
+        "curation": CurationResource(**curation, settings_error=settings.stage_error(CURATION)),
+        "quality": QualityResource(thresholds=dict(settings.quality_thresholds), workers=settings.workers,
+                                   settings_error=settings.stage_error(QUALITY)),
     }
-
-
-def default_dagster_home(data_root: str) -> Path:
-    """DAGSTER_HOME when none is set: beside a local catalog, or ./.dagster_home for an S3 one."""
-    if os.environ.get("DAGSTER_HOME"):
-        return Path(os.environ["DAGSTER_HOME"])
-    return Path(data_root if "://" not in data_root else ".") / ("dagster_home" if "://" not in data_root
-                                                                  else ".dagster_home")

@@ -1,25 +1,28 @@
 """`cv-dataops run` in-process: what the landing sensor and the runs it requests would do, then everything downstream.
 
-Runs go to a persistent Dagster instance (DAGSTER_HOME), so they show in the UI afterwards, exactly like runs the
-daemon launches.
+The definitions are built from explicit :class:`~cv_dataops.config.Settings` (this process's environment is never
+changed). Runs go to a persistent Dagster instance and carry the origin of the ``cv_dataops`` code location, so
+the UI lists them under the location's jobs exactly like runs the daemon launches.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+import shlex
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
 
-from cv_dataops.definitions import load_definitions
+from cv_dataops.config import Settings, default_dagster_home
+from cv_dataops.definitions import ATTRIBUTE, CODE_LOCATION, MODULE, load_definitions
 from cv_dataops.defs.ingest.sensors import pending_batches
 from cv_dataops.defs.shared.partitions import batch_partitions, per_batch_assets
-from cv_dataops.resources import default_dagster_home
 
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+CLI_TAGS = {"cv_dataops/launched_by": "cli"}
 
 
 class PipelineFailed(RuntimeError):
@@ -34,25 +37,47 @@ class RunSummary:
     run_ids: list[str] = field(default_factory=list)
 
 
-def open_instance(data_root: str) -> dg.DagsterInstance:
-    """The persistent instance for this data root (DAGSTER_HOME, or one kept beside a local catalog)."""
+def dagster_home(data_root: str) -> Path:
+    """The instance folder for this data root (DAGSTER_HOME, or one kept beside a local catalog), made ready: a
+    dagster.yaml without telemetry, and a workspace.yaml naming the code location as every deployment does."""
     home = default_dagster_home(data_root).resolve()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
         config.write_text("telemetry:\n  enabled: false\n")
-    os.environ["DAGSTER_HOME"] = str(home)
-    return dg.DagsterInstance.get()
+    workspace = home / "workspace.yaml"
+    if not workspace.exists():
+        workspace.write_text(f"load_from:\n  - python_module:\n      module_name: {MODULE}\n"
+                             f"      attribute: {ATTRIBUTE}\n      location_name: {CODE_LOCATION}\n")
+    return home
 
 
-def _failure_message(result: dg.ExecuteInProcessResult, what: str) -> str:
+def open_instance(data_root: str) -> dg.DagsterInstance:
+    """The persistent instance for this data root (see :func:`dagster_home`)."""
+    return dg.DagsterInstance.from_config(str(dagster_home(data_root)))
+
+
+def _failure_message(result, what: str) -> str:
     failures = []
     for event in result.all_events:
         if event.is_step_failure:
             error = event.step_failure_data.error
-            reason = (error.message.strip().splitlines() or ["failed"])[-1] if error else "failed"
+            reason = _last_line(error) if error else "failed"
             failures.append(f"step {event.step_key} failed: {reason}")
+        elif event.event_type_value == "PIPELINE_FAILURE" and not failures:
+            error = event.event_specific_data.error if event.event_specific_data else None
+            if error:
+                failures.append(_last_line(error))
     return f"{what}: " + ("; ".join(failures) or f"run {result.run_id} did not succeed")
+
+
+def _last_line(error) -> str:
+    """The innermost cause's message: a resource that refused its settings is wrapped twice by Dagster."""
+    while error.cause is not None and "resource" in error.message.lower():
+        error = error.cause
+    line = (error.message.strip().splitlines() or ["failed"])[-1]
+    name, _, rest = line.partition(": ")
+    return rest if rest and name.rsplit(".", 1)[-1] == error.cls_name and error.cls_name.endswith("ConfigError") else line
 
 
 def _selected_keys(defs: dg.Definitions, select: Sequence[str] | None) -> set[dg.AssetKey] | None:
@@ -66,34 +91,60 @@ def _selected_keys(defs: dg.Definitions, select: Sequence[str] | None) -> set[dg
     return set(dg.AssetSelection.assets(*select).upstream().resolve(graph))
 
 
-@contextmanager
-def pipeline_environment(landing: str, data_root: str, labels: str) -> Iterator[None]:
-    """Point the definitions' resources at these locations (as a code server's environment would)."""
-    settings = {"CV_DATAOPS_LANDING": landing, "CV_DATAOPS_DATA_ROOT": data_root, "CV_DATAOPS_LABELS": labels,
-                "CV_DATAOPS_MIN_AGE_SECONDS": "0"}
-    saved = {name: os.environ.get(name) for name in settings}
-    os.environ.update(settings)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+def code_location_origins(job_name: str):
+    """The origins the ``cv_dataops`` code location gives runs of ``job_name`` (as a workspace loading
+    :data:`~cv_dataops.definitions.MODULE` under that name would): the UI lists a job's runs by this repository
+    label, and re-executes them through it."""
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+    from dagster._core.definitions.repository_definition.valid_definitions import (
+        SINGLETON_REPOSITORY_NAME,
+    )
+    from dagster._core.origin import JobPythonOrigin
+    from dagster._core.remote_origin import RemoteJobOrigin, RemoteRepositoryOrigin
+    from dagster._core.workspace.load import location_origin_from_module_name
+
+    location = location_origin_from_module_name(MODULE, ATTRIBUTE, os.getcwd(), location_name=CODE_LOCATION)
+    remote = RemoteJobOrigin(RemoteRepositoryOrigin(location, SINGLETON_REPOSITORY_NAME), job_name)
+    repository = ReconstructableRepository.for_module(MODULE, ATTRIBUTE, os.getcwd()).get_python_origin()
+    return remote, JobPythonOrigin(job_name, repository)
+
+
+def execute_job(job_def: dg.JobDefinition, instance: dg.DagsterInstance, *, asset_selection: Sequence[dg.AssetKey],
+                partition_key: str | None = None, tags: Mapping[str, str] | None = None,
+                run_config: Mapping | None = None):
+    """Run ``job_def`` in this process, as ``execute_in_process`` does, but as a run of the code location (its
+    remote and code origins set), so the UI shows it under the job. Returns the execution result."""
+    from dagster._core.definitions.job_base import InMemoryJob
+    from dagster._core.execution.api import create_execution_plan, execute_run
+    from dagster._core.execution.execute_in_process import merge_run_tags
+
+    run_config = dict(run_config or QUIET_RUN_CONFIG)
+    selection = list(asset_selection)
+    ephemeral = job_def.as_ephemeral_job(resource_defs={}, input_values={}, asset_selection=selection)
+    job = InMemoryJob(ephemeral)
+    run_tags = merge_run_tags(job_def=job_def, partition_key=partition_key, tags=tags, asset_selection=selection,
+                              instance=instance, run_config=run_config)
+    plan = create_execution_plan(job, run_config=run_config, instance_ref=instance.get_ref())
+    remote_origin, code_origin = code_location_origins(job_def.name)
+    run = instance.create_run_for_job(job_def=ephemeral, execution_plan=plan, run_config=run_config,
+                                      tags={**ephemeral.run_tags, **run_tags}, asset_selection=frozenset(selection),
+                                      remote_job_origin=remote_origin, job_code_origin=code_origin)
+    return execute_run(job, run, instance)
 
 
 def run_pipeline(instance: dg.DagsterInstance, *, landing: str, data_root: str, labels: str = "imagefolder",
-                 select: Sequence[str] | None = None,
+                 select: Sequence[str] | None = None, settings: Settings | None = None,
                  on_batch: Callable[[str, int, int], None] | None = None) -> RunSummary:
     """Batch what landed since the last run, run every pending batch, then refresh what spans all batches.
 
-    The runs are those of the code location's own jobs, with its resources pointed at ``landing`` and
-    ``data_root``. With nothing new landed and nothing pending, nothing runs and nothing changes.
+    The runs are those of the code location's own jobs, with ``settings`` (default: the defaults) and ``landing``,
+    ``data_root`` and ``labels`` replacing their locations; objects are taken in however recently they landed.
+    With nothing new landed and nothing pending, nothing runs and nothing changes.
     """
-    with pipeline_environment(landing, data_root, labels):
-        defs = load_definitions()
-        return _run(defs, instance, select, on_batch)
+    settings = (settings or Settings.build()).replace(landing=landing, data_root=data_root, labels=labels,
+                                                      min_age_seconds=0)
+    defs = load_definitions(settings)
+    return _run(defs, instance, select, on_batch)
 
 
 def _run(defs: dg.Definitions, instance: dg.DagsterInstance, select: Sequence[str] | None,
@@ -120,9 +171,7 @@ def _run(defs: dg.Definitions, instance: dg.DagsterInstance, select: Sequence[st
         for position, batch_id in enumerate(pending, start=1):
             if on_batch:
                 on_batch(batch_id, position, len(pending))
-            result = job.execute_in_process(instance=instance, partition_key=batch_id, asset_selection=batch_keys,
-                                            raise_on_error=False, run_config=QUIET_RUN_CONFIG,
-                                            tags={"cv_dataops/launched_by": "cli"})
+            result = execute_job(job, instance, partition_key=batch_id, asset_selection=batch_keys, tags=CLI_TAGS)
             summary.run_ids.append(result.run_id)
             if not result.success:
                 raise PipelineFailed(_failure_message(result, f"batch {batch_id}"))
@@ -131,8 +180,7 @@ def _run(defs: dg.Definitions, instance: dg.DagsterInstance, select: Sequence[st
     never_built = [k for k in spanning_keys if instance.get_latest_materialization_event(k) is None]
     if spanning_keys and (summary.ingested_batches or never_built):
         job = defs.resolve_implicit_global_asset_job_def()
-        result = job.execute_in_process(instance=instance, asset_selection=spanning_keys, raise_on_error=False, run_config=QUIET_RUN_CONFIG,
-                                        tags={"cv_dataops/launched_by": "cli"})
+        result = execute_job(job, instance, asset_selection=spanning_keys, tags=CLI_TAGS)
         summary.run_ids.append(result.run_id)
         if not result.success:
             raise PipelineFailed(_failure_message(result, "downstream assets"))
@@ -143,7 +191,8 @@ def _run(defs: dg.Definitions, instance: dg.DagsterInstance, select: Sequence[st
 def dagster_ui_hint(landing: str, data_root: str) -> str:
     home = default_dagster_home(data_root).resolve()
     env = f"DAGSTER_HOME={home} CV_DATAOPS_LANDING={_shell(landing)} CV_DATAOPS_DATA_ROOT={_shell(data_root)}"
-    return f"{env} .venv/bin/dagster dev -m cv_dataops.definitions   (then open http://127.0.0.1:3000)"
+    return (f"{env} {shlex.quote(sys.executable)} -m dagster dev -w {_shell(str(home / 'workspace.yaml'))}   "
+            "(then open http://127.0.0.1:3000)")
 
 
 def _shell(uri: str) -> str:

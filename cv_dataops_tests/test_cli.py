@@ -50,11 +50,33 @@ def test_run_ingests_then_does_nothing_when_nothing_landed(tmp_path, dagster_hom
         runs = instance.get_runs()
         assert all(run.is_success for run in runs)
         assert sorted(run.job_name for run in runs) == ["__ASSET_JOB", "ingest_batch"]  # a batch, then what spans all
+        assert_listed_under_the_code_locations_jobs(instance, runs)
 
     write_files(tmp_path / "landing", {"later/new.jpg": encode(photo(42), "JPEG")})
     third = cli("run", "--landing", str(tmp_path / "landing"), "--data-root", str(root))
     assert third.returncode == 0 and "new batches: 1" in third.stdout
     assert pq.read_table(root / "catalog" / "images").num_rows == images + 1
+
+
+def assert_listed_under_the_code_locations_jobs(instance, runs):
+    """The UI lists a job's runs with RunsFilter(job_name, tags={.dagster/repository: <repository@location>})
+    (dagster_graphql's GraphenePipeline.resolve_runs), the label of the location the workspace file loads."""
+    import dagster as dg
+    from dagster._core.remote_origin import RemoteRepositoryOrigin
+    from dagster._core.storage.tags import REPOSITORY_LABEL_TAG
+    from dagster._core.workspace.load import location_origins_from_yaml_paths
+
+    from cv_dataops_tests.conftest import REPOSITORY
+
+    (location,) = location_origins_from_yaml_paths([str(REPOSITORY / "workspace.yaml")])
+    label = RemoteRepositoryOrigin(location, "__repository__").get_label()
+    assert label == "__repository__@cv_dataops"
+    for run in runs:
+        assert run.remote_job_origin.repository_origin.get_label() == label
+        assert run.remote_job_origin.location_name == "cv_dataops" and run.job_code_origin is not None
+        listed = instance.get_runs(filters=dg.RunsFilter(job_name=run.job_name, tags={REPOSITORY_LABEL_TAG: label}))
+        assert run.run_id in {r.run_id for r in listed}
+    assert len(instance.get_runs(filters=dg.RunsFilter(job_name="ingest_batch"))) >= 1
 
 
 def test_table_prints_and_exports_safely(tmp_path, dagster_home):
@@ -113,14 +135,15 @@ def test_a_failing_step_is_named_and_exits_non_zero(tmp_path, dagster_home):
     (older,) = ledger.plan(LocalStorage(tmp_path / "landing"))
     write_files(tmp_path / "landing", {"y/x.png": data})
     (newer,) = ledger.plan(LocalStorage(tmp_path / "landing"))
+    from cv_dataops.config import Settings
     from cv_dataops.definitions import load_definitions
-    from cv_dataops.runner import open_instance, pipeline_environment
+    from cv_dataops.runner import open_instance
 
-    with pipeline_environment(str(tmp_path / "landing"), str(root), "imagefolder"):
-        instance = open_instance(str(root))
-        instance.add_dynamic_partitions("batches", [older.batch_id, newer.batch_id])
-        assert load_definitions().resolve_job_def("ingest_batch").execute_in_process(
-            instance=instance, partition_key=newer.batch_id).success
+    instance = open_instance(str(root))
+    instance.add_dynamic_partitions("batches", [older.batch_id, newer.batch_id])
+    defs = load_definitions(Settings.build(landing=tmp_path / "landing", data_root=root))
+    assert defs.resolve_job_def("ingest_batch").execute_in_process(instance=instance,
+                                                                   partition_key=newer.batch_id).success
     result = cli("run", "--landing", str(tmp_path / "landing"), "--data-root", str(root))
     assert result.returncode == 1
     assert f"batch {older.batch_id}" in result.stderr and "raw_images_unique_image_id" in result.stderr

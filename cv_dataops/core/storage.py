@@ -185,12 +185,16 @@ class LocalStorage(Storage):
             raise FileNotFoundError(f"no such object: {self.uri_of(key)}") from error
 
     def _synced_temporary(self, key: str, data: bytes) -> tuple[Path, str]:
-        """``data`` written and fsynced to a temporary file beside ``key``'s path: (the path, the temporary)."""
+        """``data`` written and fsynced to a temporary file beside ``key``'s path: (the path, the temporary).
+
+        The file gets the mode ``open()`` would give it (0666 less the umask), not mkstemp's 0600, so a training
+        job running as another user can read what the pipeline wrote; folders get 0777 less the umask."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         descriptor, temporary = tempfile.mkstemp(prefix=".cv-dataops-tmp-", dir=path.parent)
         try:
             with os.fdopen(descriptor, "wb") as handle:
+                os.fchmod(handle.fileno(), 0o666 & ~current_umask())
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -232,6 +236,25 @@ class LocalStorage(Storage):
 
     def local_path(self, key: str) -> Path:
         return self._path(key)
+
+
+def current_umask() -> int:
+    """The process umask: from /proc on Linux, else by setting it and putting it back (which a file created by
+    another thread at that instant could see)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+_UMASK_LOCK = threading.Lock()
 
 
 def _inside(path: str, root: str) -> bool:
@@ -349,46 +372,98 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, posixpath.normpath(prefix) if prefix.strip("/") else ""
 
 
+@dataclass(frozen=True)
+class S3ClientSettings:
+    """How to build the S3 client: the fields of dagster-aws's ``S3Resource`` (None: boto3's own environment and
+    config files, e.g. ``AWS_ENDPOINT_URL`` for MinIO). Plain and picklable, so a worker process builds exactly the
+    client of the process that configured it; tables and image bytes both use :meth:`client`."""
+
+    region_name: str | None = None
+    endpoint_url: str | None = None
+    profile_name: str | None = None
+    use_ssl: bool = True
+    verify: str | bool | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
+    aws_session_token: str | None = None
+    max_attempts: int = 5
+    use_unsigned_session: bool = False
+
+    def client(self) -> Any:
+        """A boto3 S3 client with standard retries (throttling and 5xx), built as ``S3Resource.get_client`` does."""
+        import boto3
+        from botocore import UNSIGNED
+        from botocore.config import Config
+
+        session = boto3.session.Session(profile_name=self.profile_name)
+        config = Config(retries={"max_attempts": self.max_attempts, "mode": "standard"},
+                        signature_version=UNSIGNED if self.use_unsigned_session else None)
+        return session.client("s3", region_name=self.region_name, endpoint_url=self.endpoint_url,
+                              use_ssl=self.use_ssl, verify=self.verify, aws_access_key_id=self.aws_access_key_id,
+                              aws_secret_access_key=self.aws_secret_access_key,
+                              aws_session_token=self.aws_session_token, config=config)
+
+
+class UriReader:
+    """Reads the bytes behind the URIs catalog tables hold (absolute paths, ``file://`` or ``s3://bucket/key``),
+    with one S3 client per process built from ``s3``. Picklable: a worker process gets the settings, never the
+    parent's client (whose sockets must not be shared), and builds its own the same way."""
+
+    def __init__(self, s3: S3ClientSettings | None = None):
+        self.s3 = s3 or S3ClientSettings()
+        self._client: Any = None
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        return {"s3": self.s3}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["s3"])
+
+    def __repr__(self) -> str:
+        return f"UriReader({self.s3!r})"
+
+    def client(self) -> Any:
+        with self._lock:
+            if self._client is None or self._pid != os.getpid():  # a client inherited through fork is not ours
+                self._client, self._pid = self.s3.client(), os.getpid()
+            return self._client
+
+    def __call__(self, uri: str) -> bytes:
+        return read_uri(uri, self.client() if uri.startswith("s3://") else None)
+
+
 def read_uri(uri: str, s3_client: Any | None = None) -> bytes:
-    """The bytes behind a URI from a catalog table (an absolute path or ``s3://bucket/key``)."""
+    """The bytes behind a URI from a catalog table (an absolute path or ``s3://bucket/key``). Prefer a
+    :class:`UriReader` from the catalog resource, which carries the configured S3 client; without a client this
+    uses boto3's default configuration (the environment)."""
     if uri.startswith("s3://"):
         bucket, key = parse_s3_uri(uri)
         parent, _, name = key.rpartition("/")
-        return S3Storage(f"s3://{bucket}/{parent}", s3_client or shared_s3_client()).read_bytes(name)
+        return S3Storage(f"s3://{bucket}/{parent}", s3_client or _DEFAULT_READER.client()).read_bytes(name)
     return Path(uri[len("file://"):] if uri.startswith("file://") else uri).read_bytes()
 
 
+_DEFAULT_READER = UriReader()
 AWS_ENVIRONMENT_PREFIXES = ("AWS_", "BOTO_")
-_SHARED_CLIENTS: dict[tuple, Any] = {}
-_SHARED_CLIENTS_LOCK = threading.Lock()
 
 
 def aws_environment() -> dict[str, str]:
-    """The environment that decides boto3's endpoint, credentials and region."""
+    """The environment that decides boto3's endpoint, credentials and region (for :func:`read_uri` without a
+    client, in worker processes that still configure S3 through it)."""
     return {k: v for k, v in os.environ.items() if k.startswith(AWS_ENVIRONMENT_PREFIXES)}
 
 
-def shared_s3_client() -> Any:
-    """One client per process and AWS environment, for code that reads many URIs (worker processes)."""
-    key = tuple(sorted(aws_environment().items()))
-    with _SHARED_CLIENTS_LOCK:
-        if key not in _SHARED_CLIENTS:
-            _SHARED_CLIENTS[key] = default_s3_client()
-        return _SHARED_CLIENTS[key]
-
-
 def forget_shared_s3_clients() -> None:
-    """Drop cached clients: one inherited through fork shares the parent's sockets and must not be reused."""
-    with _SHARED_CLIENTS_LOCK:
-        _SHARED_CLIENTS.clear()
+    """Drop the default client of :func:`read_uri`, e.g. after the environment changed."""
+    global _DEFAULT_READER
+    _DEFAULT_READER = UriReader()
 
 
 def default_s3_client() -> Any:
-    """A boto3 S3 client configured from the environment (AWS_ENDPOINT_URL, credentials, region), with retries."""
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client("s3", config=Config(retries={"mode": "standard", "max_attempts": 8}))
+    """A client with boto3's default configuration (the environment), with retries."""
+    return S3ClientSettings().client()
 
 
 def open_storage(uri: str | os.PathLike[str], s3_client: Any | Callable[[], Any] | None = None) -> Storage:

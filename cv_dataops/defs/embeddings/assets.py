@@ -19,18 +19,14 @@ from cv_dataops.embeddings.embedders import embed_bytes
 from cv_dataops.embeddings.store import load_or_fit_embedder
 from cv_dataops.embeddings.tables import EMBEDDINGS
 from cv_dataops.ingest.tables import IMAGES
-from cv_dataops.resources import (
-    CatalogResource,
-    EmbeddingResource,
-    embedder_spec_from_environment,
-)
+from cv_dataops.resources import CatalogResource, EmbeddingResource
 
 EMBEDDINGS_VERSION = "1"
 
 
-def embeddings_code_version() -> str:
+def embeddings_code_version(spec: dict) -> str:
     """Our code's version plus the embedder configured: switching embedders shows every batch stale."""
-    spec = json.dumps(embedder_spec_from_environment(), sort_keys=True)
+    spec = json.dumps(spec, sort_keys=True)
     return f"{EMBEDDINGS_VERSION}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"
 
 
@@ -46,7 +42,7 @@ def _decoded(data: bytes) -> Image.Image:
     group_name="embeddings",
     tags=PER_BATCH_TAG,
     kinds={"python", "parquet"},
-    code_version=embeddings_code_version(),
+    code_version=EMBEDDINGS_VERSION,  # plus the embedder's digest: definitions.settings_code_versions
     metadata=table_metadata(EMBEDDINGS),
     automation_condition=STALE_OR_NEW,
 )
