@@ -168,3 +168,37 @@ def test_spanning_assets_use_the_current_embedder_while_batches_wait(tmp_path, c
     assert after["scenarios"]["images_waiting_for_reembedding"] == 0
     assert after["curated_dataset"]["pool"] == 18
     assert len(pq.read_table(table / "scenarios")) == 18
+
+
+def test_before_the_first_batch_is_re_embedded_the_spanning_assets_wait(tmp_path):
+    """An ONNX embedder's version is known before it embedded anything: the spanning assets then keep their last
+    result instead of working on no images; from the first re-embedded batch on, they work on those."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from cv_dataops_tests.test_embeddings import MEAN, STD, _conv_model
+
+    onnx = {"kind": "onnx", "path": str(_conv_model(tmp_path / "tiny.onnx")), "input_size": [16, 16],
+            "mean": list(MEAN), "std": list(STD)}  # 8 dimensions, like TINY: the same dimension, another space
+    instance = dg.DagsterInstance.ephemeral()
+    old_resources, new_resources = _resources(tmp_path, TINY), _resources(tmp_path, onnx)
+    batches = [_land(tmp_path, instance, "one", range(0, 10)), _land(tmp_path, instance, "two", range(10, 18))]
+    for batch in batches:
+        assert dg.materialize([raw_images, image_quality, image_embeddings], partition_key=batch, instance=instance,
+                              resources=old_resources).success
+    _spanning(instance, old_resources)
+    table = tmp_path / "data" / "catalog"
+    scenarios_before = pq.read_table(table / "scenarios")
+    curated_before = pq.read_table(table / "curated")
+
+    waiting = dg.materialize([scenarios, curated_dataset, curated_no_leakage], instance=instance,
+                             resources=new_resources)
+    assert waiting.success and not waiting.get_asset_materialization_events()
+    assert pq.read_table(table / "scenarios").equals(scenarios_before)
+    assert pq.read_table(table / "curated").equals(curated_before)
+
+    assert dg.materialize([image_embeddings], partition_key=batches[0], instance=instance,
+                          resources=new_resources).success
+    during = _spanning(instance, new_resources)
+    assert during["scenarios"]["images_waiting_for_reembedding"] == 8
+    assert during["curated_dataset"]["batches_waiting_for_reembedding"] == [batches[1]]
+    assert len(pq.read_table(table / "scenarios")) == 10

@@ -66,6 +66,12 @@ class Vectors:
                        dict(self.waiting))
 
     @property
+    def none_current_yet(self) -> bool:
+        """Nothing embedded by this version yet while other versions' vectors exist: a re-embedding has just
+        begun, and a spanning stage should wait (keep its last result) rather than work on no images."""
+        return len(self) == 0 and bool(self.waiting)
+
+    @property
     def images_waiting(self) -> int:
         return int(sum(self.waiting.values()))
 
@@ -78,6 +84,13 @@ class Vectors:
         return {"embedder_version": self.embedder_version or "", "images_embedded": len(self),
                 "images_waiting_for_reembedding": self.images_waiting,
                 "batches_waiting_for_reembedding": self.batches_waiting}
+
+
+def waiting_message(vectors: Vectors) -> str:
+    """Why a spanning stage waits: what it would have worked on, and what is still to be re-embedded."""
+    return (f"waiting for the re-embedding: no image is embedded by the current embedder (version "
+            f"{vectors.embedder_version}) yet; {vectors.images_waiting} images in {len(vectors.waiting)} batches "
+            f"hold another version (re-run image_embeddings on them); the last result stays")
 
 
 def embedder_versions(tables) -> Counter:

@@ -1,6 +1,8 @@
 """The curated dataset: junk and duplicates out, a diverse and balanced selection, leak-free splits, and an
 immutable, content-addressed snapshot with its exports."""
 
+from collections.abc import Iterator
+
 import dagster as dg
 
 from cv_dataops.core.storage import read_uri
@@ -8,7 +10,7 @@ from cv_dataops.curation.dataset import curate, write_snapshot
 from cv_dataops.curation.pool import curation_pool
 from cv_dataops.curation.tables import CURATED
 from cv_dataops.defs.shared.partitions import SPANNING, table_metadata
-from cv_dataops.embeddings.vectors import current_vectors
+from cv_dataops.embeddings.vectors import current_vectors, waiting_message
 from cv_dataops.resources import (
     CatalogResource,
     CurationResource,
@@ -24,25 +26,30 @@ from cv_dataops.resources import (
     code_version="3",
     metadata=table_metadata(CURATED),
     automation_condition=SPANNING,
+    output_required=False,
 )
 def curated_dataset(context: dg.AssetExecutionContext, catalog: CatalogResource, quality: QualityResource,
-                    curation: CurationResource, embedding: EmbeddingResource) -> dg.MaterializeResult:
+                    curation: CurationResource, embedding: EmbeddingResource) -> Iterator[dg.MaterializeResult]:
     """Unusable images and all but one of each duplicate group out; within the budget, a selection balanced over
     labels (or scenarios) that follows each one's distribution in embedding space (kernel herding: typical images
     first, then spread over the rest; or k-center greedy in k-means cells); splits that keep every duplicate group
     and near-neighbour cluster whole, stratified by label. Each version is an immutable snapshot under
     snapshots/<snapshot_id>/ with its manifest and its exports: ImageFolder, CSV, COCO JSON and Label Studio tasks.
     Only images embedded by the current embedder are curated: after a change of embedder, those still waiting to
-    be re-embedded are left out until they are (the metadata says how many)."""
+    be re-embedded are left out until they are (the metadata says how many); before the first batch is
+    re-embedded, the asset waits (the last version stays current)."""
     tables = catalog.catalog()
     storage = catalog.storage()
     vectors = current_vectors(tables, storage, embedding.spec)
+    if vectors.none_current_yet:
+        context.log.warning(waiting_message(vectors))
+        return
     pool, pool_vectors = curation_pool(tables, quality.max_unusable_rate, vectors)
     dataset = curate(pool, pool_vectors, curation.settings())
     folder = write_snapshot(storage, dataset, read_uri, imagefolder=curation.export_imagefolder)
     uri = tables.write(CURATED, dataset.table())
     selected, excluded = dataset.selected, dataset.excluded
-    return dg.MaterializeResult(metadata={
+    yield dg.MaterializeResult(metadata={
         "dagster/row_count": len(selected), "snapshot_id": dataset.snapshot_id,
         "snapshot": dg.MetadataValue.path(storage.uri_of(folder)),
         "pool": len(pool), "eligible": dataset.eligible, "excluded": len(excluded),

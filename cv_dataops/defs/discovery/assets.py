@@ -1,6 +1,7 @@
 """Discovery: the scenarios (clusters) and 2-D map over the whole catalog."""
 
 import base64
+from collections.abc import Iterator
 
 import dagster as dg
 import numpy as np
@@ -11,7 +12,7 @@ from cv_dataops.core.storage import read_uri
 from cv_dataops.defs.shared.partitions import SPANNING, table_metadata
 from cv_dataops.discovery.scenarios import discover, map_2d, map_png
 from cv_dataops.discovery.tables import SCENARIOS
-from cv_dataops.embeddings.vectors import current_vectors
+from cv_dataops.embeddings.vectors import current_vectors, waiting_message
 from cv_dataops.images.thumbnails import markdown_grid, thumbnail_data_uri
 from cv_dataops.ingest.tables import IMAGES
 from cv_dataops.resources import CatalogResource, EmbeddingResource
@@ -24,15 +25,19 @@ from cv_dataops.resources import CatalogResource, EmbeddingResource
     code_version="2",
     metadata=table_metadata(SCENARIOS),
     automation_condition=SPANNING,
+    output_required=False,
 )
 def scenarios(context: dg.AssetExecutionContext, catalog: CatalogResource,
-              embedding: EmbeddingResource) -> dg.MaterializeResult:
+              embedding: EmbeddingResource) -> Iterator[dg.MaterializeResult]:
     """The scenarios a team curates for, found as clusters in embedding space (their number chosen by silhouette),
     each with its size and thumbnails, and a 2-D map of the whole catalog. Only the current embedder's vectors are
     used: after a change of embedder, the images still waiting to be re-embedded are left out until they are (the
-    metadata says how many)."""
+    metadata says how many); before the first batch is re-embedded, the asset waits (the last scenarios stay)."""
     tables = catalog.catalog()
     vectors = current_vectors(tables, catalog.storage(), embedding.spec)
+    if vectors.none_current_yet:
+        context.log.warning(waiting_message(vectors))
+        return
     ids = vectors.frame()
     found = discover(vectors.matrix)
     coordinates = map_2d(vectors.matrix)
@@ -48,7 +53,7 @@ def scenarios(context: dg.AssetExecutionContext, catalog: CatalogResource,
             (f"{row.distance:.2f}", thumbnail_data_uri(read_uri(uris[row.image_id]), side=48))
             for row in typical.itertuples() if row.image_id in uris]
     png = map_png(coordinates, found.labels)
-    return dg.MaterializeResult(metadata={
+    yield dg.MaterializeResult(metadata={
         "dagster/row_count": len(frame), "scenarios": int(frame.scenario.nunique()) if len(frame) else 0,
         "sizes": dg.MetadataValue.json(frame.scenario.value_counts().sort_index().to_dict() if len(frame) else {}),
         "typical_images": dg.MetadataValue.md(markdown_grid(sections) if sections else "no images"),
