@@ -97,8 +97,10 @@ class ImageIdIndex:
             searched += len(segment)
             if not len(segment) or not len(queries):
                 continue
-            width = max(queries.dtype.itemsize, segment.dtype.itemsize)
-            q, s = queries.astype(f"S{width}"), segment.astype(f"S{width}")
+            q, s = queries, segment
+            if q.dtype != s.dtype:  # ids of another length (never for SHA-256 ids): compare at one width
+                width = max(q.dtype.itemsize, s.dtype.itemsize)
+                q, s = q.astype(f"S{width}"), s.astype(f"S{width}")
             at = np.minimum(np.searchsorted(s, q), len(s) - 1)
             for found in q[s[at] == q]:
                 by_id.setdefault(found.decode(), []).append(batch_id)
