@@ -61,3 +61,16 @@ def test_a_catalog_without_index_or_with_a_stale_one_is_repaired_from_the_table(
     # a batch whose images file is gone holds nothing, whatever its old index file says
     catalog.delete(IMAGES, "0002")
     assert index.known_before("0003", ["b" * 64]) == set()
+
+
+def test_the_index_works_on_s3(s3_bucket):
+    from cv_dataops.core.storage import open_storage
+
+    catalog = Catalog(open_storage(f"s3://{s3_bucket}/data"))
+    catalog.write(IMAGES, _images("0001", ["a" * 64, "b" * 64]), "0001")  # a catalog older than the index
+    index = ImageIdIndex(catalog)
+    assert index.known_before("0002", ["b" * 64, "c" * 64]) == {"b" * 64}
+    assert catalog.storage.exists(index.key("0001"))  # rebuilt from the table once, then read
+    index.write("0002", ["c" * 64])
+    catalog.write(IMAGES, _images("0002", ["c" * 64]), "0002")
+    assert batch_uniqueness(catalog, "0002").repeated == []
