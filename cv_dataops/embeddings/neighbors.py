@@ -2,11 +2,11 @@
 
 Every consumer (embedding near duplicates, curation's near pairs and isolation, similarity search, and next the
 label audit, active learning and drift) asks a :class:`NeighborIndex` built on the unit vectors of ONE embedder
-version (:mod:`cv_dataops.embeddings.vectors`). Exact brute force with numpy, in blocks of at most ``block`` scores
-(memory bounded, never n^2): at the dimensions embedders produce (64 and more) this is what scikit-learn's
-``NearestNeighbors`` does too (trees do not help there), without the copy into its own structures. Candidates are
-found with a float32 matrix product and their distances recomputed in float64, so every consumer sees the same
-distance for the same pair, whatever the blocks. Ties are broken by row number. Vectors that are not finite (an
+version (:mod:`cv_dataops.embeddings.vectors`). Exact brute force (at the dimensions embedders
+produce, 64 and more, trees do not help): k-nearest candidates from scikit-learn's multi-threaded brute-force search,
+radius candidates from float32 matrix products in blocks of at most ``block`` scores (memory bounded, never n^2).
+Every candidate's distance is then recomputed in float64, so every consumer sees the same distance for the same
+pair, whatever the blocks. Ties are broken by row number. Vectors that are not finite (an
 undecodable image) are never anyone's neighbour.
 """
 
@@ -67,32 +67,36 @@ class NeighborIndex:
     def kneighbors(self, queries: np.ndarray | None = None, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """``(distances, rows)``, each (queries, k'), nearest first (ties: the lower row), with ``k' = min(k,
         candidates)``. ``queries=None`` asks for the index's own rows, each leaving itself out (as scikit-learn's
-        ``kneighbors()``). A neighbour that is not finite has distance ``inf``."""
+        ``kneighbors()``). A neighbour that is not finite has distance ``inf``.
+
+        Candidates come from scikit-learn's brute-force k-nearest search (its multi-threaded ``ArgKmin``, on the
+        unit vectors: Euclidean order is cosine order there), then are ranked by their float64 cosine distance."""
+        from sklearn.neighbors import NearestNeighbors
+
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         own = queries is None
         q = self.vectors_ if own else self._queries(queries)
-        n = len(self)
-        k = min(int(k), n - 1 if own else n)
+        k = min(int(k), len(self) - 1 if own else len(self))
         distances = np.full((len(q), max(k, 0)), np.inf)
         found = np.zeros((len(q), max(k, 0)), dtype=np.int64)
-        if k <= 0 or not len(q):
+        fit_rows = np.flatnonzero(self._finite)
+        query_rows = np.flatnonzero(np.isfinite(q).all(axis=1))
+        want = min(k + 1 if own else k, len(fit_rows))
+        if k <= 0 or want <= 0 or not len(query_rows):
             return distances, found
-        step = max(1, self.block // max(1, n))
-        for start in range(0, len(q), step):
-            scores = 1.0 - q[start:start + step] @ self.vectors_.T
-            scores[:, ~self._finite] = np.inf
-            scores = np.nan_to_num(scores, nan=np.inf)
+        candidates = fit_rows[NearestNeighbors(n_neighbors=want, algorithm="brute").fit(self.vectors_[fit_rows])
+                              .kneighbors(q[query_rows], return_distance=False)]
+        step = max(1, self.block // max(1, want * self.dimension))
+        for start in range(0, len(query_rows), step):
+            rows, cand = query_rows[start:start + step], candidates[start:start + step]
+            exact = self._exact(q, np.repeat(rows, want), cand.ravel()).reshape(cand.shape)
             if own:
-                rows = np.arange(start, start + len(scores))
-                scores[rows - start, rows] = np.inf
-            top = np.argpartition(scores, k - 1, axis=1)[:, :k]
-            query_rows = np.repeat(np.arange(start, start + len(scores)), top.shape[1])
-            exact = self._exact(q, query_rows, top.ravel()).reshape(top.shape)
-            exact[~np.isfinite(np.take_along_axis(scores, top, axis=1))] = np.inf
-            order = np.lexsort((top, exact), axis=1)
-            distances[start:start + len(scores)] = np.take_along_axis(exact, order, axis=1)[:, :k]
-            found[start:start + len(scores)] = np.take_along_axis(top, order, axis=1)[:, :k]
+                exact[cand == rows[:, None]] = np.inf
+            order = np.lexsort((cand, exact), axis=1)[:, :k]
+            width = order.shape[1]
+            distances[rows, :width] = np.take_along_axis(exact, order, axis=1)
+            found[rows, :width] = np.take_along_axis(cand, order, axis=1)
         return distances, found
 
     def query_radius(self, queries: np.ndarray, radius: float, *, strict: bool = False) -> Pairs:
