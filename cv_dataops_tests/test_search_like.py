@@ -193,6 +193,7 @@ def test_search_like_a_file_in_an_s3_catalog(s3_bucket, capsys):
 @pytest.fixture(scope="module")
 def pipeline_catalog(tmp_path_factory):
     """24 generated scenes ingested and embedded by the real pipeline (a tiny built-in embedder, for speed)."""
+    from cv_dataops.config import Settings
     from cv_dataops.demo import data as demo_data
     from cv_dataops.runner import open_instance, run_pipeline
 
@@ -200,10 +201,10 @@ def pipeline_catalog(tmp_path_factory):
     demo_data.generate_demo(root / "landing", count=24, seed=5, include_bad=False)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DAGSTER_HOME", str(root / "home"))
-        patch.setenv("CV_DATAOPS_EMBEDDER", json.dumps({"kind": "patch-kmeans", **TINY_EMBEDDER}))
         instance = open_instance(str(root / "data"))
         run_pipeline(instance, landing=str(root / "landing"), data_root=str(root / "data"),
-                     select=["image_embeddings"])
+                     select=["image_embeddings"],
+                     settings=Settings.build(embedder={"kind": "patch-kmeans", **TINY_EMBEDDER}))
         instance.dispose()
     return root
 
