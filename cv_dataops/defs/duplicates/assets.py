@@ -14,9 +14,8 @@ from cv_dataops.duplicates.incremental import (
     update_duplicates,
 )
 from cv_dataops.duplicates.tables import DUPLICATE_PAIRS, DUPLICATES
-from cv_dataops.embeddings.store import configured_version
 from cv_dataops.embeddings.tables import EMBEDDINGS
-from cv_dataops.embeddings.vectors import read_vectors
+from cv_dataops.embeddings.vectors import current_embedder_version, read_vectors
 from cv_dataops.images.thumbnails import markdown_grid, thumbnail_data_uri
 from cv_dataops.ingest.tables import IMAGES
 from cv_dataops.quality.tables import QUALITY
@@ -58,7 +57,7 @@ def image_duplicates(context: dg.AssetExecutionContext, catalog: CatalogResource
     fingerprints = partition_fingerprints(tables, QUALITY)
     hashes, refreshed = store.rows(
         fingerprints, lambda batch_id: tables.read(QUALITY, [batch_id], columns=HASH_COLUMNS).to_pandas())
-    version = configured_version(embedding.spec, storage)
+    version = current_embedder_version(tables, storage, embedding.spec)  # the same rule as every spanning stage
     update = update_duplicates(
         store.state(), hashes, fingerprints,
         previous_pairs=tables.read(DUPLICATE_PAIRS).to_pandas(), previous_groups=tables.read(DUPLICATES).to_pandas(),
