@@ -10,6 +10,7 @@ import pandas as pd
 
 from cv_dataops.curation.rows import UNLABELLED, aligned_matrix, column_values, present
 from cv_dataops.curation.settings import CurationSettings
+from cv_dataops.embeddings.clustering import kmeans_labels
 from cv_dataops.embeddings.neighbors import NeighborIndex
 
 # At most this many k-means cells per stratum: bounds selection's cost on large strata (more picks per cell).
@@ -149,14 +150,9 @@ def proportional(sizes: np.ndarray, quota: int) -> np.ndarray:
 
 def cells(vectors: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
     """k-means cells of equal-ish mass: each row's cell number (``count`` cells, some possibly empty)."""
-    from sklearn.cluster import KMeans, MiniBatchKMeans
-
     if count <= 1 or len(vectors) <= 1:
         return np.zeros(len(vectors), dtype=np.int64)
-    count = min(count, len(vectors))
-    model = (KMeans(count, n_init=1, max_iter=100, random_state=seed) if len(vectors) <= 20_000
-             else MiniBatchKMeans(count, n_init=3, batch_size=4096, random_state=seed))
-    return model.fit_predict(vectors).astype(np.int64)
+    return kmeans_labels(vectors, min(count, len(vectors)), seed=seed, n_init=1, max_iter=100)
 
 
 def _pick_in_cell(x: np.ndarray, quota: int, isolated: np.ndarray | None, settings: CurationSettings) -> np.ndarray:

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
-from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.decomposition import PCA
 from sklearn.metrics import silhouette_score
+
+from cv_dataops.embeddings.clustering import kmeans_labels
 
 PALETTE = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
@@ -23,9 +24,7 @@ class Scenarios:
 
 
 def _cluster(vectors: np.ndarray, k: int, seed: int) -> np.ndarray:
-    model = (KMeans(k, n_init=4, random_state=seed) if len(vectors) <= 20_000
-             else MiniBatchKMeans(k, n_init=3, random_state=seed, batch_size=4096))
-    return model.fit_predict(vectors)
+    return kmeans_labels(vectors, k, seed=seed, n_init=4)
 
 
 def choose_count(vectors: np.ndarray, seed: int = 0, largest: int = 12, sample: int = 4000) -> int:
