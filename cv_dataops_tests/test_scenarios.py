@@ -38,3 +38,18 @@ def test_map_and_plot():
 def test_tiny_and_empty_inputs():
     assert discover(np.zeros((0, 4), np.float32)).labels.shape == (0,)
     assert set(discover(_unit(np.ones((3, 4)))).labels) == {0}
+
+
+def test_scenario_rows_and_typical_members():
+    from cv_dataops.discovery.scenarios import scenario_rows, typical_members
+
+    centres = _unit(np.random.default_rng(2).normal(size=(2, 16))) * 10
+    vectors, _ = make_blobs(n_samples=[40, 20], centers=centres, cluster_std=0.5, random_state=0)
+    frame, coordinates = scenario_rows([f"i{n}" for n in range(60)], _unit(vectors))
+    assert list(frame.columns) == ["image_id", "scenario", "distance", "map_x", "map_y"]
+    assert frame.scenario.value_counts().to_dict() == {0: 40, 1: 20} and coordinates.shape == (60, 2)
+    typical = typical_members(frame, 3)
+    assert sorted(typical) == [0, 1] and all(len(t) == 3 for t in typical.values())
+    assert typical[0].distance.max() <= frame[frame.scenario == 0].distance.nsmallest(4).iloc[-1]
+    empty, _ = scenario_rows([], np.zeros((0, 0), np.float32))
+    assert len(empty) == 0 and typical_members(empty) == {}

@@ -6,6 +6,7 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from PIL import Image, ImageDraw
 from sklearn.decomposition import PCA
 from sklearn.metrics import silhouette_score
@@ -69,6 +70,22 @@ def map_2d(vectors: np.ndarray, seed: int = 0) -> np.ndarray:
     if len(vectors) < 3:
         return np.zeros((len(vectors), 2), np.float32)
     return PCA(2, random_state=seed).fit_transform(vectors).astype(np.float32)
+
+
+def scenario_rows(image_ids: list[str], vectors: np.ndarray, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    """The ``scenarios`` table's rows for these images (``image_id, scenario, distance, map_x, map_y``) and the
+    map's coordinates: :func:`discover` and :func:`map_2d` over vectors of one embedder version."""
+    found = discover(vectors, seed=seed)
+    coordinates = map_2d(vectors, seed=seed)
+    frame = pd.DataFrame({"image_id": pd.Series(image_ids, dtype=object), "scenario": found.labels.astype(np.int32),
+                          "distance": found.distances, "map_x": coordinates[:, 0], "map_y": coordinates[:, 1]})
+    return frame, coordinates
+
+
+def typical_members(frame: pd.DataFrame, per_scenario: int = 5) -> dict[int, pd.DataFrame]:
+    """Each scenario's ``per_scenario`` members nearest its centre (its most typical images)."""
+    return {int(scenario): members.nsmallest(per_scenario, "distance")
+            for scenario, members in frame.groupby("scenario")}
 
 
 def map_png(coordinates: np.ndarray, labels: np.ndarray, side: int = 480) -> bytes:

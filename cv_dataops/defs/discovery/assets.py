@@ -4,13 +4,10 @@ import base64
 from collections.abc import Iterator
 
 import dagster as dg
-import numpy as np
-import pandas as pd
 import pyarrow as pa
 
-from cv_dataops.core.storage import read_uri
 from cv_dataops.defs.shared.partitions import SPANNING, table_metadata
-from cv_dataops.discovery.scenarios import discover, map_2d, map_png
+from cv_dataops.discovery.scenarios import map_png, scenario_rows, typical_members
 from cv_dataops.discovery.tables import SCENARIOS
 from cv_dataops.embeddings.vectors import current_vectors, waiting_message
 from cv_dataops.images.thumbnails import markdown_grid, thumbnail_data_uri
@@ -38,21 +35,15 @@ def scenarios(context: dg.AssetExecutionContext, catalog: CatalogResource,
     if vectors.none_current_yet:
         context.log.warning(waiting_message(vectors))
         return
-    ids = vectors.frame()
-    found = discover(vectors.matrix)
-    coordinates = map_2d(vectors.matrix)
-    frame = pd.DataFrame({"image_id": ids.image_id, "scenario": found.labels.astype(np.int32),
-                          "distance": found.distances, "map_x": coordinates[:, 0] if len(ids) else [],
-                          "map_y": coordinates[:, 1] if len(ids) else []})
+    frame, coordinates = scenario_rows(vectors.image_ids, vectors.matrix)
     uri = tables.write(SCENARIOS, pa.Table.from_pandas(frame, preserve_index=False))
     uris = dict(zip(*tables.read(IMAGES, columns=["image_id", "uri"]).to_pydict().values(), strict=True))
-    sections = {}
-    for scenario, members in frame.groupby("scenario"):
-        typical = members.nsmallest(5, "distance")
-        sections[f"scenario {scenario} ({len(members)} images)"] = [
-            (f"{row.distance:.2f}", thumbnail_data_uri(read_uri(uris[row.image_id]), side=48))
-            for row in typical.itertuples() if row.image_id in uris]
-    png = map_png(coordinates, found.labels)
+    read = catalog.uri_reader()
+    sections = {f"scenario {scenario} ({int((frame.scenario == scenario).sum())} images)": [
+        (f"{row.distance:.2f}", thumbnail_data_uri(read(uris[row.image_id]), side=48))
+        for row in typical.itertuples() if row.image_id in uris]
+        for scenario, typical in typical_members(frame).items()}
+    png = map_png(coordinates, frame.scenario.to_numpy())
     yield dg.MaterializeResult(metadata={
         "dagster/row_count": len(frame), "scenarios": int(frame.scenario.nunique()) if len(frame) else 0,
         "sizes": dg.MetadataValue.json(frame.scenario.value_counts().sort_index().to_dict() if len(frame) else {}),
