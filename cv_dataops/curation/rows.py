@@ -37,10 +37,12 @@ def json_scalar(value: object) -> object:
 
 
 def column_values(frame: pd.DataFrame, name: str) -> list:
+    """The column's values, or one None per row when the frame has no such column (optional columns)."""
     return frame[name].tolist() if name in frame.columns else [None] * len(frame)
 
 
 def aligned_matrix(vectors: np.ndarray | None, n: int, what: str) -> np.ndarray:
+    """``vectors`` as float32 (n, d), one row per frame row; a ValueError naming ``what`` otherwise."""
     if vectors is None:
         raise ValueError(f"{what}: vectors are required")
     matrix = np.asarray(vectors, dtype=np.float32)
