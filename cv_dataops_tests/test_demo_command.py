@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pyarrow.parquet as pq
 
-from cv_dataops_tests.test_cli import cli
+from cv_dataops_tests.test_cli import assert_listed_under_the_code_locations_jobs, cli
 
 
 def test_demo_generates_runs_and_every_file_ends_where_the_ground_truth_says(tmp_path, monkeypatch):
@@ -32,6 +32,10 @@ def test_demo_generates_runs_and_every_file_ends_where_the_ground_truth_says(tmp
     assert (images.set_index("relative_path").label == scenes.label.reindex(images.relative_path)).all()
     assert set(images.camera_make) == set(scenes.camera.map({"cam_a": "Helios", "cam_b": "Corvid"}))
     assert (data / "dagster_home" / "dagster.yaml").exists()
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(data / "dagster_home")) as instance:  # the UI's Overview and job pages
+        assert_listed_under_the_code_locations_jobs(instance, instance.get_runs())
 
     again = cli("demo", "--count", "24", cwd=tmp_path)
     assert again.returncode == 0 and "nothing new landed" in again.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import threading
 
 import boto3
@@ -155,3 +156,71 @@ def test_unsafe_key_reasons():
     assert unsafe_key_reason("") and unsafe_key_reason("a\x00b") and unsafe_key_reason("C:/x")
     with pytest.raises(StorageError, match="unsupported storage URI"):
         open_storage("gs://bucket/x")
+
+
+@pytest.mark.parametrize("umask, file_mode, folder_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
+def test_written_files_and_folders_honour_the_umask(tmp_path, umask, file_mode, folder_mode):
+    """As open() and mkdir() would: a training job running as another user can read a snapshot under umask 022."""
+    previous = os.umask(umask)
+    try:
+        storage = LocalStorage(tmp_path / "root")
+        storage.write_bytes("snapshots/v1/manifest.json", b"{}")
+        assert storage.create_bytes("models/model.npz", b"weights")
+    finally:
+        os.umask(previous)
+    for key in ("snapshots/v1/manifest.json", "models/model.npz"):
+        assert stat.S_IMODE(os.stat(storage.local_path(key)).st_mode) == file_mode, key
+    for folder in ("root", "root/snapshots", "root/snapshots/v1", "root/models"):
+        assert stat.S_IMODE(os.stat(tmp_path / folder).st_mode) == folder_mode, folder
+
+
+def test_uri_reader_reads_local_and_s3_with_its_own_settings_in_worker_processes(tmp_path, s3_bucket, s3_endpoint,
+                                                                              monkeypatch):
+    """Image bytes go through the configured S3 client (not one built from the environment), also in workers."""
+    import multiprocessing
+    import pickle
+    from concurrent.futures import ProcessPoolExecutor
+
+    from cv_dataops.core.storage import S3ClientSettings, UriReader
+
+    boto3.client("s3").put_object(Bucket=s3_bucket, Key="in/a.bin", Body=b"remote")
+    (tmp_path / "b.bin").write_bytes(b"local")
+    settings = S3ClientSettings(endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                                aws_secret_access_key="testing")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # the environment points nowhere
+    reader = UriReader(settings)
+    uris = [f"s3://{s3_bucket}/in/a.bin", str(tmp_path / "b.bin")]
+    assert [reader(uri) for uri in uris] == [b"remote", b"local"]
+    assert pickle.loads(pickle.dumps(reader)).s3 == settings  # settings travel, the client does not
+    for method in ("fork", "spawn"):
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context(method)) as pool:
+            assert list(pool.map(reader, uris)) == [b"remote", b"local"], method
+
+
+def test_catalog_resource_reads_image_bytes_through_its_s3_resource(s3_bucket, s3_endpoint, monkeypatch):
+    from dagster_aws.s3 import S3Resource
+
+    from cv_dataops.resources import CatalogResource
+
+    boto3.client("s3").put_object(Bucket=s3_bucket, Key="landing/x.jpg", Body=b"bytes")
+    resource = CatalogResource(data_root=f"s3://{s3_bucket}/root", s3=S3Resource(endpoint_url=s3_endpoint))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    assert resource.uri_reader()(f"s3://{s3_bucket}/landing/x.jpg") == b"bytes"
+    resource.storage().write_bytes("t.txt", b"table")
+    assert resource.uri_reader()(f"s3://{s3_bucket}/root/t.txt") == b"table"
+
+
+def test_quality_workers_read_through_the_configured_reader(s3_bucket, s3_endpoint, monkeypatch):
+    """The quality process pool reads image bytes with the catalog's reader, not a client from the environment."""
+    from cv_dataops.core.storage import S3ClientSettings, UriReader
+    from cv_dataops.quality.measure import measure_stream
+    from cv_dataops_tests.conftest import encode, photo
+
+    boto3.client("s3").put_object(Bucket=s3_bucket, Key="in/a.jpg", Body=encode(photo(3), "JPEG"))
+    reader = UriReader(S3ClientSettings(endpoint_url=s3_endpoint, region_name="us-east-1",
+                                        aws_access_key_id="testing", aws_secret_access_key="testing"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # a client from the environment would fail
+    for workers, method in ((1, None), (2, "fork"), (2, "spawn")):
+        ((image_id, result),) = measure_stream([("a", f"s3://{s3_bucket}/in/a.jpg")], workers=workers,
+                                               start_method=method, read=reader)
+        assert isinstance(result, dict) and result["width"] == 64, (workers, method, result)

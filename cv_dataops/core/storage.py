@@ -445,25 +445,7 @@ def read_uri(uri: str, s3_client: Any | None = None) -> bytes:
     return Path(uri[len("file://"):] if uri.startswith("file://") else uri).read_bytes()
 
 
-_DEFAULT_READER = UriReader()
-AWS_ENVIRONMENT_PREFIXES = ("AWS_", "BOTO_")
-
-
-def aws_environment() -> dict[str, str]:
-    """The environment that decides boto3's endpoint, credentials and region (for :func:`read_uri` without a
-    client, in worker processes that still configure S3 through it)."""
-    return {k: v for k, v in os.environ.items() if k.startswith(AWS_ENVIRONMENT_PREFIXES)}
-
-
-def forget_shared_s3_clients() -> None:
-    """Drop the default client of :func:`read_uri`, e.g. after the environment changed."""
-    global _DEFAULT_READER
-    _DEFAULT_READER = UriReader()
-
-
-def default_s3_client() -> Any:
-    """A client with boto3's default configuration (the environment), with retries."""
-    return S3ClientSettings().client()
+_DEFAULT_READER = UriReader()  # boto3's default configuration, for callers without a configured reader
 
 
 def open_storage(uri: str | os.PathLike[str], s3_client: Any | Callable[[], Any] | None = None) -> Storage:
@@ -474,7 +456,7 @@ def open_storage(uri: str | os.PathLike[str], s3_client: Any | Callable[[], Any]
     text = os.fspath(uri)
     if text.startswith("s3://"):
         client = s3_client() if callable(s3_client) and not hasattr(s3_client, "get_object") else s3_client
-        return S3Storage(text, client or default_s3_client())
+        return S3Storage(text, client or S3ClientSettings().client())
     if text.startswith("file://"):
         text = text[len("file://"):]
     if "://" in text:

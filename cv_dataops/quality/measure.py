@@ -27,10 +27,9 @@ import itertools
 import json
 import math
 import multiprocessing
-import os
 import pickle
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -38,12 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from cv_dataops.core.storage import (
-    AWS_ENVIRONMENT_PREFIXES,
-    forget_shared_s3_clients,
-    read_uri,
-)
-from cv_dataops.core.storage import aws_environment as current_aws_environment
+from cv_dataops.core.storage import read_uri
 from cv_dataops.images.decode import DecodedImage, decode
 from cv_dataops.quality.issues import column, issue_names, issue_types
 
@@ -504,22 +498,20 @@ def flag_issues(rows: Any, thresholds: QualityThresholds | None = None) -> dict[
 # Streaming over many images with a process pool
 # ---------------------------------------------------------------------------------------------------------------
 
-# The AWS environment is also handed to worker processes, so a forkserver started earlier (with an older
-# environment) still talks to the caller's endpoint.
+# Worker processes get the caller's reader (a picklable UriReader carries the S3 settings, not a client), so they
+# read through the same S3 configuration as the tables, whatever environment a forkserver started with.
+_worker_read: Callable[[str], bytes] = read_uri
 
 
-def measure_uri(uri: str, analysis_side: int = ANALYSIS_SIDE) -> dict:
-    """Read ``uri`` (see :func:`read_uri`) and :func:`measure` it."""
-    return measure(read_uri(uri), analysis_side)
+def measure_uri(uri: str, analysis_side: int = ANALYSIS_SIDE, read: Callable[[str], bytes] | None = None) -> dict:
+    """Read ``uri`` with ``read`` (e.g. the catalog resource's ``uri_reader()``; default: this worker's reader)
+    and :func:`measure` it."""
+    return measure((read or _worker_read)(uri), analysis_side)
 
 
-def _worker_init(aws_environment: dict[str, str] | None = None) -> None:
-    if aws_environment is not None:
-        for name in [k for k in os.environ if k.startswith(AWS_ENVIRONMENT_PREFIXES)]:
-            if name not in aws_environment:
-                del os.environ[name]
-        os.environ.update(aws_environment)
-    forget_shared_s3_clients()
+def _worker_init(read: Callable[[str], bytes] = read_uri) -> None:
+    global _worker_read
+    _worker_read = read
     _hashes()  # pay the imagehash/scipy import once, at start-up (a no-op when inherited through fork)
 
 
@@ -570,14 +562,15 @@ def _measure_batch(uris: list[str], analysis_side: int) -> list[dict | Exception
 
 
 def measure_stream(items: Iterable[tuple[str, str]], workers: int = 2, max_in_flight: int | None = None,
-                   analysis_side: int = ANALYSIS_SIDE, chunk_size: int = 8, start_method: str | None = None
-                   ) -> Iterator[tuple[str, dict | Exception]]:
+                   analysis_side: int = ANALYSIS_SIDE, chunk_size: int = 8, start_method: str | None = None,
+                   read: Callable[[str], bytes] = read_uri) -> Iterator[tuple[str, dict | Exception]]:
     """Measure many images: ``items`` are ``(image_id, uri)`` with ``uri`` an absolute local path or
     ``s3://bucket/key``. Yields ``(image_id, measure() dict or the Exception it raised)`` as results complete
     (not in input order); one bad image never stops the stream.
 
-    Workers (a process pool, or this process when ``workers <= 1``) read the bytes themselves; an S3 client is made
-    once per worker process from the environment. Items go to workers in tasks of up to ``chunk_size`` (small
+    Workers (a process pool, or this process when ``workers <= 1``) read the bytes themselves with ``read`` (pass
+    the catalog resource's ``uri_reader()``: it is picklable and each worker builds one S3 client from its
+    settings). Items go to workers in tasks of up to ``chunk_size`` (small
     images take well under a millisecond each, so per-task overhead matters), at most ``max_in_flight`` tasks
     (default ``4 * workers``) are outstanding at once, and ``items`` is consumed lazily: memory does not grow with
     the number of items. If a worker process dies (e.g. killed for memory), every item that was in flight is
@@ -588,7 +581,7 @@ def measure_stream(items: Iterable[tuple[str, str]], workers: int = 2, max_in_fl
     if workers <= 1:
         for image_id, uri in items:
             try:
-                yield image_id, measure_uri(uri, analysis_side)
+                yield image_id, measure_uri(uri, analysis_side, read)
             except Exception as error:  # noqa: BLE001 - reported per item, by design
                 yield image_id, error
         return
@@ -597,11 +590,10 @@ def measure_stream(items: Iterable[tuple[str, str]], workers: int = 2, max_in_fl
     chunk_size = max(1, int(chunk_size))
     iterator = iter(items)
     context = _pool_context(start_method)
-    aws_environment = current_aws_environment()
     if context.get_start_method() == "fork":
         _hashes()  # import imagehash/scipy once here, so forked workers inherit it instead of each importing it
     executor = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init,
-                                   initargs=(aws_environment,))
+                                   initargs=(read,))
     in_flight: dict[Future, tuple[list[tuple[str, str]], int]] = {}
     retry: list[tuple[str, str]] = []   # items of a dead pool's tasks, resubmitted alone, one at a time
     exhausted = False
@@ -654,6 +646,6 @@ def measure_stream(items: Iterable[tuple[str, str]], workers: int = 2, max_in_fl
                 in_flight.clear()
                 executor.shutdown(wait=True, cancel_futures=True)
                 executor = ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                                               initializer=_worker_init, initargs=(aws_environment,))
+                                               initializer=_worker_init, initargs=(read,))
     finally:
         executor.shutdown(wait=True, cancel_futures=True)

@@ -5,7 +5,6 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from cv_dataops.core.storage import read_uri
 from cv_dataops.curation.dataset import curate, write_snapshot
 from cv_dataops.curation.pool import curation_pool
 from cv_dataops.curation.tables import CURATED
@@ -46,7 +45,7 @@ def curated_dataset(context: dg.AssetExecutionContext, catalog: CatalogResource,
         return
     pool, pool_vectors = curation_pool(tables, quality.max_unusable_rate, vectors)
     dataset = curate(pool, pool_vectors, curation.settings())
-    folder = write_snapshot(storage, dataset, read_uri, imagefolder=curation.export_imagefolder)
+    folder = write_snapshot(storage, dataset, catalog.uri_reader(), imagefolder=curation.export_imagefolder)
     uri = tables.write(CURATED, dataset.table())
     selected, excluded = dataset.selected, dataset.excluded
     yield dg.MaterializeResult(metadata={

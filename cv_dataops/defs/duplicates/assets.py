@@ -4,7 +4,6 @@ import dagster as dg
 import pandas as pd
 import pyarrow as pa
 
-from cv_dataops.core.storage import read_uri
 from cv_dataops.defs.shared.partitions import SPANNING, table_metadata
 from cv_dataops.duplicates.incremental import (
     HASH_COLUMNS,
@@ -22,14 +21,14 @@ from cv_dataops.quality.tables import QUALITY
 from cv_dataops.resources import CatalogResource, EmbeddingResource, QualityResource
 
 
-def _duplicate_groups_grid(groups: pd.DataFrame, uris: dict[str, str], limit: int = 5) -> str:
+def _duplicate_groups_grid(groups: pd.DataFrame, uris: dict[str, str], read, limit: int = 5) -> str:
     sections = {}
     for group_id, members in list(groups.groupby("group_id"))[:limit]:
         items = []
         for row in members.head(4).itertuples():
             try:
                 caption = ("keep " if row.keep else "") + row.kind
-                items.append((caption, thumbnail_data_uri(read_uri(uris[row.image_id]), side=48)))
+                items.append((caption, thumbnail_data_uri(read(uris[row.image_id]), side=48)))
             except Exception:
                 continue
         sections[f"{group_id} ({len(members)} images)"] = items
@@ -85,14 +84,14 @@ def image_duplicates(context: dg.AssetExecutionContext, catalog: CatalogResource
         "images_without_embedding": update.images_without_embedding,
         "batches_left_out": dg.MetadataValue.json(update.batches_left_out),
         "duplicates_table": dg.MetadataValue.path(uri),
-        "example_groups": dg.MetadataValue.md(_example_groups(tables, groups, hashes) if len(groups)
+        "example_groups": dg.MetadataValue.md(_example_groups(tables, groups, hashes, catalog.uri_reader()) if len(groups)
                                               else "no duplicates"),
     })
 
 
-def _example_groups(tables, groups: pd.DataFrame, hashes: pd.DataFrame, limit: int = 5) -> str:
+def _example_groups(tables, groups: pd.DataFrame, hashes: pd.DataFrame, read, limit: int = 5) -> str:
     """Thumbnails of the first groups, reading the `images` rows of only the batches that hold them."""
     shown = groups[groups.group_id.isin(sorted(set(groups.group_id))[:limit])]
     batches = sorted(set(hashes.batch_id[hashes.image_id.isin(set(shown.image_id))]))
     images = tables.read(IMAGES, batches, columns=["image_id", "uri"]).to_pandas()
-    return _duplicate_groups_grid(shown, dict(zip(images.image_id, images.uri)), limit)
+    return _duplicate_groups_grid(shown, dict(zip(images.image_id, images.uri)), read, limit)

@@ -8,7 +8,6 @@ import time
 import dagster as dg
 from PIL import Image, ImageOps
 
-from cv_dataops.core.storage import read_uri
 from cv_dataops.defs.shared.partitions import (
     PER_BATCH_TAG,
     STALE_OR_NEW,
@@ -54,16 +53,17 @@ def image_embeddings(context: dg.AssetExecutionContext, catalog: CatalogResource
     batch_id = context.partition_key
     tables = catalog.catalog()
     images = tables.read(IMAGES, [batch_id], columns=["image_id", "uri"]).to_pandas()
+    read = catalog.uri_reader()
 
     def fitting_sample() -> list[Image.Image]:
         pool = tables.read(IMAGES, columns=["image_id", "uri"]).to_pandas().sort_values("image_id")
         if len(pool) > embedding.fit_images:  # a uniform sample (seeded: the same catalog gives the same model)
             pool = pool.sample(n=embedding.fit_images, random_state=0)
-        return [_decoded(read_uri(uri)) for uri in pool.uri]
+        return [_decoded(read(uri)) for uri in pool.uri]
 
     embedder = load_or_fit_embedder(embedding.spec, catalog.storage(), fitting_sample)
     start = time.perf_counter()
-    vectors = [v for chunk in embed_bytes(embedder, (read_uri(uri) for uri in images.uri),
+    vectors = [v for chunk in embed_bytes(embedder, (read(uri) for uri in images.uri),
                                           batch_size=embedding.batch_size,
                                           decode_workers=embedding.decode_workers) for v in chunk]
     seconds = time.perf_counter() - start

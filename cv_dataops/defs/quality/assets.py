@@ -5,7 +5,6 @@ import dagster as dg
 import pandas as pd
 import pyarrow as pa
 
-from cv_dataops.core.storage import read_uri
 from cv_dataops.defs.shared.partitions import (
     PER_BATCH_TAG,
     STALE_OR_NEW,
@@ -27,14 +26,14 @@ from cv_dataops.quality.tables import QUALITY
 from cv_dataops.resources import CatalogResource, QualityResource
 
 
-def _worst_images_grid(frame: pd.DataFrame, uris: dict[str, str], per_issue: int = 3) -> str:
+def _worst_images_grid(frame: pd.DataFrame, uris: dict[str, str], read, per_issue: int = 3) -> str:
     sections = {}
     for issue in issue_names():
         flagged = frame[frame[f"is_{issue}"]].nsmallest(per_issue, f"{issue}_score")
         items = []
         for row in flagged.itertuples():
             try:
-                items.append((f"{getattr(row, issue + '_score'):.2f}", thumbnail_data_uri(read_uri(uris[row.image_id]),
+                items.append((f"{getattr(row, issue + '_score'):.2f}", thumbnail_data_uri(read(uris[row.image_id]),
                                                                                          side=48)))
             except Exception:  # a thumbnail is a courtesy; the image may have been moved since
                 continue
@@ -65,7 +64,7 @@ def image_quality(context: dg.AssetExecutionContext, catalog: CatalogResource,
     thresholds = quality.quality_thresholds()
     rows, unmeasured = [], {}
     for done, (image_id, result) in enumerate(
-            measure_stream(zip(images.image_id, images.uri), workers=quality.workers), start=1):
+            measure_stream(zip(images.image_id, images.uri), workers=quality.workers, read=catalog.uri_reader()), start=1):
         if isinstance(result, Exception):
             unmeasured[image_id] = f"{type(result).__name__}: {result}"
         else:
@@ -89,6 +88,6 @@ def image_quality(context: dg.AssetExecutionContext, catalog: CatalogResource,
         "unmeasured": dg.MetadataValue.json(unmeasured),
         "thresholds": dg.MetadataValue.json(thresholds.as_dict()),
         "quality_table": dg.MetadataValue.path(uri),
-        "worst_images": dg.MetadataValue.md(_worst_images_grid(frame, dict(zip(images.image_id, images.uri)))
+        "worst_images": dg.MetadataValue.md(_worst_images_grid(frame, dict(zip(images.image_id, images.uri)), catalog.uri_reader())
                                             if rows else "no images"),
     })
