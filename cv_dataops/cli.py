@@ -237,10 +237,9 @@ def _show(table, output: str | None, what: str) -> int:
 def ui_command(landing: str | None, data_root: str | None) -> int:
     """Start the Dagster UI and daemon on the same instance and data as the CLI (Ctrl-C stops both)."""
     settings = _settings(landing=landing, data_root=data_root)
-    landing, data_root = settings.landing, settings.data_root
     from cv_dataops.runner import dagster_home
 
-    home = dagster_home(data_root)
+    home = dagster_home(settings.data_root)
     environment = {**os.environ, **settings.as_environment(), "DAGSTER_HOME": str(home)}
     command = [sys.executable, "-m", "dagster", "dev", "-w", str(home / "workspace.yaml")]
     return subprocess.call(command, env=environment)
@@ -316,7 +315,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise CliError("-k must be at least 1")
             return search_like_command(args.data_root, args.like, 10 if args.k is None else args.k, args.output)
         return ui_command(args.landing, args.data_root)
-    except (CliError, ConfigError) as error:
+    except ConfigError as error:  # one line per wrong setting
+        for line in str(error).splitlines():
+            _error(line, EXIT_USAGE)
+        return EXIT_USAGE
+    except CliError as error:
         return _error(str(error), EXIT_USAGE)
     except (StorageError, UnsafeKeyError, FileNotFoundError, ValueError) as error:
         return _error(str(error))

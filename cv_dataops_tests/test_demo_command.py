@@ -36,11 +36,36 @@ def test_demo_generates_runs_and_every_file_ends_where_the_ground_truth_says(tmp
 
     with dg.DagsterInstance.from_config(str(data / "dagster_home")) as instance:  # the UI's Overview and job pages
         assert_listed_under_the_code_locations_jobs(instance, instance.get_runs())
+        assert_the_webserver_shows_them_under_the_job(instance)
 
     again = cli("demo", "--count", "24", cwd=tmp_path)
     assert again.returncode == 0 and "nothing new landed" in again.stdout
     other = cli("demo", "--count", "30", cwd=tmp_path)
     assert other.returncode == 2 and "already holds a different demo" in other.stderr
+
+
+JOB_RUNS = """{ pipelineOrError(params: {pipelineName: "ingest_batch", repositoryName: "__repository__",
+                                        repositoryLocationName: "cv_dataops"}) { ... on Pipeline { runs { runId } } }
+  runsOrError { ... on Runs { results { runId repositoryOrigin { repositoryLocationName } } } } }"""
+
+
+def assert_the_webserver_shows_them_under_the_job(instance):
+    """The webserver's own GraphQL over workspace.yaml: the job page lists the CLI's batch run, and the Overview
+    (which groups runs by their repository origin) places every run in the cv_dataops location."""
+    from dagster_graphql.test.utils import (
+        define_out_of_process_context,
+        execute_dagster_graphql,
+    )
+
+    from cv_dataops_tests.conftest import REPOSITORY
+
+    with define_out_of_process_context(str(REPOSITORY / "workspace.yaml"), None, instance) as context:
+        result = execute_dagster_graphql(context, JOB_RUNS)
+    assert not result.errors, result.errors
+    batch_runs = {r.run_id for r in instance.get_runs() if r.job_name == "ingest_batch"}
+    assert {run["runId"] for run in result.data["pipelineOrError"]["runs"]} == batch_runs and batch_runs
+    origins = {run["repositoryOrigin"]["repositoryLocationName"] for run in result.data["runsOrError"]["results"]}
+    assert origins == {"cv_dataops"}
 
 
 def test_demo_on_real_handwritten_digits(tmp_path, monkeypatch):
