@@ -166,8 +166,10 @@ def update_duplicates(state: DuplicateState | None, hashes: pd.DataFrame, finger
         vectors = embeddings.read(embedded_batches)
         ids = np.asarray(vectors.image_ids, dtype=object)
         batch_of = np.asarray(vectors.batch_ids, dtype=object)
+        matrix = np.asarray(vectors.matrix, dtype=np.float32)
         known = np.fromiter((i in present for i in ids), dtype=bool, count=len(ids))
-        ids, batch_of, matrix = ids[known], batch_of[known], np.asarray(vectors.matrix, dtype=np.float32)[known]
+        if not known.all():  # vectors of images without hash rows (not measured yet): not looked up
+            ids, batch_of, matrix = ids[known], batch_of[known], matrix[known]
         queries = np.isin(batch_of, new_embedded)
         looked_up_by_embedding = int(queries.sum())
         for pair in find_embedding_pairs(ids[queries].tolist(), matrix[queries], ids.tolist(), matrix, hashes,

@@ -6,7 +6,8 @@ import dagster as dg
 
 from cv_dataops.defs.ingest.assets import raw_images
 from cv_dataops.defs.shared.partitions import batch_partitions
-from cv_dataops.ingest.id_index import ImageIdIndex, batch_uniqueness
+from cv_dataops.ingest.accounting import account_for_batch
+from cv_dataops.ingest.id_index import batch_uniqueness
 from cv_dataops.ingest.tables import IMAGES, OBJECTS, QUARANTINE
 from cv_dataops.resources import CatalogResource, LandingResource
 
@@ -39,32 +40,13 @@ def raw_images_accounted_for(context: dg.AssetCheckExecutionContext,
                              catalog: CatalogResource) -> dg.AssetCheckResult:
     """Every object in the batch manifest has exactly one outcome, and that outcome's row exists (a duplicate's
     image in this batch or, by the image-id index, in another)."""
-    batch_id = context.partition_key
-    tables = catalog.catalog()
-    manifest = catalog.ledger().manifest(batch_id)
-    ledger = tables.read(OBJECTS, [batch_id]).to_pylist()
-    landed = Counter((o.key, o.version) for o in manifest.objects)
-    recorded = Counter((row["relative_path"], row["version"]) for row in ledger)
-    missing = sorted(key for key in landed if key not in recorded)
-    repeated = sorted(key for key, count in recorded.items() if count > 1)
-    unexpected = sorted(key for key in recorded if key not in landed)
-    batch_images = set(tables.read(IMAGES, [batch_id], columns=["image_id"]).column("image_id").to_pylist())
-    duplicate_of = {row["image_id"] for row in ledger if row["outcome"] == "duplicate"} - batch_images
-    images_anywhere = batch_images | (set(ImageIdIndex(tables).holders(duplicate_of).by_id) if duplicate_of else set())
-    quarantined = set(tables.read(QUARANTINE, [batch_id], columns=["relative_path"])
-                      .column("relative_path").to_pylist())
-    dangling = [row["relative_path"] for row in ledger if
-                (row["outcome"] == "image" and row["image_id"] not in batch_images)
-                or (row["outcome"] == "duplicate" and row["image_id"] not in images_anywhere)
-                or (row["outcome"] == "quarantined" and row["relative_path"] not in quarantined)]
-    outcomes = Counter(row["outcome"] for row in ledger)
-    passed = not (missing or repeated or unexpected or dangling)
-    return dg.AssetCheckResult(passed=passed, metadata={
-        "landed": sum(landed.values()), **{f"outcome_{k}": v for k, v in sorted(outcomes.items())},
-        "missing": dg.MetadataValue.json([k for k, _ in missing[:20]]),
-        "recorded_twice": dg.MetadataValue.json([k for k, _ in repeated[:20]]),
-        "not_in_manifest": dg.MetadataValue.json([k for k, _ in unexpected[:20]]),
-        "outcome_without_row": dg.MetadataValue.json(dangling[:20]),
+    found = account_for_batch(catalog.catalog(), catalog.ledger().manifest(context.partition_key))
+    return dg.AssetCheckResult(passed=found.passed, metadata={
+        "landed": found.landed, **{f"outcome_{k}": v for k, v in found.outcomes.items()},
+        "missing": dg.MetadataValue.json([k for k, _ in found.missing[:20]]),
+        "recorded_twice": dg.MetadataValue.json([k for k, _ in found.recorded_twice[:20]]),
+        "not_in_manifest": dg.MetadataValue.json([k for k, _ in found.not_in_manifest[:20]]),
+        "outcome_without_row": dg.MetadataValue.json(found.outcome_without_row[:20]),
     })
 
 
