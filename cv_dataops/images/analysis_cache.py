@@ -94,7 +94,10 @@ class AnalysisImage:
 def _replicated_gray(decoded: DecodedImage) -> bool:
     """True when the RGB image is the gray one in three equal channels: then storing the gray image alone is
     exact either way (decode() made one from the other, and Pillow's L of equal channels is that channel)."""
-    rgb, gray = np.asarray(decoded.rgb), np.asarray(decoded.gray)
+    rgb = np.asarray(decoded.rgb)
+    if not (rgb[0, :, 0] == rgb[0, :, 1]).all():
+        return False  # a colour image, seen from its first row
+    gray = np.asarray(decoded.gray)
     return bool((rgb[..., 0] == gray).all() and (rgb[..., 1] == gray).all() and (rgb[..., 2] == gray).all())
 
 
