@@ -54,12 +54,12 @@ def _known_variables() -> list[str]:
 
 
 def _check_reachable(*uris: str) -> None:
-    """Fail fast on a missing folder or bucket, before the pipeline is loaded."""
-    from cv_dataops.core.storage import open_storage
+    """Fail fast on a missing folder or an unreachable bucket, before the pipeline is loaded (the command line's
+    S3 client has the default S3Resource's configuration: boto3's environment)."""
+    from cv_dataops.core.storage import S3ClientSettings, open_storage
 
     for uri in uris:
-        if not uri.startswith("s3://"):  # a bucket is checked when first read, with the S3 client configured
-            open_storage(uri).ensure_exists()
+        open_storage(uri, S3ClientSettings().client).ensure_exists()
 
 
 def run_command(landing: str, data_root: str | None, labels: str | None, select: list[str] | None) -> int:

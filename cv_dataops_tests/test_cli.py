@@ -28,6 +28,7 @@ def dagster_home(tmp_path, monkeypatch):
     return home
 
 
+@pytest.mark.slow  # the whole pipeline in a subprocess
 def test_run_ingests_then_does_nothing_when_nothing_landed(tmp_path, dagster_home):
     expected = bad_input_corpus(tmp_path / "landing", tmp_path / "outside")
     root = tmp_path / "data"
@@ -79,6 +80,7 @@ def assert_listed_under_the_code_locations_jobs(instance, runs):
     assert len(instance.get_runs(filters=dg.RunsFilter(job_name="ingest_batch"))) >= 1
 
 
+@pytest.mark.slow  # the whole pipeline in a subprocess
 def test_table_prints_and_exports_safely(tmp_path, dagster_home):
     write_files(tmp_path / "landing", {
         "a.jpg": encode(photo(1), "JPEG"), "=HYPERLINK(evil).jpg": b"not an image",
@@ -122,6 +124,7 @@ def test_unreachable_bucket_is_one_clear_line(tmp_path, dagster_home):
     assert result.returncode != 0 and "cannot reach S3" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # the whole pipeline in a subprocess
 def test_a_failing_step_is_named_and_exits_non_zero(tmp_path, dagster_home):
     """Out-of-order runs break image-id uniqueness; the blocking check fails and the CLI names it."""
     data = encode(photo(5), "PNG")
@@ -149,6 +152,7 @@ def test_a_failing_step_is_named_and_exits_non_zero(tmp_path, dagster_home):
     assert f"batch {older.batch_id}" in result.stderr and "raw_images_unique_image_id" in result.stderr
 
 
+@pytest.mark.slow  # the whole pipeline in a subprocess
 def test_s3_end_to_end_against_a_real_s3_api(tmp_path, dagster_home, s3_bucket):
     """Landing zone and catalog both in a bucket served by moto's S3 server on 127.0.0.1."""
     client = boto3.client("s3")

@@ -3,6 +3,7 @@ their own stage, and the command line configures its runs without touching the e
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -205,3 +206,31 @@ def test_a_wrong_setting_on_the_command_line_is_one_line_before_anything_heavy(t
         assert result.stderr.startswith(expected) and len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert result.stdout.split() == ["False", "False", "2" if "CV_DATAOPS" in expected else "1"], result.stdout
         assert seconds < 10, seconds  # measured 0.1-0.3 s; generous for a loaded machine
+
+
+@pytest.mark.slow
+def test_under_the_multiprocess_executor_only_the_wrong_stage_fails(tmp_path):
+    """As the daemon runs ingest_batch (a process per step, each starting only its own resources): with a mistyped
+    threshold, raw_images and image_embeddings are materialized and image_quality fails with the one-line error."""
+    from cv_dataops.core.storage import LocalStorage
+    from cv_dataops.ingest.landing import BatchLedger
+
+    write_files(tmp_path / "landing", {f"{i}.jpg": encode(photo(i), "JPEG") for i in range(3)})
+    root = str(tmp_path / "data")
+    (manifest,) = BatchLedger(LocalStorage(root)).plan(LocalStorage(tmp_path / "landing"))
+    environment = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "CV_DATAOPS_DATA_ROOT": root,
+                   "CV_DATAOPS_LANDING": str(tmp_path / "landing"), "CV_DATAOPS_EMBEDDER": json.dumps(TINY_EMBEDDER_SPEC),
+                   "CV_DATAOPS_QUALITY_THRESHOLDS": '{"drak": 0.5}'}
+    os.makedirs(tmp_path / "home")
+    instance = dg.DagsterInstance.from_config(str(tmp_path / "home"))
+    instance.add_dynamic_partitions("batches", [manifest.batch_id])
+    result = subprocess.run([sys.executable, "-m", "dagster", "job", "execute", "-m", "cv_dataops.definitions",
+                             "-a", "defs", "-j", "ingest_batch", "--tags",
+                             json.dumps({"dagster/partition": manifest.batch_id})],
+                            env=environment, capture_output=True, text=True, cwd=REPOSITORY, timeout=600)
+    assert result.returncode != 0
+    materialized = {name for name in ("raw_images", "image_embeddings", "image_quality")
+                    if instance.get_latest_materialization_event(dg.AssetKey(name))}
+    assert materialized == {"raw_images", "image_embeddings"}, result.stderr[-3000:]
+    expected = Settings.from_environment(environment).stage_error("quality")
+    assert f"ConfigError: {expected}" in result.stdout + result.stderr

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 
 from cv_dataops_tests.test_cli import assert_listed_under_the_code_locations_jobs, cli
+
+pytestmark = pytest.mark.slow  # the whole demo pipeline in subprocesses
 
 
 def test_demo_generates_runs_and_every_file_ends_where_the_ground_truth_says(tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tomllib
 
+import pytest
 import yaml
 
 from cv_dataops_tests.conftest import REPOSITORY
@@ -64,6 +65,7 @@ def test_compose_sets_only_known_settings():
     assert not Settings.from_environment({name: str(environment[name]) for name in names}).errors
 
 
+@pytest.mark.slow  # Dagster's CLI in a subprocess
 def test_the_code_location_loads_with_a_wrong_setting():
     """Dagster's own loader, through workspace.yaml: a mistyped threshold no longer stops the location (and its
     landing sensor) from loading; only the quality stage's runs fail, with the one-line error."""

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import dagster as dg
+import pytest
 from dagster._serdes import serialize_value
 
 from cv_dataops.config import Settings
@@ -28,6 +29,8 @@ result = dg.evaluate_automation_conditions(defs=load_definitions(), instance=ins
 print(json.dumps({name: sorted(result.get_requested_partitions(dg.AssetKey(name)))
                   for name in ("image_quality", "image_embeddings")}))
 """
+
+pytestmark = pytest.mark.slow  # two pipeline runs and code servers restarted in subprocesses
 
 
 def test_new_thresholds_request_a_backfill_of_every_batch(tmp_path, monkeypatch):
