@@ -165,3 +165,26 @@ def test_the_store_reads_a_batch_of_quality_rows_only_when_it_changed(tmp_path):
     assert store.state() is None
     store.save_state(DuplicateState(("1",), "s", {"00000001": "a"}))
     assert store.state().looked_up == {"00000001": "a"}
+
+
+def test_images_measured_after_their_vectors_were_read_are_looked_up_by_embedding_then():
+    hashes = _hashes(batches=2, per_batch=10)
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(len(hashes), 8)).astype(np.float32)
+    vectors[15] = vectors[2]  # the same picture by embedding, far by hashes
+    hashes.loc[15, ["phash", "dhash"]] = [np.uint64(0), np.uint64(0)]
+    hashes.loc[2, ["phash", "dhash"]] = [np.uint64(2 ** 64 - 1), np.uint64(2 ** 64 - 1)]
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    def read(batches):
+        rows = hashes.batch_id.isin(batches).to_numpy()
+        return _Vectors(hashes.image_id[rows].tolist(), hashes.batch_id[rows].tolist(), vectors[rows])
+
+    source = EmbeddingSource("emb-1", {"00000001": "e1", "00000002": "e1"}, read)
+    unmeasured = hashes.drop(index=15)  # batch 2's quality missed image 15 at first
+    first = update_duplicates(None, unmeasured, {"00000001": "v1", "00000002": "v1"}, embeddings=source)
+    assert not [p for p in first.pairs if p.found_by == "embedding"] and first.images_without_embedding == 0
+    remeasured = update_duplicates(first.state, hashes, {"00000001": "v1", "00000002": "v2"},
+                                   previous_pairs=first.pairs, previous_groups=first.groups, embeddings=source)
+    (pair,) = [p for p in remeasured.pairs if p.found_by == "embedding"]
+    assert {pair.a, pair.b} == {hashes.image_id[2], hashes.image_id[15]}

@@ -50,7 +50,7 @@ _SOURCE = b"cv_dataops/source_fingerprint"
 @dataclass(frozen=True)
 class DuplicateState:
     """What the last run looked up, per batch: ``looked_up`` and ``embedding_looked_up`` map a batch to the
-    fingerprint of the rows (or vectors) looked up; ``embedding_vectors`` counts each batch's vectors looked up.
+    fingerprint of the hash rows (and of the vectors) looked up; ``embedding_vectors`` counts each batch's vectors looked up.
     A change of quality versions or hash settings starts afresh; a change of embedder version or embedding
     settings drops the embedding pairs and looks every batch up by embedding again."""
 
@@ -161,7 +161,9 @@ def update_duplicates(state: DuplicateState | None, hashes: pd.DataFrame, finger
     looked_up_by_embedding = 0
     embedded_batches = sorted(b for b in (embeddings.fingerprints if embeddings and version else {})
                               if b in fingerprints and b not in blocked)
-    new_embedded = [b for b in embedded_batches if embedding_looked_up.get(b) != embeddings.fingerprints[b]]
+    # a batch's vectors are looked up again when they change, or when its hash rows do (images measured since)
+    seen_as = {b: f"{embeddings.fingerprints[b]}|{fingerprints[b]}" for b in embedded_batches}
+    new_embedded = [b for b in embedded_batches if embedding_looked_up.get(b) != seen_as[b]]
     if new_embedded:
         vectors = embeddings.read(embedded_batches)
         ids = np.asarray(vectors.image_ids, dtype=object)
@@ -179,7 +181,7 @@ def update_duplicates(state: DuplicateState | None, hashes: pd.DataFrame, finger
         counts = pd.Series(batch_of).value_counts().to_dict() if len(batch_of) else {}
         for b in new_embedded:
             embedding_vectors[b] = int(counts.get(b, 0))
-    embedding_looked_up = {b: embeddings.fingerprints[b] for b in embedded_batches}
+    embedding_looked_up = seen_as
     embedding_vectors = {b: embedding_vectors.get(b, 0) for b in embedded_batches}
 
     kept = [p for _, p in sorted(pairs.items()) if p.a in present and p.b in present]
