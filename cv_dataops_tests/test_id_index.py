@@ -50,11 +50,11 @@ def test_a_catalog_without_index_or_with_a_stale_one_is_repaired_from_the_table(
     catalog = _catalog(tmp_path, {"0001": ["a" * 64], "0002": ["b" * 64]}, index=False)
     index = ImageIdIndex(catalog)
     assert index.known_before("0003", ["a" * 64, "b" * 64]) == {"a" * 64, "b" * 64}
-    assert (tmp_path / "state/ingest/image_ids/0001.npy").exists()
+    assert (tmp_path / "state/ingest/image_ids/0001.ids").exists()
 
     # the batch's images rewritten after its index file (a crash between the two writes): the table wins
     catalog.write(IMAGES, _images("0001", ["f" * 64]), "0001")
-    stale = tmp_path / "state/ingest/image_ids/0001.npy"
+    stale = tmp_path / "state/ingest/image_ids/0001.ids"
     table = tmp_path / "catalog/images/0001.parquet"
     os.utime(stale, ns=(table.stat().st_mtime_ns - 10**9,) * 2)
     assert index.known_before("0003", ["a" * 64, "f" * 64]) == {"f" * 64}
