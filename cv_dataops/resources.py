@@ -27,7 +27,8 @@ from cv_dataops.config import (
 )
 from cv_dataops.core.catalog import Catalog
 from cv_dataops.core.storage import S3ClientSettings, Storage, UriReader, open_storage
-from cv_dataops.ingest.batch import LABEL_MODES, IngestLimits, LabelSource
+from cv_dataops.ingest.batch import IngestLimits
+from cv_dataops.ingest.labels import LABEL_MODES, LabelSource
 from cv_dataops.ingest.landing import BatchLedger
 
 

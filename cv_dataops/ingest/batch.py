@@ -7,10 +7,8 @@ fully decoded (truncated uploads are caught), and no exception from a decoder es
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
-import posixpath
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,12 +18,11 @@ import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 
 from cv_dataops.core.storage import ObjectInfo, Storage
+from cv_dataops.ingest.labels import LABEL_MODES, LABELS_CSV, LabelProblem, LabelSource  # noqa: F401 (re-exported)
 from cv_dataops.ingest.landing import BatchManifest
 from cv_dataops.ingest.tables import IMAGES, OBJECTS, QUARANTINE
 
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "BMP", "TIFF", "WEBP"})
-LABELS_CSV = "labels.csv"
-LABEL_MODES = ("imagefolder", "csv", "none")
 
 _EXIF_IFD = 0x8769
 _TAG_MAKE, _TAG_MODEL, _TAG_ORIENTATION, _TAG_DATETIME = 0x010F, 0x0110, 0x0112, 0x0132
@@ -163,51 +160,6 @@ def inspect_image(data: bytes, limits: IngestLimits = IngestLimits()) -> ImageFa
     return ImageFacts(width, height, image_format, mode, frames, bool(has_alpha), **exif)
 
 
-class LabelSource:
-    """Labels given at landing: the ImageFolder folder name, a ``labels.csv`` at the landing root, or none."""
-
-    def __init__(self, mode: str, landing: Storage | None = None):
-        if mode not in LABEL_MODES:
-            raise ValueError(f"labels must be one of {', '.join(LABEL_MODES)}, not {mode!r}")
-        self.mode = mode
-        self.by_path: dict[str, str] = {}
-        self.by_name: dict[str, str] = {}
-        if mode == "csv":
-            if landing is None:
-                raise ValueError("csv labels need the landing zone")
-            self._load_csv(landing)
-
-    def _load_csv(self, landing: Storage) -> None:
-        try:
-            text = landing.read_text(LABELS_CSV)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"--labels csv: no {LABELS_CSV} at {landing.uri_of(LABELS_CSV)}") from None
-        reader = csv.DictReader(io.StringIO(text))
-        columns = set(reader.fieldnames or [])
-        if "label" not in columns or not columns & {"path", "filename"}:
-            raise ValueError(f"{LABELS_CSV} needs a 'label' column and a 'path' or 'filename' column; "
-                             f"it has {sorted(columns)}")
-        for row in reader:
-            label = (row.get("label") or "").strip() or None
-            if label is None:
-                continue
-            if row.get("path"):
-                self.by_path[row["path"].strip().lstrip("./")] = label
-            if row.get("filename"):
-                self.by_name[row["filename"].strip()] = label
-
-    def is_sidecar(self, key: str) -> bool:
-        return self.mode == "csv" and key == LABELS_CSV
-
-    def label_for(self, key: str) -> str | None:
-        if self.mode == "imagefolder":
-            folder = posixpath.dirname(key)
-            return posixpath.basename(folder) or None
-        if self.mode == "csv":
-            return self.by_path.get(key) or self.by_name.get(posixpath.basename(key))
-        return None
-
-
 @dataclass
 class BatchResult:
     images: pa.Table
@@ -215,6 +167,7 @@ class BatchResult:
     objects: pa.Table
     reasons: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
+    label_problems: list[LabelProblem] = field(default_factory=list)  # rows of the labels file not applied
 
 
 def _examine(info: ObjectInfo, landing: Storage, limits: IngestLimits) -> tuple[str | None, ImageFacts | Refusal]:
@@ -278,5 +231,6 @@ def ingest_batch(manifest: BatchManifest, landing: Storage, *,
                        "bytes": info.size, "label": labels.label_for(info.key), "ingested_at": now,
                        **vars(result)})
         ledger.append({**row, "outcome": "image", "image_id": image_id})
+    label_problems = labels.batch_problems({info.key for info in objects if not labels.is_sidecar(info.key)})
     return BatchResult(IMAGES.from_rows(images), QUARANTINE.from_rows(quarantine), OBJECTS.from_rows(ledger),
-                       reasons, duplicates)
+                       reasons, duplicates, label_problems)

@@ -13,6 +13,8 @@ from cv_dataops.ingest.tables import IMAGES, OBJECTS, QUARANTINE
 from cv_dataops.resources import CatalogResource, LandingResource
 
 INGEST_VERSION = "1"
+LABEL_PROBLEM_COUNT = "label_problem_count"  # metadata: rows of the labels file not applied (the CLI prints it)
+LABEL_PROBLEMS_SHOWN = 200  # metadata "label_problems": the first rows not applied (file, line, problem)
 
 
 @dg.asset(
@@ -51,6 +53,9 @@ def raw_images(context: dg.AssetExecutionContext, catalog: CatalogResource,
             ((IMAGES, result.images), (QUARANTINE, result.quarantine), (OBJECTS, result.objects))}
     id_index.write(batch_id, result.images.column("image_id").to_pylist())
     quarantine_preview = result.quarantine.select(["relative_path", "reason", "detail"]).slice(0, 20).to_pandas()
+    if result.label_problems:
+        context.log.warning(f"{len(result.label_problems)} row(s) of the labels file not applied, e.g. line "
+                            f"{result.label_problems[0].line}: {result.label_problems[0].problem}")
     return dg.MaterializeResult(metadata={
         "dagster/row_count": result.images.num_rows,
         "objects": total,
@@ -58,6 +63,9 @@ def raw_images(context: dg.AssetExecutionContext, catalog: CatalogResource,
         "duplicates": result.duplicates,
         "quarantined": result.quarantine.num_rows,
         "quarantine_reasons": dg.MetadataValue.json(result.reasons),
+        LABEL_PROBLEM_COUNT: len(result.label_problems),
+        "label_problems": dg.MetadataValue.json([problem.as_dict() for problem in
+                                                 result.label_problems[:LABEL_PROBLEMS_SHOWN]]),
         "landing_uri": dg.MetadataValue.url(manifest.landing_uri) if "://" in manifest.landing_uri
         else dg.MetadataValue.path(manifest.landing_uri),
         "images_table": dg.MetadataValue.path(uris["images"]),
@@ -65,3 +73,16 @@ def raw_images(context: dg.AssetExecutionContext, catalog: CatalogResource,
         "quarantine_preview": dg.MetadataValue.md(quarantine_preview.to_markdown(index=False)
                                                   if len(quarantine_preview) else "nothing quarantined"),
     })
+
+
+def label_problem_counts(instance: dg.DagsterInstance, batch_ids: list[str]) -> dict[str, int]:
+    """How many rows of the labels file each batch's latest ``raw_images`` did not apply (for the CLI summary);
+    batches without a materialization are left out."""
+    counts = {}
+    for batch_id in batch_ids:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_images"), asset_partitions=[batch_id]), limit=1).records
+        if records and records[0].asset_materialization is not None:
+            value = records[0].asset_materialization.metadata.get(LABEL_PROBLEM_COUNT)
+            counts[batch_id] = int(value.value) if value is not None else 0
+    return counts
