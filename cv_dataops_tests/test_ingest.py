@@ -90,6 +90,23 @@ def test_images_already_in_the_catalog_are_duplicates(tmp_path):
     assert result.images.num_rows == 0 and result.objects.column("outcome").to_pylist() == ["duplicate"]
 
 
+def test_known_ids_can_be_a_lookup_asked_only_about_the_batch(tmp_path):
+    import hashlib
+
+    known, other = encode(photo(12), "PNG"), encode(photo(13), "PNG")
+    write_files(tmp_path / "landing", {"x.png": known, "y.png": other, "junk.png": b"junk"})
+    asked = []
+
+    def lookup(ids):
+        asked.append(sorted(ids))
+        return {hashlib.sha256(known).hexdigest()}
+
+    _, result = _ingest(tmp_path / "landing", tmp_path / "data", known=lookup)
+    assert asked == [sorted([hashlib.sha256(known).hexdigest(), hashlib.sha256(other).hexdigest()])]
+    assert dict(zip(result.objects.column("relative_path").to_pylist(), result.objects.column("outcome").to_pylist())) \
+        == {"x.png": "duplicate", "y.png": "image", "junk.png": "quarantined"}
+
+
 def test_csv_labels_and_the_sidecar_is_accounted_for(tmp_path):
     write_files(tmp_path / "landing", {
         "img/a.jpg": encode(photo(1), "JPEG"), "img/b.jpg": encode(photo(2), "JPEG"),
