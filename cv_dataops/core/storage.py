@@ -8,10 +8,14 @@ never leaves a half-written object behind.
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
+import random
+import stat as stat_module
 import tempfile
 import threading
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -26,8 +30,38 @@ class StorageError(RuntimeError):
     """A storage location is missing, unreachable or refused us; the message is meant for the user."""
 
 
+class TransientStorageError(StorageError):
+    """A failure that may pass if the same thing is tried again later: the endpoint is down or unreachable, S3
+    throttled or answered 5xx, a connection dropped mid-read."""
+
+
+class ObjectTooLargeError(StorageError):
+    """An object is larger than the caller's ``max_bytes``; it was not read (or not read past the limit)."""
+
+
+class NotARegularFileError(StorageError):
+    """The key names a FIFO, socket, device or folder: opening or reading it could block or never end."""
+
+
 class UnsafeKeyError(ValueError):
     """A key would escape its storage root (absolute, ``..``, or a symlink leading outside)."""
+
+
+# errno values of local reads that may succeed later (a file gone for now, a flaky network filesystem).
+_TRANSIENT_ERRNOS = frozenset({errno.ENOENT, errno.EIO, errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.ETIMEDOUT,
+                               errno.ESTALE, errno.ENETDOWN, errno.ENETUNREACH, errno.EHOSTUNREACH,
+                               errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED})
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether reading again later may succeed where this error happened (vs. a final answer about the object)."""
+    if isinstance(error, TransientStorageError):
+        return True
+    if isinstance(error, StorageError | UnsafeKeyError):
+        return False
+    if isinstance(error, ConnectionError | TimeoutError | FileNotFoundError):
+        return True
+    return isinstance(error, OSError) and error.errno in _TRANSIENT_ERRNOS
 
 
 @dataclass(frozen=True)
@@ -36,7 +70,10 @@ class ObjectInfo:
 
     ``version`` changes whenever the object's content may have changed (S3 ETag, or size and mtime locally), so a
     file replaced under the same name is seen as new. ``unsafe_reason`` is set for entries that must not be read
-    because they escape the root; they are still listed so that they can be accounted for.
+    (they escape the root, are no regular file, have a name that is not UTF-8, or could not be listed), and
+    ``refusal`` then names the quarantine reason (None: ``unsafe_path``); they are still listed so that they can be
+    accounted for. ``raw_key`` is the hex of the name's bytes when they are not UTF-8 and ``key`` is their
+    percent-escaped form (``os.fsdecode(bytes.fromhex(raw_key))`` gives the name back).
     """
 
     key: str
@@ -44,6 +81,8 @@ class ObjectInfo:
     version: str
     modified: float
     unsafe_reason: str | None = None
+    refusal: str | None = None
+    raw_key: str | None = None
 
 
 def unsafe_key_reason(key: str) -> str | None:
@@ -76,7 +115,9 @@ class Storage(ABC):
         """Every object under ``prefix``, in no particular order (temporary write objects excluded)."""
 
     @abstractmethod
-    def read_bytes(self, key: str) -> bytes: ...
+    def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+        """The object's bytes. With ``max_bytes``, raise :class:`ObjectTooLargeError` rather than hold more than
+        that in memory, even if the object grew since it was listed."""
 
     @abstractmethod
     def write_bytes(self, key: str, data: bytes) -> None:
@@ -133,11 +174,17 @@ class LocalStorage(Storage):
             raise StorageError(f"folder does not exist: {self.root}")
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every entry below ``prefix`` without opening any: what is not a regular file inside the root (FIFO,
+        socket, device, dangling or looping symlink, a symlink out of the root), a name that is not UTF-8, and a
+        folder or entry that could not be listed (PATH_MAX, permission denied) are listed with ``unsafe_reason``
+        and ``refusal`` so they are accounted for, never read and never stop the listing."""
         start = self.root / prefix if prefix else self.root
         if not start.is_dir():
             return
         real_root = os.path.realpath(self.root)
-        for directory, subdirectories, files in os.walk(start, followlinks=False):
+        errors: list[OSError] = []
+        for directory, subdirectories, files in os.walk(start, onerror=errors.append, followlinks=False):
+            yield from self._listing_errors(errors)
             rel_dir = os.path.relpath(directory, self.root)
             rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
             if rel_dir.startswith(TEMPORARY_PREFIX):
@@ -149,40 +196,82 @@ class LocalStorage(Storage):
                 if os.path.islink(path):
                     subdirectories.remove(name)
                     if not _inside(os.path.realpath(path), real_root):
-                        yield ObjectInfo(rel_dir + name, 0, "symlink", os.lstat(path).st_mtime,
-                                         f"symlinked folder points outside the root to {os.path.realpath(path)}")
+                        yield _entry(rel_dir + name, 0, "symlink", _lstat_mtime(path),
+                                     f"symlinked folder points outside the root to {os.path.realpath(path)}",
+                                     "unsafe_path")
             for name in files:
                 if name.startswith(".cv-dataops-tmp-"):
                     continue
-                path = os.path.join(directory, name)
-                key = rel_dir + name
-                try:
-                    link_stat = os.lstat(path)
-                except FileNotFoundError:
-                    continue  # vanished between walk and stat: it was never fully landed
-                if os.path.islink(path):
-                    target = os.path.realpath(path)
-                    if not _inside(target, real_root):
-                        yield ObjectInfo(key, 0, "symlink", link_stat.st_mtime,
-                                         f"symlink points outside the root to {target}")
-                        continue
-                    try:
-                        stat = os.stat(path)
-                    except FileNotFoundError:
-                        yield ObjectInfo(key, 0, "symlink", link_stat.st_mtime, "dangling symlink")
-                        continue
-                else:
-                    stat = link_stat
-                yield ObjectInfo(key, stat.st_size, f"{stat.st_size}-{stat.st_mtime_ns}", stat.st_mtime)
+                info = self._file_entry(os.path.join(directory, name), rel_dir + name, real_root)
+                if info is not None:
+                    yield info
+        yield from self._listing_errors(errors)
 
-    def read_bytes(self, key: str) -> bytes:
+    def _file_entry(self, path: str, key: str, real_root: str) -> ObjectInfo | None:
+        """One listed file name as an ObjectInfo (None if it vanished before it could be looked at)."""
+        try:
+            link_stat = os.lstat(path)
+        except FileNotFoundError:
+            return None  # vanished between walk and stat: it was never fully landed
+        except OSError as error:
+            return _entry(key, 0, f"error-{errno.errorcode.get(error.errno, error.errno)}", 0.0,
+                          f"cannot look at the entry: {error.strerror or error}", "unlistable")
+        status = link_stat
+        if stat_module.S_ISLNK(link_stat.st_mode):
+            target = os.path.realpath(path)
+            if not _inside(target, real_root):
+                return _entry(key, 0, "symlink", link_stat.st_mtime, f"symlink points outside the root to {target}",
+                              "unsafe_path")
+            try:
+                status = os.stat(path)
+            except FileNotFoundError:
+                return _entry(key, 0, "symlink", link_stat.st_mtime, "dangling symlink", "broken_symlink")
+            except OSError as error:
+                looped = error.errno == errno.ELOOP
+                return _entry(key, 0, "symlink", link_stat.st_mtime,
+                              "symlink loop" if looped else f"cannot follow the symlink: {error.strerror or error}",
+                              "broken_symlink")
+        if not stat_module.S_ISREG(status.st_mode):
+            kind = _file_kind(status.st_mode)
+            return _entry(key, 0, kind, status.st_mtime, f"not a regular file but a {kind}", "not_a_regular_file")
+        return _entry(key, status.st_size, f"{status.st_size}-{status.st_mtime_ns}", status.st_mtime)
+
+    def _listing_errors(self, errors: list[OSError]) -> Iterator[ObjectInfo]:
+        """Folders os.walk could not enter, as entries (a folder gone in the meantime held nothing to account for:
+        what it holds is listed when it comes back)."""
+        while errors:
+            error = errors.pop(0)
+            if isinstance(error, FileNotFoundError) or error.filename is None:
+                continue
+            relative = os.path.relpath(os.fsdecode(error.filename), self.root).replace(os.sep, "/")
+            if relative == "." or relative.startswith("../"):
+                continue
+            yield _entry(relative + "/", 0, f"error-{errno.errorcode.get(error.errno, error.errno)}",
+                         _lstat_mtime(error.filename), f"cannot list the folder: {error.strerror or error}",
+                         "unlistable")
+
+    def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
         path = self._path(key)
         if path.is_symlink() and not _inside(os.path.realpath(path), os.path.realpath(self.root)):
             raise UnsafeKeyError(f"symlink escapes the root: {key!r}")
         try:
-            return path.read_bytes()
+            # O_NONBLOCK: a FIFO put where a file was listed opens at once instead of waiting for a writer.
+            descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError as error:
             raise FileNotFoundError(f"no such object: {self.uri_of(key)}") from error
+        with os.fdopen(descriptor, "rb") as handle:
+            status = os.fstat(descriptor)
+            if not stat_module.S_ISREG(status.st_mode):
+                raise NotARegularFileError(f"not a regular file but a {_file_kind(status.st_mode)}: "
+                                           f"{self.uri_of(key)}")
+            if max_bytes is None:
+                return handle.read()
+            if status.st_size > max_bytes:
+                raise ObjectTooLargeError(f"{status.st_size} bytes > limit {max_bytes}: {self.uri_of(key)}")
+            data = handle.read(max_bytes + 1)  # bounded even if the file grew after the fstat
+            if len(data) > max_bytes:
+                raise ObjectTooLargeError(f"more than {max_bytes} bytes (it grew while read): {self.uri_of(key)}")
+            return data
 
     def _synced_temporary(self, key: str, data: bytes) -> tuple[Path, str]:
         """``data`` written and fsynced to a temporary file beside ``key``'s path: (the path, the temporary).
@@ -238,6 +327,23 @@ class LocalStorage(Storage):
         return self._path(key)
 
 
+def read_with_retries(storage: Storage, key: str, max_bytes: int | None = None, attempts: int = 3,
+                      first_pause: float = 0.5, max_pause: float = 8.0,
+                      sleep: Callable[[float], None] = time.sleep) -> bytes:
+    """``storage.read_bytes`` tried up to ``attempts`` times while it fails for a reason that may pass
+    (:func:`is_transient`), pausing with jittered exponential backoff in between; the last error is raised. Final
+    answers (too large, not a regular file, permission denied) are raised at once. S3 clients also retry each
+    request themselves (``S3ClientSettings.max_attempts``)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return storage.read_bytes(key, max_bytes=max_bytes)
+        except Exception as error:
+            if attempt == attempts or not is_transient(error):
+                raise
+            sleep(min(max_pause, first_pause * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
+    raise AssertionError("unreachable")
+
+
 def current_umask() -> int:
     """The process umask: from /proc on Linux, else by setting it and putting it back (which a file created by
     another thread at that instant could see)."""
@@ -259,6 +365,44 @@ _UMASK_LOCK = threading.Lock()
 
 def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat_module.S_ISFIFO, "fifo"), (stat_module.S_ISSOCK, "socket"),
+                       (stat_module.S_ISCHR, "char-device"), (stat_module.S_ISBLK, "block-device"),
+                       (stat_module.S_ISDIR, "folder")):
+        if test(mode):
+            return kind
+    return "special-file"
+
+
+def _lstat_mtime(path: str | bytes) -> float:
+    try:
+        return os.lstat(path).st_mtime
+    except OSError:
+        return 0.0
+
+
+def escape_undecodable(key: str) -> tuple[str, str | None]:
+    """(key, None) for a UTF-8 name; for a name with bytes that are not UTF-8 (``os`` decodes them to surrogates),
+    the name with those bytes percent-escaped and the hex of its raw bytes, so it can be stored and shown."""
+    try:
+        key.encode("utf-8")
+        return key, None
+    except UnicodeEncodeError:
+        raw = os.fsencode(key)
+        return "".join(f"%{ord(c) - 0xDC00:02X}" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in key), raw.hex()
+
+
+def _entry(key: str, size: int, version: str, modified: float, unsafe_reason: str | None = None,
+           refusal: str | None = None) -> ObjectInfo:
+    """An ObjectInfo for a local name, refused as ``undecodable_name`` when it is not UTF-8."""
+    escaped, raw = escape_undecodable(key)
+    if raw is not None and unsafe_reason is None:
+        unsafe_reason, refusal = f"the name is not valid UTF-8 (raw bytes {raw})", "undecodable_name"
+    elif raw is not None:
+        unsafe_reason = f"{unsafe_reason} (name not UTF-8, raw bytes {raw})"
+    return ObjectInfo(escaped, size, version, modified, unsafe_reason, refusal, raw)
 
 
 class S3Storage(Storage):
@@ -288,13 +432,17 @@ class S3Storage(Storage):
             return function(**kwargs)
         except ClientError as error:
             code = error.response.get("Error", {}).get("Code", "")
+            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
             if code in ("NoSuchKey", "404", "NotFound"):
                 raise FileNotFoundError(f"no such object: s3://{self.bucket}/{kwargs.get('Key', '')}") from error
             if code == "NoSuchBucket":
                 raise StorageError(f"bucket does not exist: s3://{self.bucket}") from error
+            if status >= 500 or code in _S3_TRANSIENT_CODES:
+                raise TransientStorageError(f"S3 answered {status} {code} to {what} on {self.uri}") from error
             raise StorageError(f"S3 refused {what} on {self.uri}: {code or error}") from error
         except BotoCoreError as error:
-            raise StorageError(f"cannot reach S3 for {self.uri}: {error}") from error
+            kind = TransientStorageError if _transient_botocore(error) else StorageError
+            raise kind(f"cannot reach S3 for {self.uri}: {error}") from error
 
     def ensure_exists(self) -> None:
         try:
@@ -320,9 +468,24 @@ class S3Storage(Storage):
                 modified = item["LastModified"].timestamp()
                 yield ObjectInfo(key, item["Size"], item.get("ETag", "").strip('"'), modified, unsafe_key_reason(key))
 
-    def read_bytes(self, key: str) -> bytes:
+    def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
         response = self._call("get_object", self.client.get_object, Bucket=self.bucket, Key=self._key(key))
-        return response["Body"].read()
+        body = response["Body"]
+        try:
+            if max_bytes is not None and response.get("ContentLength", 0) > max_bytes:
+                raise ObjectTooLargeError(f"{response['ContentLength']} bytes > limit {max_bytes}: "
+                                          f"{self.uri_of(key)}")
+            data = body.read() if max_bytes is None else body.read(max_bytes + 1)
+        except (ObjectTooLargeError, StorageError):
+            raise
+        except Exception as error:  # the connection dropped or stalled mid-body (botocore or urllib3 errors)
+            raise TransientStorageError(f"reading {self.uri_of(key)} broke off: {type(error).__name__}: "
+                                        f"{error}") from error
+        finally:
+            body.close()
+        if max_bytes is not None and len(data) > max_bytes:
+            raise ObjectTooLargeError(f"more than {max_bytes} bytes: {self.uri_of(key)}")
+        return data
 
     def write_bytes(self, key: str, data: bytes) -> None:
         # Write under a temporary key, then publish with a server-side copy: the final key is only ever a whole object.
@@ -361,6 +524,18 @@ class S3Storage(Storage):
 
     def child(self, prefix: str) -> S3Storage:
         return S3Storage(self.uri_of(prefix.strip("/")), self.client)
+
+
+_S3_TRANSIENT_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
+                                 "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable", "503", "500"})
+
+
+def _transient_botocore(error: BaseException) -> bool:
+    """Connection, timeout and broken-stream errors may pass; missing credentials or bad parameters do not."""
+    from botocore import exceptions
+
+    return isinstance(error, exceptions.ConnectionError | exceptions.HTTPClientError
+                      | exceptions.ResponseStreamingError | exceptions.IncompleteReadError)
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:

@@ -5,6 +5,11 @@ holds. The manifest is written before anything else happens, so a batch always m
 it is re-run, and an object version is assigned to one batch only. ``batches/_index.parquet`` caches the union of
 all manifests; it is rebuilt from the manifests whenever they disagree, so a crash between the two writes loses
 nothing and assigns nothing twice.
+
+An object that could not be read for a reason that may pass (S3 down, throttled, a file gone for now) is deferred,
+not refused: ``batches/_deferred/<batch_id>.json`` names it, and the next planning that still lists the same version
+assigns it to a new batch (after a pause that doubles with each attempt). The batch that deferred it then keeps it
+deferred, so it becomes an image once, in the later batch.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ from cv_dataops.core.storage import ObjectInfo, Storage
 
 BATCHES_PREFIX = "batches/"
 INDEX_KEY = "batches/_index.parquet"
+DEFERRED_PREFIX = "batches/_deferred/"
+RETRY_PAUSE_SECONDS = 60.0  # before the second retry of a deferred object; doubled for each one after
+MAX_RETRY_PAUSE_SECONDS = 6 * 3600.0
 _INDEX_SCHEMA = pa.schema([("batch_id", pa.string()), ("uri", pa.string()), ("version", pa.string())])
 
 
@@ -53,6 +61,14 @@ def make_batch_id(sequence: int, now: datetime, objects: list[ObjectInfo], landi
     return f"{sequence:08d}-{now:%Y%m%dT%H%M%SZ}-{digest.hexdigest()[:8]}"
 
 
+def retry_pause(attempts: int) -> float:
+    """Seconds to wait, after an object was deferred ``attempts`` times, before assigning it again: none after the
+    first (an outage that has passed is retried by the very next run), then 1 min, 2 min, ... up to 6 h."""
+    if attempts <= 1:
+        return 0.0
+    return min(RETRY_PAUSE_SECONDS * 2 ** (attempts - 2), MAX_RETRY_PAUSE_SECONDS)
+
+
 class BatchLedger:
     """Which landed object versions belong to which batch, kept under the data root."""
 
@@ -72,6 +88,71 @@ class BatchLedger:
 
     def assigned(self) -> set[tuple[str, str]]:
         """(uri, version) of every object version already in a batch, repairing the index if it is behind."""
+        index = self._index()
+        return set(zip(index.column("uri").to_pylist(), index.column("version").to_pylist(), strict=True))
+
+    def holders(self) -> dict[tuple[str, str], list[str]]:
+        """(uri, version) -> the batches it was assigned to, oldest first (more than one once it was deferred)."""
+        index = self._index()
+        found: dict[tuple[str, str], list[str]] = {}
+        for batch_id, uri, version in zip(*(index.column(c).to_pylist() for c in ("batch_id", "uri", "version")),
+                                          strict=True):
+            found.setdefault((uri, version), []).append(batch_id)
+        return {key: sorted(batches) for key, batches in found.items()}
+
+    def handed_over(self, manifest: BatchManifest) -> dict[str, str]:
+        """Key -> the later batch that this batch's deferred object was assigned to: ingesting this batch again
+        must leave those deferred, or the image would be counted in both batches."""
+        holders = self.holders()
+        later = {}
+        for info in manifest.objects:
+            newest = holders.get((self._uri(manifest, info.key), info.version), [manifest.batch_id])[-1]
+            if newest > manifest.batch_id:
+                later[info.key] = newest
+        return later
+
+    def record_deferred(self, batch_id: str, deferred: dict[str, str], now: datetime | None = None) -> None:
+        """Note which objects of ``batch_id`` were deferred (key -> why) for the next planning; written before the
+        batch's tables, so a crash in between defers once more rather than never."""
+        key = f"{DEFERRED_PREFIX}{batch_id}.json"
+        if not deferred:
+            if self.data_root.exists(key):
+                self.data_root.delete(key)
+            return
+        manifest = self.manifest(batch_id)
+        versions = {o.key: o.version for o in manifest.objects}
+        self.data_root.write_text(key, json.dumps({
+            "batch_id": batch_id, "deferred_at": (now or datetime.now(UTC)).isoformat(),
+            "objects": [{"key": k, "version": versions[k], "reason": deferred[k]} for k in sorted(deferred)]},
+            indent=1, ensure_ascii=False))
+
+    def deferred(self) -> dict[str, dict]:
+        """batch_id -> its deferred note (``deferred_at`` and ``objects``: key, version, reason)."""
+        notes = {}
+        for info in self.data_root.list(DEFERRED_PREFIX):
+            if info.key.endswith(".json"):
+                note = json.loads(self.data_root.read_text(info.key))
+                notes[note["batch_id"]] = note
+        return notes
+
+    def _retry_ready(self, holders: dict[tuple[str, str], list[str]], now: datetime) -> set[tuple[str, str]]:
+        """(uri, version) whose newest batch deferred it and whose pause before the next attempt is over."""
+        ready = set()
+        now = now if now.tzinfo else now.replace(tzinfo=UTC)
+        for batch_id, note in self.deferred().items():
+            try:
+                manifest = self.manifest(batch_id)
+            except KeyError:
+                continue
+            waited = (now - datetime.fromisoformat(note["deferred_at"])).total_seconds()
+            for entry in note["objects"]:
+                key = (self._uri(manifest, entry["key"]), entry["version"])
+                batches = holders.get(key, [])
+                if batches and batches[-1] == batch_id and waited >= retry_pause(len(batches)):
+                    ready.add(key)
+        return ready
+
+    def _index(self) -> pa.Table:
         batch_ids = self.batch_ids()
         try:
             index = pq.read_table(io.BytesIO(self.data_root.read_bytes(INDEX_KEY)))
@@ -84,7 +165,7 @@ class BatchLedger:
                     for m in map(self.manifest, missing) for o in m.objects]
             index = pa.concat_tables([index, pa.Table.from_pylist(rows, schema=_INDEX_SCHEMA)])
             self._write_index(index)
-        return set(zip(index.column("uri").to_pylist(), index.column("version").to_pylist(), strict=True))
+        return index
 
     def _uri(self, manifest: BatchManifest, key: str) -> str:
         return manifest.landing_uri.rstrip("/") + "/" + key
@@ -99,17 +180,19 @@ class BatchLedger:
         """Assign every object version newly landed in ``landing`` to a new batch; return the new batches.
 
         Objects modified less than ``min_age_seconds`` ago are left for the next call: a file still being copied
-        into a folder is not ingested half-written.
+        into a folder is not ingested half-written. Deferred objects still listed with the same version are
+        assigned again once their pause is over (:func:`retry_pause`).
         """
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         landing.ensure_exists()
         now = now or datetime.now(UTC)
-        assigned = self.assigned()
+        holders = self.holders()
+        retry = self._retry_ready(holders, now) if holders else set()
         landing_uri = landing.uri.rstrip("/")
         cutoff = time.time() - min_age_seconds
         fresh = sorted((info for info in landing.list()
-                        if (f"{landing_uri}/{info.key}", info.version) not in assigned
+                        if ((key := (f"{landing_uri}/{info.key}", info.version)) not in holders or key in retry)
                         and (min_age_seconds <= 0 or info.modified <= cutoff)),
                        key=lambda info: info.key)
         manifests = []

@@ -14,7 +14,15 @@ QUARANTINE_REASONS: dict[str, str] = {
     "too_many_pixels": "Width x height exceeds the pixel limit (decompression-bomb protection); never decoded.",
     "too_small": "The shorter side is below the minimum size; too small to be useful.",
     "unsafe_path": "The key escapes the landing zone (a symlink pointing outside it, '..' or an absolute key).",
-    "unreadable": "Listed, but reading the bytes failed (removed after listing, permission denied, ...).",
+    "unreadable": "Listed, but reading the bytes failed for good (permission denied, ...); failures that may pass "
+                  "(S3 down, throttled, 5xx, a file gone for now) defer the object instead.",
+    "too_large": "Larger than the byte limit (`max_bytes`); refused from its listed size, never read.",
+    "not_a_regular_file": "A FIFO, socket or device: never opened (reading one can block forever or never end).",
+    "broken_symlink": "A symlink whose target is missing or that loops back on itself.",
+    "undecodable_name": "The file name is not valid UTF-8; recorded percent-escaped, with its raw bytes in hex in "
+                        "the detail. Rename the file to ingest it.",
+    "unlistable": "A folder or entry the listing could not look into (path longer than PATH_MAX, permission denied "
+                  "on a folder, ...); what it holds is listed once it can be.",
 }
 
 # What became of each landed object; every landed object gets exactly one outcome.
@@ -23,6 +31,9 @@ OBJECT_OUTCOMES: dict[str, str] = {
     "duplicate": "The same bytes as an image already in `images` (same `image_id`); this URI is recorded here.",
     "quarantined": "Refused: its row, with the reason, is in `quarantine`.",
     "sidecar": "A metadata file the landing zone carries for us (`labels.csv` with `--labels csv`).",
+    "deferred": "Not read for a reason that may pass (S3 down, throttled, 5xx, the file gone for now): neither "
+                "refused nor an image; the next planning that still lists it assigns it to a new batch (why: "
+                "`batches/_deferred/<batch_id>.json`).",
 }
 
 
