@@ -25,6 +25,7 @@ from cv_dataops.exports.imagefolder import export_imagefolder
 from cv_dataops.exports.label_studio import export_label_studio
 
 SNAPSHOTS_PREFIX = "snapshots"
+IMAGEFOLDER_SKIPPED = "imagefolder_skipped.json"  # in a snapshot: images its ImageFolder copy lacks, and why
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,10 @@ def write_snapshot(storage: Storage, dataset: CuratedDataset, read_bytes: Callab
                                                                                          "height"]]), indent=1))
     storage.write_text(f"{folder}/label_studio.json", json.dumps(export_label_studio(selected), indent=1))
     if imagefolder:
-        export_imagefolder(selected, read_bytes, lambda path, data: storage.write_bytes(f"{folder}/imagefolder/{path}",
-                                                                                        data))
+        skipped = export_imagefolder(selected, read_bytes,
+                                     lambda path, data: storage.write_bytes(f"{folder}/imagefolder/{path}", data))
+        if skipped:  # images whose files changed since ingest: not in the ImageFolder tree, and said so here
+            storage.write_text(f"{folder}/{IMAGEFOLDER_SKIPPED}", json.dumps(skipped, indent=1))
     storage.write_bytes(f"{folder}/manifest.json", dataset.manifest)
     return folder
 

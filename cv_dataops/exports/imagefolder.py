@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable
 
@@ -11,6 +10,7 @@ import pandas as pd
 from cv_dataops.curation.rows import UNLABELLED, present
 from cv_dataops.curation.settings import SPLITS
 from cv_dataops.curation.snapshots import manifest_rows
+from cv_dataops.images.verified import ContentChanged, read_verified
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]")
 
@@ -43,19 +43,23 @@ def export_path(image_id: str, uri: str, label: object, split: str) -> str:
 
 
 def export_imagefolder(rows: pd.DataFrame, read_bytes: Callable[[str], bytes],
-                       write_bytes: Callable[[str, bytes], None], *, verify: bool = True) -> None:
+                       write_bytes: Callable[[str, bytes], None], *, verify: bool = True) -> list[dict]:
     """Write each row's image to ``<split>/<label or "unlabelled">/<image_id[:16]><original extension>``.
 
     ``read_bytes(uri)`` fetches an image, ``write_bytes(relative_path, data)`` stores it (paths use ``/``; labels
     are made safe folder names by :func:`safe_folder_name`). With ``verify`` (the default) the bytes read must
-    hash to the image's id (its SHA-256): an image changed since ingestion raises ``ValueError`` instead of
-    silently entering the dataset version. Rows are written in ``image_id`` order.
+    hash to the image's id (:func:`~cv_dataops.images.verified.read_verified`): an image whose file changed or
+    vanished since ingestion is left out, never exported as that image, and returned as ``{image_id, uri,
+    problem}`` (an empty list when every image was written). Rows are written in ``image_id`` order.
     """
-    entries = manifest_rows(rows)
-    for entry in entries:
+    skipped = []
+    for entry in manifest_rows(rows):
         path = export_path(entry["image_id"], entry["uri"], entry["label"], entry["split"])
-        data = read_bytes(entry["uri"])
-        if verify and hashlib.sha256(data).hexdigest() != entry["image_id"].lower():
-            raise ValueError(f"the bytes at {entry['uri']} no longer hash to image {entry['image_id']}")
+        try:
+            data = read_verified(entry["uri"], entry["image_id"], read_bytes) if verify else read_bytes(entry["uri"])
+        except ContentChanged as error:
+            skipped.append({"image_id": entry["image_id"], "uri": entry["uri"], "problem": str(error)})
+            continue
         write_bytes(path, data)
+    return skipped
 

@@ -1,11 +1,12 @@
 """The curated dataset: junk and duplicates out, a diverse and balanced selection, leak-free splits, and an
 immutable, content-addressed snapshot with its exports."""
 
+import json
 from collections.abc import Iterator
 
 import dagster as dg
 
-from cv_dataops.curation.dataset import curate, write_snapshot
+from cv_dataops.curation.dataset import IMAGEFOLDER_SKIPPED, curate, write_snapshot
 from cv_dataops.curation.pool import curation_pool
 from cv_dataops.curation.tables import CURATED
 from cv_dataops.defs.shared.partitions import SPANNING, table_metadata
@@ -47,6 +48,11 @@ def curated_dataset(context: dg.AssetExecutionContext, catalog: CatalogResource,
     dataset = curate(pool, pool_vectors, curation.settings())
     folder = write_snapshot(storage, dataset, catalog.uri_reader(), imagefolder=curation.export_imagefolder)
     uri = tables.write(CURATED, dataset.table())
+    skipped_key = f"{folder}/{IMAGEFOLDER_SKIPPED}"
+    skipped = json.loads(storage.read_text(skipped_key)) if storage.exists(skipped_key) else []
+    if skipped:
+        context.log.warning(f"{len(skipped)} image(s) left out of the ImageFolder export: their files changed "
+                            f"since ingest (see {storage.uri_of(skipped_key)})")
     selected, excluded = dataset.selected, dataset.excluded
     yield dg.MaterializeResult(metadata={
         "dagster/row_count": len(selected), "snapshot_id": dataset.snapshot_id,
@@ -58,6 +64,7 @@ def curated_dataset(context: dg.AssetExecutionContext, catalog: CatalogResource,
         "labels": dg.MetadataValue.json(selected.label.value_counts(dropna=False).rename(str).to_dict()
                                         if len(selected) else {}),
         **vectors.summary(),
+        "imagefolder_skipped": dg.MetadataValue.json(skipped),
         "curated_table": dg.MetadataValue.path(uri)})
 
 

@@ -4,6 +4,7 @@ import hashlib
 import io
 import json
 import time
+from collections.abc import Iterator
 
 import dagster as dg
 from PIL import Image, ImageOps
@@ -17,6 +18,7 @@ from cv_dataops.defs.shared.partitions import (
 from cv_dataops.embeddings.embedders import embed_bytes
 from cv_dataops.embeddings.store import load_or_fit_embedder
 from cv_dataops.embeddings.tables import EMBEDDINGS
+from cv_dataops.images.verified import ContentChanged, read_verified
 from cv_dataops.ingest.tables import IMAGES
 from cv_dataops.resources import CatalogResource, EmbeddingResource
 
@@ -54,24 +56,36 @@ def image_embeddings(context: dg.AssetExecutionContext, catalog: CatalogResource
     tables = catalog.catalog()
     images = tables.read(IMAGES, [batch_id], columns=["image_id", "uri"]).to_pandas()
     read = catalog.uri_reader()
+    embedded, changed = [], {}  # an image whose file changed since ingest is left out, never embedded as the old one
+
+    def verified(items, kept: list, left_out: dict) -> Iterator[bytes]:
+        for image_id, uri in items:
+            try:
+                data = read_verified(uri, image_id, read)
+            except ContentChanged as error:
+                left_out[image_id] = str(error)
+                continue
+            kept.append(image_id)
+            yield data
 
     def fitting_sample() -> list[Image.Image]:
         pool = tables.read(IMAGES, columns=["image_id", "uri"]).to_pandas().sort_values("image_id")
         if len(pool) > embedding.fit_images:  # a uniform sample (seeded: the same catalog gives the same model)
             pool = pool.sample(n=embedding.fit_images, random_state=0)
-        return [_decoded(read(uri)) for uri in pool.uri]
+        return [_decoded(data) for data in verified(zip(pool.image_id, pool.uri), [], {})]
 
     embedder = load_or_fit_embedder(embedding.spec, catalog.storage(), fitting_sample)
     start = time.perf_counter()
-    vectors = [v for chunk in embed_bytes(embedder, (read(uri) for uri in images.uri),
+    vectors = [v for chunk in embed_bytes(embedder, verified(zip(images.image_id, images.uri), embedded, changed),
                                           batch_size=embedding.batch_size,
                                           decode_workers=embedding.decode_workers) for v in chunk]
     seconds = time.perf_counter() - start
     table = EMBEDDINGS.from_rows({"image_id": image_id, "batch_id": batch_id, "vector": vector.tolist(),
                                   "embedder": embedder.name, "embedder_version": embedder.version}
-                                 for image_id, vector in zip(images.image_id, vectors, strict=True))
+                                 for image_id, vector in zip(embedded, vectors, strict=True))
     uri = tables.write(EMBEDDINGS, table, batch_id)
     return dg.MaterializeResult(metadata={
         "dagster/row_count": table.num_rows, "embedder": embedder.name, "embedder_version": embedder.version,
-        "dimension": int(embedder.dimension), "images_per_second": round(len(images) / seconds, 1) if seconds else 0,
+        "dimension": int(embedder.dimension), "content_changed": dg.MetadataValue.json(changed),
+        "images_per_second": round(len(images) / seconds, 1) if seconds else 0,
         "embeddings_table": dg.MetadataValue.path(uri)})

@@ -12,6 +12,7 @@ from cv_dataops.defs.shared.partitions import (
     table_metadata,
 )
 from cv_dataops.images.thumbnails import markdown_grid, thumbnail_data_uri
+from cv_dataops.images.verified import ContentChanged, VerifiedReader, read_verified
 from cv_dataops.ingest.tables import IMAGES
 from cv_dataops.quality.issues import issue_names
 from cv_dataops.quality.measure import (
@@ -33,9 +34,9 @@ def _worst_images_grid(frame: pd.DataFrame, uris: dict[str, str], read, per_issu
         items = []
         for row in flagged.itertuples():
             try:
-                items.append((f"{getattr(row, issue + '_score'):.2f}", thumbnail_data_uri(read(uris[row.image_id]),
-                                                                                         side=48)))
-            except Exception:  # a thumbnail is a courtesy; the image may have been moved since
+                items.append((f"{getattr(row, issue + '_score'):.2f}", thumbnail_data_uri(
+                    read_verified(uris[row.image_id], row.image_id, read), side=48)))
+            except Exception:  # a thumbnail is a courtesy; the image may have been moved or changed since
                 continue
         sections[f"{issue} ({int(frame[f'is_{issue}'].sum())})"] = items
     return markdown_grid(sections)
@@ -62,9 +63,12 @@ def image_quality(context: dg.AssetExecutionContext, catalog: CatalogResource,
     tables = catalog.catalog()
     images = tables.read(IMAGES, [batch_id], columns=["image_id", "uri"]).to_pandas()
     thresholds = quality.quality_thresholds()
-    rows, unmeasured = [], {}
+    rows, unmeasured, changed = [], {}, 0
+    # an image whose file changed since ingest is left unmeasured (ContentChanged), never measured as the old image
+    read = VerifiedReader(catalog.uri_reader(), dict(zip(images.uri, images.image_id)))
     for done, (image_id, result) in enumerate(
-            measure_stream(zip(images.image_id, images.uri), workers=quality.workers, read=catalog.uri_reader()), start=1):
+            measure_stream(zip(images.image_id, images.uri), workers=quality.workers, read=read), start=1):
+        changed += isinstance(result, ContentChanged)
         if isinstance(result, Exception):
             unmeasured[image_id] = f"{type(result).__name__}: {result}"
         else:
@@ -86,6 +90,7 @@ def image_quality(context: dg.AssetExecutionContext, catalog: CatalogResource,
         **{f"count_{issue}": count for issue, count in counts.items()},
         "unusable": int(frame["is_unusable"].sum()) if rows else 0,
         "unmeasured": dg.MetadataValue.json(unmeasured),
+        "content_changed": changed,
         "thresholds": dg.MetadataValue.json(thresholds.as_dict()),
         "quality_table": dg.MetadataValue.path(uri),
         "worst_images": dg.MetadataValue.md(_worst_images_grid(frame, dict(zip(images.image_id, images.uri)), catalog.uri_reader())
