@@ -83,6 +83,7 @@ def _tick(context) -> None:
                                       submit_threadpool_executor=None))
 
 
+@pytest.mark.slow  # a code server and the daemon's sensor and run launcher
 def test_daemon_tick_adds_partitions_launches_runs_and_fills_tables(tmp_path, daemon_workspace):
     from dagster._core.scheduler.instigation import InstigatorType, SensorInstigatorData
 
