@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from cv_dataops.core.storage import LocalStorage
 from cv_dataops.ingest.landing import INDEX_KEY, BatchLedger, BatchManifest
@@ -72,3 +72,41 @@ def test_batch_ids_sort_in_creation_order_even_within_one_second(tmp_path):
         write_files(tmp_path / "in", {f"{index}.jpg": bytes([index])})
         made += [b.batch_id for b in ledger.plan(landing, now=now)]
     assert made == sorted(made) == ledger.batch_ids() and len(set(made)) == 12
+
+
+def _defer(ledger, batch, keys, now):
+    ledger.record_deferred(batch.batch_id, {key: "S3 answered 503 SlowDown" for key in keys}, now=now)
+
+
+def test_deferred_objects_are_assigned_again_once_and_handed_over(tmp_path):
+    """A deferred object still listed goes into the next batch (once); the batch that deferred it knows it was
+    handed over, so ingesting that batch again cannot make it an image twice."""
+    write_files(tmp_path / "in", {"a.jpg": b"1", "b.jpg": b"2"})
+    ledger, landing = BatchLedger(LocalStorage(tmp_path / "root")), LocalStorage(tmp_path / "in")
+    now = datetime.now(UTC)
+    (first,) = ledger.plan(landing, now=now)
+    _defer(ledger, first, ["a.jpg"], now)
+    (second,) = ledger.plan(landing, now=now)
+    assert [o.key for o in second.objects] == ["a.jpg"]
+    assert ledger.plan(landing, now=now) == []  # assigned again once, not on every planning
+    assert ledger.handed_over(first) == {"a.jpg": second.batch_id} and ledger.handed_over(second) == {}
+    _defer(ledger, second, ["a.jpg"], now)  # deferred a second time: the next try waits a minute
+    assert ledger.plan(landing, now=now) == []
+    (third,) = ledger.plan(landing, now=now + timedelta(seconds=61))
+    assert [o.key for o in third.objects] == ["a.jpg"]
+    ledger.record_deferred(third.batch_id, {})  # read fine this time: nothing left to retry
+    assert ledger.plan(landing, now=now + timedelta(days=1)) == []
+
+
+def test_a_deferred_object_that_vanished_is_only_assigned_again_when_it_is_back(tmp_path):
+    write_files(tmp_path / "in", {"a.jpg": b"1"})
+    ledger, landing = BatchLedger(LocalStorage(tmp_path / "root")), LocalStorage(tmp_path / "in")
+    (first,) = ledger.plan(landing)
+    stat = os.stat(tmp_path / "in" / "a.jpg")
+    os.rename(tmp_path / "in" / "a.jpg", tmp_path / "away.jpg")
+    _defer(ledger, first, ["a.jpg"], datetime.now(UTC))
+    assert ledger.plan(landing) == []
+    os.rename(tmp_path / "away.jpg", tmp_path / "in" / "a.jpg")  # back, same version
+    assert os.stat(tmp_path / "in" / "a.jpg").st_mtime_ns == stat.st_mtime_ns
+    (again,) = ledger.plan(landing)
+    assert [o.key for o in again.objects] == ["a.jpg"] and again.objects[0].version == first.objects[0].version

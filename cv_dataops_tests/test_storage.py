@@ -224,3 +224,64 @@ def test_quality_workers_read_through_the_configured_reader(s3_bucket, s3_endpoi
         ((image_id, result),) = measure_stream([("a", f"s3://{s3_bucket}/in/a.jpg")], workers=workers,
                                                start_method=method, read=reader)
         assert isinstance(result, dict) and result["width"] == 64, (workers, method, result)
+
+
+def test_reads_are_bounded_by_max_bytes(storage):
+    from cv_dataops.core.storage import ObjectTooLargeError
+
+    storage.write_bytes("ten.bin", b"0123456789")
+    assert storage.read_bytes("ten.bin", max_bytes=10) == b"0123456789"
+    with pytest.raises(ObjectTooLargeError):
+        storage.read_bytes("ten.bin", max_bytes=9)
+    storage.write_bytes("empty.bin", b"")
+    assert storage.read_bytes("empty.bin", max_bytes=0) == b""
+
+
+def test_local_reads_refuse_what_is_not_a_regular_file(tmp_path):
+    """A FIFO put where a file was listed is refused at once (opened non-blocking, checked with fstat), never read:
+    reading it would wait for a writer forever."""
+    from cv_dataops.core.storage import NotARegularFileError, is_transient
+
+    os.mkfifo(tmp_path / "x.jpg")
+    with pytest.raises(NotARegularFileError, match="fifo"):
+        LocalStorage(tmp_path).read_bytes("x.jpg")
+    with pytest.raises(FileNotFoundError) as missing:
+        LocalStorage(tmp_path).read_bytes("gone.jpg")
+    assert is_transient(missing.value)  # a file gone for now may come back
+
+
+def test_read_with_retries_retries_only_what_may_pass(tmp_path):
+    from cv_dataops.core.storage import NotARegularFileError, read_with_retries
+
+    storage, pauses = LocalStorage(tmp_path), []
+    with pytest.raises(FileNotFoundError):
+        read_with_retries(storage, "gone.jpg", attempts=3, sleep=pauses.append)
+    assert len(pauses) == 2 and pauses[1] > pauses[0] * 0.9 / 2  # backoff between the three attempts
+    os.mkfifo(tmp_path / "x.jpg")
+    pauses.clear()
+    with pytest.raises(NotARegularFileError):
+        read_with_retries(storage, "x.jpg", attempts=3, sleep=pauses.append)
+    assert pauses == []  # a final answer is not retried
+
+
+def test_s3_outages_and_5xx_are_transient_and_access_errors_are_not(s3_bucket, s3_endpoint):
+    from cv_dataops.core.storage import S3ClientSettings, TransientStorageError, read_with_retries
+    from cv_dataops_tests.fault_proxy import FaultProxy
+
+    boto3.client("s3").put_object(Bucket=s3_bucket, Key="in/a.jpg", Body=b"bytes")
+    proxy = FaultProxy(s3_endpoint)
+    try:
+        client = S3ClientSettings(endpoint_url=proxy.url, region_name="us-east-1", max_attempts=1).client()
+        storage = S3Storage(f"s3://{s3_bucket}/in", client)
+        for mode in ("503", "drop", "refuse"):
+            proxy.outage(mode)
+            with pytest.raises(TransientStorageError):
+                storage.read_bytes("a.jpg")
+            proxy.heal()
+        proxy.fail_next(2, "503")
+        assert read_with_retries(storage, "a.jpg", attempts=3, first_pause=0.05) == b"bytes"
+        with pytest.raises(StorageError) as refused:
+            S3Storage("s3://bucket-of-nobody/in", client).read_bytes("a.jpg")
+        assert not isinstance(refused.value, TransientStorageError)
+    finally:
+        proxy.close()
