@@ -1,4 +1,4 @@
-"""The `cv-dataops` command line: demo, run, table, search, ui.
+"""The `cv-dataops` command line: demo, run, status, table, search, ui.
 
 Every command drives the same Dagster definitions the daemon does. Bad arguments, a wrong setting, a missing
 folder or an unreachable bucket end in one clear line on stderr and a non-zero exit, never a traceback. Arguments
@@ -62,11 +62,18 @@ def _check_reachable(*uris: str) -> None:
         open_storage(uri, S3ClientSettings().client).ensure_exists()
 
 
-def run_command(landing: str, data_root: str | None, labels: str | None, select: list[str] | None) -> int:
+def run_command(landing: str, data_root: str | None, labels: str | None, select: list[str] | None,
+                wait_seconds: float = 0.0) -> int:
     settings = _settings(landing=landing, data_root=data_root, labels=labels)
     landing, data_root, labels = settings.landing, settings.data_root, settings.labels
     _check_reachable(landing)
-    from cv_dataops.runner import dagster_ui_hint, open_instance, run_pipeline
+    from cv_dataops.core.lease import LeaseHeld
+    from cv_dataops.runner import (
+        PipelineFailed,
+        dagster_ui_hint,
+        open_instance,
+        run_pipeline,
+    )
 
     bar = None
 
@@ -81,18 +88,48 @@ def run_command(landing: str, data_root: str | None, labels: str | None, select:
     instance = open_instance(data_root)
     try:
         summary = run_pipeline(instance, landing=landing, data_root=data_root, labels=labels, select=select,
-                               settings=settings, on_batch=on_batch)
+                               settings=settings, on_batch=on_batch, wait_seconds=wait_seconds)
+    except LeaseHeld as error:
+        raise CliError(str(error)) from None
+    except PipelineFailed as error:  # where every batch stands, then the one-line cause (on stderr)
+        if error.summary is not None and error.summary.status is not None:
+            _print_status(error.summary.status)
+        raise
     finally:
         if bar is not None:
             bar.update(bar.total - bar.n if not sys.exc_info()[0] else 0)
             bar.close()
+    if summary.orphaned_runs:
+        print(f"{len(summary.orphaned_runs)} run(s) left unfinished by a killed process marked failed; "
+              "their batches were finished now")
     if not summary.ingested_batches and not summary.downstream_assets:
         print("nothing new landed; nothing to do")
     else:
         print(f"new batches: {len(summary.new_batches)}; batches run: {len(summary.ingested_batches)}; "
               f"downstream assets refreshed: {', '.join(summary.downstream_assets) or 'none'}")
+    if summary.status is not None:
+        _print_status(summary.status, brief=True)
     _print_catalog_summary(settings)
     print(f"Dagster UI on these runs: {dagster_ui_hint(landing, data_root)}")
+    return 0
+
+
+def _print_status(status, brief: bool = False) -> None:
+    """Every batch's stages (only the unfinished ones when ``brief``), then the spanning assets' freshness."""
+    print(f"batches: {status.counts()}")
+    for line in status.lines():
+        if not brief or "UNFINISHED" in line or not line.startswith("batch ") and not line.endswith(": fresh"):
+            print(f"  {line}")
+
+
+def status_command(landing: str | None, data_root: str | None) -> int:
+    """Where every batch stands per stage, and whether the spanning assets include every batch (reads only)."""
+    settings = _settings(landing=landing, data_root=data_root)
+    from cv_dataops.runner import open_instance, status_of
+
+    status = status_of(open_instance(settings.data_root), landing=settings.landing, data_root=settings.data_root,
+                       settings=settings)
+    _print_status(status)
     return 0
 
 
@@ -264,6 +301,14 @@ def _parser() -> argparse.ArgumentParser:
                      help="labels at landing: ImageFolder folder names, a labels.csv at the landing root, or none "
                           "(default: $CV_DATAOPS_LABELS or imagefolder)")
     run.add_argument("--select", help="comma-separated asset names: only these and what they need")
+    run.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                     help="if another batcher holds the data root, wait up to this long for it (default: refuse)")
+
+    status = commands.add_parser("status", help="the state of every batch per stage (done, failed, missing, "
+                                                "stale, running) and of the assets spanning all batches")
+    status.add_argument("--landing", default=None, help="default: $CV_DATAOPS_LANDING or data/landing")
+    status.add_argument("--data-root", default=None,
+                        help="the catalog's folder or s3://bucket/prefix (default: $CV_DATAOPS_DATA_ROOT or data)")
 
     table = commands.add_parser("table", help="print or write the current version of a catalog table")
     table.add_argument("name", help="images, quarantine, objects, ...")
@@ -303,7 +348,11 @@ def main(argv: list[str] | None = None) -> int:
             return demo_command(args.data_dir, args.dataset, args.count, args.seed)
         if args.command == "run":
             select = [name.strip() for name in args.select.split(",") if name.strip()] if args.select else None
-            return run_command(args.landing, args.data_root, args.labels, select)
+            if args.wait < 0:
+                raise CliError("--wait must not be negative")
+            return run_command(args.landing, args.data_root, args.labels, select, args.wait)
+        if args.command == "status":
+            return status_command(args.landing, args.data_root)
         if args.command == "table":
             return table_command(args.name, args.data_root, args.output)
         if args.command == "search":

@@ -17,16 +17,28 @@ from pathlib import Path
 import dagster as dg
 
 from cv_dataops.config import Settings, default_dagster_home
+from cv_dataops.core.lease import Lease
 from cv_dataops.definitions import ATTRIBUTE, CODE_LOCATION, MODULE, load_definitions
-from cv_dataops.defs.ingest.sensors import pending_batches
 from cv_dataops.defs.shared.partitions import batch_partitions, per_batch_assets
+from cv_dataops.status import (
+    DATA_ROOT_TAG,
+    PipelineStatus,
+    fail_orphaned_runs,
+    pipeline_status,
+    stages_to_run,
+)
 
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 CLI_TAGS = {"cv_dataops/launched_by": "cli"}
 
 
 class PipelineFailed(RuntimeError):
-    """A run failed; the message names the failed step(s) and why."""
+    """A run failed; the message names the failed step(s) and why (one line each, ``; ``-separated), and
+    ``summary`` holds what was done and where every batch stands."""
+
+    def __init__(self, message: str, summary: RunSummary | None = None):
+        super().__init__(message)
+        self.summary = summary
 
 
 @dataclass
@@ -35,6 +47,8 @@ class RunSummary:
     ingested_batches: list[str] = field(default_factory=list)
     downstream_assets: list[str] = field(default_factory=list)
     run_ids: list[str] = field(default_factory=list)
+    orphaned_runs: list[str] = field(default_factory=list)
+    status: PipelineStatus | None = None
 
 
 def dagster_home(data_root: str) -> Path:
@@ -58,17 +72,47 @@ def open_instance(data_root: str) -> dg.DagsterInstance:
 
 
 def _failure_message(result, what: str) -> str:
+    """``what: step: cause`` for each failed step, the cause being the user code's own error (see :func:`cause`)."""
     failures = []
     for event in result.all_events:
         if event.is_step_failure:
             error = event.step_failure_data.error
-            reason = _last_line(error) if error else "failed"
-            failures.append(f"step {event.step_key} failed: {reason}")
+            failures.append(f"{event.step_key}: {cause(error) if error else 'failed'}")
         elif event.event_type_value == "PIPELINE_FAILURE" and not failures:
             error = event.event_specific_data.error if event.event_specific_data else None
             if error:
-                failures.append(_last_line(error))
+                failures.append(cause(error))
     return f"{what}: " + ("; ".join(failures) or f"run {result.run_id} did not succeed")
+
+
+def cause(error) -> str:
+    """One line saying why a step failed. Dagster wraps what user code raised ("Error occurred while executing
+    op ...", a resource's initialisation, ...): the first error in the cause chain that is not Dagster's own is the
+    user's, and the innermost error below it (e.g. the OSError it was raised from) is appended when it adds
+    something ("… : [Errno 28] No space left on device")."""
+    chain = []
+    while error is not None:  # Dagster wraps with `raise ... from`: follow causes
+        chain.append(error)
+        error = error.cause
+    own = next((e for e in chain if not e.cls_name.startswith("Dagster")), None)
+    if own is None:
+        return _last_line(chain[0])
+    innermost = own
+    while (innermost.cause or innermost.context) is not None:  # what the user's error was raised from, or in
+        innermost = innermost.cause or innermost.context
+    text = _message_line(own)
+    if innermost is not own:
+        inner = _message_line(innermost)
+        if inner and inner not in text:
+            text = f"{text}: {inner}"
+    return text
+
+
+def _message_line(error) -> str:
+    """The first line of the error's message without its class name (``OSError: [Errno 28] …`` -> ``[Errno 28] …``)."""
+    line = next((line.strip() for line in error.message.splitlines() if line.strip()), error.cls_name)
+    name, _, rest = line.partition(": ")
+    return rest.strip() if rest and name.rsplit(".", 1)[-1] == error.cls_name else line
 
 
 def _last_line(error) -> str:
@@ -134,58 +178,87 @@ def execute_job(job_def: dg.JobDefinition, instance: dg.DagsterInstance, *, asse
 
 def run_pipeline(instance: dg.DagsterInstance, *, landing: str, data_root: str, labels: str = "imagefolder",
                  select: Sequence[str] | None = None, settings: Settings | None = None,
-                 on_batch: Callable[[str, int, int], None] | None = None) -> RunSummary:
-    """Batch what landed since the last run, run every pending batch, then refresh what spans all batches.
+                 on_batch: Callable[[str, int, int], None] | None = None,
+                 wait_seconds: float = 0.0) -> RunSummary:
+    """Batch what landed since the last run, finish every unfinished batch, then refresh what spans all batches.
 
     The runs are those of the code location's own jobs, with ``settings`` (default: the defaults) and ``landing``,
     ``data_root`` and ``labels`` replacing their locations; objects are taken in however recently they landed.
-    With nothing new landed and nothing pending, nothing runs and nothing changes.
+    Every batch is brought through every per-batch stage it has not finished (missing, failed, stale: see
+    :mod:`cv_dataops.status`), and the spanning assets are refreshed when any batch changed since they were, so a
+    killed or failed run is completed by the next one. With everything done, nothing runs and nothing changes.
+    The data root's lease is held throughout (another batcher makes this wait ``wait_seconds``, then refuse).
     """
     settings = (settings or Settings.build()).replace(landing=landing, data_root=data_root, labels=labels,
                                                       min_age_seconds=0)
     defs = load_definitions(settings)
-    return _run(defs, instance, select, on_batch)
+    lease = Lease(defs.resources["catalog"].storage(), "cv-dataops run", wait_seconds=wait_seconds)
+    with lease:
+        return _run(defs, instance, select, on_batch)
 
 
 def _run(defs: dg.Definitions, instance: dg.DagsterInstance, select: Sequence[str] | None,
          on_batch: Callable[[str, int, int], None] | None) -> RunSummary:
     resources = defs.resources
     summary = RunSummary()
+    tags = {**CLI_TAGS, DATA_ROOT_TAG: resources["catalog"].storage().uri}
     ledger = resources["catalog"].ledger()
     summary.new_batches = [m.batch_id for m in ledger.plan(resources["landing"].storage(), min_age_seconds=0,
                                                            max_batch_size=resources["landing"].max_batch_size)]
-    pending = pending_batches(instance, ledger.batch_ids(), after="")
+    summary.orphaned_runs = fail_orphaned_runs(instance, tags)  # we hold the lease: their processes are gone
+    batch_ids = ledger.batch_ids()
     known = set(instance.get_dynamic_partitions(batch_partitions.name))
-    missing = [b for b in pending if b not in known]
+    missing = [b for b in batch_ids if b not in known]
     if missing:
         instance.add_dynamic_partitions(batch_partitions.name, missing)
 
     graph = defs.resolve_asset_graph()
     wanted = _selected_keys(defs, select)
     per_batch = set(per_batch_assets.resolve(graph))
-    batch_keys = sorted(per_batch if wanted is None else per_batch & wanted)
+    batch_keys = per_batch if wanted is None else per_batch & wanted
     spanning_keys = sorted((set(graph.get_all_asset_keys()) if wanted is None else wanted) - per_batch)
 
-    if batch_keys:
+    before = pipeline_status(instance, graph, batch_ids, spanning_keys)
+    todo = [(batch, stages_to_run(batch, graph, batch_keys)) for batch in before.batches]
+    todo = [(batch, stages) for batch, stages in todo if stages]
+    failures = []
+    if todo:
         job = defs.resolve_job_def("ingest_batch")
-        for position, batch_id in enumerate(pending, start=1):
+        for position, (batch, stages) in enumerate(todo, start=1):
             if on_batch:
-                on_batch(batch_id, position, len(pending))
-            result = execute_job(job, instance, partition_key=batch_id, asset_selection=batch_keys, tags=CLI_TAGS)
+                on_batch(batch.batch_id, position, len(todo))
+            result = execute_job(job, instance, partition_key=batch.batch_id, asset_selection=stages, tags=tags)
             summary.run_ids.append(result.run_id)
-            if not result.success:
-                raise PipelineFailed(_failure_message(result, f"batch {batch_id}"))
-            summary.ingested_batches.append(batch_id)
+            if result.success:
+                summary.ingested_batches.append(batch.batch_id)
+                continue
+            failures.append(_failure_message(result, f"batch {batch.batch_id}"))
+            roots = [key for key in stages if not graph.get(key).parent_keys & per_batch]
+            if any(batch.batch_id not in instance.get_materialized_partitions(key) for key in roots):
+                break  # later batches must not be ingested before this one (image ids are first-seen-wins)
 
-    never_built = [k for k in spanning_keys if instance.get_latest_materialization_event(k) is None]
-    if spanning_keys and (summary.ingested_batches or never_built):
+    spanning_status = pipeline_status(instance, graph, [], spanning_keys)
+    if spanning_keys and (summary.ingested_batches or spanning_status.spanning_needs_refresh()):
         job = defs.resolve_implicit_global_asset_job_def()
-        result = execute_job(job, instance, asset_selection=spanning_keys, tags=CLI_TAGS)
+        result = execute_job(job, instance, asset_selection=spanning_keys, tags=tags)
         summary.run_ids.append(result.run_id)
-        if not result.success:
-            raise PipelineFailed(_failure_message(result, "downstream assets"))
-        summary.downstream_assets = [k.to_user_string() for k in spanning_keys]
+        if result.success:
+            summary.downstream_assets = [k.to_user_string() for k in spanning_keys]
+        else:
+            failures.append(_failure_message(result, "downstream assets"))
+    summary.status = pipeline_status(instance, graph, batch_ids, spanning_keys)
+    if failures:
+        raise PipelineFailed("; ".join(failures), summary)
     return summary
+
+
+def status_of(instance: dg.DagsterInstance, *, landing: str, data_root: str,
+              settings: Settings | None = None) -> PipelineStatus:
+    """Every batch's state per stage and the spanning assets' freshness, as `cv-dataops run` would see them
+    (code versions from ``settings``); reads the instance only."""
+    settings = (settings or Settings.build()).replace(landing=landing, data_root=data_root)
+    graph = load_definitions(settings).resolve_asset_graph()
+    return pipeline_status(instance, graph)
 
 
 def dagster_ui_hint(landing: str, data_root: str) -> str:

@@ -100,7 +100,8 @@ def test_daemon_tick_adds_partitions_launches_runs_and_fills_tables(tmp_path, da
         "not_an_image"]
     assert instance.get_latest_materialization_event(dg.AssetKey("raw_images")) is not None
 
-    (state,) = instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+    (state,) = [s for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+                if s.instigator_name == "landing_sensor"]
     cursor_after_first = state.instigator_data.cursor
     ticks = len(instance.get_ticks(state.instigator_origin_id, state.selector_id))
     _tick(context)

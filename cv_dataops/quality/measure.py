@@ -509,8 +509,30 @@ def measure_uri(uri: str, analysis_side: int = ANALYSIS_SIDE, read: Callable[[st
     return measure((read or _worker_read)(uri), analysis_side)
 
 
+def _die_with_parent() -> None:
+    """Make this worker die when the process that started it does, even by SIGKILL (which leaves no chance to
+    shut the pool down): Linux's PR_SET_PDEATHSIG. The parent is the pool's owner (fork, spawn) or the forkserver,
+    which itself exits when the owner dies. Elsewhere a no-op."""
+    import ctypes
+    import os
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
 def _worker_init(read: Callable[[str], bytes] = read_uri) -> None:
     global _worker_read
+    _die_with_parent()
     _worker_read = read
     _hashes()  # pay the imagehash/scipy import once, at start-up (a no-op when inherited through fork)
 

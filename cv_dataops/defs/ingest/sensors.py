@@ -1,19 +1,23 @@
-"""The landing sensor: newly landed objects become a batch partition and a run, exactly once."""
+"""The landing sensor: newly landed objects become a batch partition and a run, exactly once. (A batch whose run
+then fails is requested again by the reconcile sensor, defs/shared/reconcile.py.)"""
 
 import json
 
 import dagster as dg
 
+from cv_dataops.core.lease import Lease, LeaseHeld
 from cv_dataops.defs.shared.partitions import batch_partitions, per_batch_assets
 from cv_dataops.resources import CatalogResource, LandingResource
 
+# A failed run is retried by the daemon (instance `run_retries`, deploy/dagster.yaml) from the failed step.
 ingest_batch_job = dg.define_asset_job(
     "ingest_batch", selection=per_batch_assets, partitions_def=batch_partitions,
-    description="Every per-batch stage for one landing batch.")
+    description="Every per-batch stage for one landing batch.", tags={"dagster/max_retries": "2"})
 
 
 def pending_batches(instance: dg.DagsterInstance, batch_ids: list[str], after: str) -> list[str]:
-    """Batches that still need a run: newer than the cursor or without a partition, and not yet ingested."""
+    """Batches never requested yet: newer than the cursor or without a partition, and not yet ingested (the
+    reconcile sensor finishes the ones whose run failed)."""
     known = set(instance.get_dynamic_partitions(batch_partitions.name))
     done = instance.get_materialized_partitions(dg.AssetKey("raw_images"))
     return [b for b in batch_ids if (b > after or b not in known) and b not in done]
@@ -23,11 +27,16 @@ def pending_batches(instance: dg.DagsterInstance, batch_ids: list[str], after: s
 def landing_sensor(context: dg.SensorEvaluationContext, catalog: CatalogResource,
                    landing: LandingResource) -> dg.SensorResult | dg.SkipReason:
     """Groups newly landed objects into a batch, adds its partition and requests its run (run_key = batch id, so
-    a tick repeated after a crash makes no second run). The cursor is the newest batch requested."""
+    a tick repeated after a crash makes no second run). The cursor is the newest batch requested. Planning holds
+    the data root's lease: while a `cv-dataops run` batches it, the tick skips, naming that holder."""
     cursor = json.loads(context.cursor) if context.cursor else {}
     ledger = catalog.ledger()
-    created = ledger.plan(landing.storage(), min_age_seconds=landing.min_age_seconds,
-                          max_batch_size=landing.max_batch_size)
+    try:
+        with Lease(catalog.storage(), "landing sensor"):
+            created = ledger.plan(landing.storage(), min_age_seconds=landing.min_age_seconds,
+                                  max_batch_size=landing.max_batch_size)
+    except LeaseHeld as held:
+        return dg.SkipReason(str(held))
     batch_ids = ledger.batch_ids()
     pending = pending_batches(context.instance, batch_ids, cursor.get("last_batch", ""))
     if not pending:

@@ -1,0 +1,216 @@
+"""Where every batch stands, read from the Dagster instance: what `cv-dataops run`, `cv-dataops status` and the
+reconcile sensor finish.
+
+For each batch partition and each per-batch asset (those tagged ``cv_dataops/scope=batch``) the state is one of
+
+- ``done``: materialized, by the current code version, after its per-batch upstream;
+- ``stale``: materialized, but by another code version, or before its upstream was materialized again;
+- ``failed``: the latest attempt (a run that planned it) ended without materializing it;
+- ``running``: the latest attempt's run has not finished;
+- ``missing``: never attempted.
+
+The assets spanning all batches are ``fresh``, ``outdated`` (a batch changed since their last materialization),
+``never`` materialized, ``failed`` (latest attempt failed) or ``running``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import dagster as dg
+from dagster._core.events import DagsterEventType
+from dagster._core.storage.dagster_run import FINISHED_STATUSES
+
+from cv_dataops.defs.shared.partitions import batch_partitions, per_batch_assets
+
+BATCH_JOB = "ingest_batch"
+UNFINISHED = ("missing", "failed", "stale")
+CODE_VERSION_TAG = "dagster/code_version"
+DATA_ROOT_TAG = "cv_dataops/data_root"
+
+
+@dataclass(frozen=True)
+class StageState:
+    state: str
+    run_id: str | None = None
+    detail: str = ""
+
+
+@dataclass
+class BatchStatus:
+    batch_id: str
+    stages: dict[str, StageState]
+    failed_runs: int = 0
+
+    @property
+    def done(self) -> bool:
+        return all(s.state == "done" for s in self.stages.values())
+
+    @property
+    def running(self) -> bool:
+        return any(s.state == "running" for s in self.stages.values())
+
+    def unfinished(self) -> list[str]:
+        return [name for name, s in self.stages.items() if s.state in UNFINISHED]
+
+
+@dataclass
+class PipelineStatus:
+    batches: list[BatchStatus] = field(default_factory=list)
+    spanning: dict[str, StageState] = field(default_factory=dict)
+
+    def unfinished_batches(self) -> list[BatchStatus]:
+        return [b for b in self.batches if b.unfinished()]
+
+    def spanning_needs_refresh(self) -> bool:
+        return any(s.state != "fresh" for s in self.spanning.values())
+
+    def lines(self) -> list[str]:
+        """One line per batch (its stages' states), then one per spanning asset: what `cv-dataops status` prints."""
+        lines = []
+        for batch in self.batches:
+            stages = ", ".join(f"{name}: {s.state}" + (f" ({s.detail})" if s.detail else "")
+                               for name, s in batch.stages.items())
+            lines.append(f"batch {batch.batch_id}: {'done' if batch.done else 'UNFINISHED'}: {stages}")
+        if not self.batches:
+            lines.append("no batches yet")
+        for name, s in self.spanning.items():
+            lines.append(f"{name}: {s.state}" + (f" ({s.detail})" if s.detail else ""))
+        return lines
+
+    def counts(self) -> str:
+        states = Counter("done" if b.done else "running" if b.running else "unfinished" for b in self.batches)
+        return ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "none"
+
+
+def per_batch_keys(graph) -> list[dg.AssetKey]:
+    """The per-batch assets in dependency order (upstream first)."""
+    wanted = set(per_batch_assets.resolve(graph))
+    return [key for level in graph.toposorted_asset_keys_by_level for key in sorted(level) if key in wanted]
+
+
+def _run_states(instance: dg.DagsterInstance, run_ids: Iterable[str]) -> dict[str, dg.DagsterRunStatus]:
+    ids = sorted(set(run_ids))
+    if not ids:
+        return {}
+    return {run.run_id: run.status for run in instance.get_runs(filters=dg.RunsFilter(run_ids=ids))}
+
+
+def _latest_materializations(instance: dg.DagsterInstance, key: dg.AssetKey,
+                             partitions: Sequence[str] | None) -> dict[str | None, tuple[int, str | None]]:
+    """partition -> (storage id, code version) of its latest materialization."""
+    if partitions is None:
+        result = instance.fetch_materializations(key, limit=1)
+        return {None: (r.storage_id, r.asset_materialization.tags.get(CODE_VERSION_TAG) if
+                       r.asset_materialization else None) for r in result.records}
+    ids = instance.get_latest_storage_id_by_partition(key, DagsterEventType.ASSET_MATERIALIZATION, set(partitions))
+    latest: dict[str | None, tuple[int, str | None]] = {}
+    storage_ids = sorted(ids.values())
+    for start in range(0, len(storage_ids), 500):
+        chunk = storage_ids[start:start + 500]
+        records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, storage_ids=chunk),
+                                                  limit=len(chunk)).records
+        for record in records:
+            materialization = record.asset_materialization
+            latest[record.partition_key] = (record.storage_id,
+                                            materialization.tags.get(CODE_VERSION_TAG) if materialization else None)
+    return latest
+
+
+def _attempt_state(run_status: dg.DagsterRunStatus | None, run_id: str) -> StageState:
+    if run_status is None or run_status in FINISHED_STATUSES:
+        label = run_status.value.lower() if run_status else "deleted"
+        return StageState("failed", run_id, f"run {run_id[:8]} {label}")
+    return StageState("running", run_id, f"run {run_id[:8]} {run_status.value.lower()}")
+
+
+def failed_run_counts(instance: dg.DagsterInstance) -> Counter:
+    """batch id -> number of finished, unsuccessful runs of the per-batch job for it."""
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name=BATCH_JOB, statuses=[
+        dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]))
+    return Counter(run.tags.get("dagster/partition") for run in runs if run.tags.get("dagster/partition"))
+
+
+def pipeline_status(instance: dg.DagsterInstance, graph, batch_ids: Sequence[str] | None = None,
+                    spanning: Sequence[dg.AssetKey] | None = None) -> PipelineStatus:
+    """The state of every batch (default: every batch partition) and of the spanning assets (default: every
+    asset not per batch) of ``graph`` (the definitions' asset graph)."""
+    batch_ids = list(instance.get_dynamic_partitions(batch_partitions.name) if batch_ids is None else batch_ids)
+    keys = per_batch_keys(graph)
+    per_batch = set(keys)
+    latest = {key: _latest_materializations(instance, key, batch_ids) for key in keys}
+    attempts = {key: instance.event_log_storage
+                .get_latest_asset_partition_materialization_attempts_without_materializations(key) for key in keys}
+    spanning_keys = sorted(set(graph.get_all_asset_keys()) - per_batch) if spanning is None else list(spanning)
+    planned = {key: instance.get_latest_planned_materialization_info(key) for key in spanning_keys}
+    run_status = _run_states(instance, [run_id for by_partition in attempts.values()
+                                        for run_id, _ in by_partition.values()]
+                             + [info.run_id for info in planned.values() if info is not None])
+    failures = failed_run_counts(instance)
+
+    status = PipelineStatus()
+    for batch_id in batch_ids:
+        stages: dict[str, StageState] = {}
+        for key in keys:
+            name = key.to_user_string()
+            attempt = attempts[key].get(batch_id)
+            materialized = latest[key].get(batch_id)
+            if attempt is not None and (materialized is None or attempt[1] > materialized[0]):
+                stages[name] = _attempt_state(run_status.get(attempt[0]), attempt[0])
+            elif materialized is None:
+                stages[name] = StageState("missing")
+            else:
+                stages[name] = _materialized_state(graph, key, batch_id, materialized, latest, per_batch)
+        status.batches.append(BatchStatus(batch_id, stages, failures.get(batch_id, 0)))
+
+    newest_batch_change = max((sid for by_partition in latest.values() for sid, _ in by_partition.values()),
+                              default=0)
+    for key in spanning_keys:
+        name = key.to_user_string()
+        materialized = _latest_materializations(instance, key, None).get(None)
+        info = planned[key]
+        if info is not None and (materialized is None or info.storage_id > materialized[0]):
+            status.spanning[name] = _attempt_state(run_status.get(info.run_id), info.run_id)
+        elif materialized is None:
+            status.spanning[name] = StageState("never")
+        elif materialized[0] < newest_batch_change and graph.get_ancestor_asset_keys(key) & per_batch:
+            status.spanning[name] = StageState("outdated", detail="a batch changed since")
+        else:
+            status.spanning[name] = StageState("fresh")
+    return status
+
+
+def _materialized_state(graph, key, batch_id, materialized, latest, per_batch) -> StageState:
+    version = graph.get(key).code_version
+    if version is not None and materialized[1] is not None and materialized[1] != version:
+        return StageState("stale", detail="code version changed")
+    for parent in graph.get(key).parent_keys & per_batch:
+        upstream = latest[parent].get(batch_id)
+        if upstream is not None and upstream[0] > materialized[0]:
+            return StageState("stale", detail=f"{parent.to_user_string()} is newer")
+    return StageState("done")
+
+
+def stages_to_run(batch: BatchStatus, graph, allowed: Iterable[dg.AssetKey] | None = None) -> list[dg.AssetKey]:
+    """The unfinished stages of ``batch`` and every per-batch stage downstream of them (their inputs change)."""
+    keys = per_batch_keys(graph)
+    per_batch = set(keys)
+    chosen: set[dg.AssetKey] = set()
+    for key in keys:
+        if batch.stages[key.to_user_string()].state in UNFINISHED or graph.get(key).parent_keys & chosen:
+            chosen.add(key)
+    allowed = per_batch if allowed is None else set(allowed)
+    return [key for key in keys if key in chosen and key in allowed]
+
+
+def fail_orphaned_runs(instance: dg.DagsterInstance, tags: Mapping[str, str]) -> list[str]:
+    """Mark as failed the unfinished runs carrying ``tags`` (e.g. this data root's CLI runs). Only call this
+    while holding the data root's lease: then no such run can still be alive (its process was killed)."""
+    runs = instance.get_runs(filters=dg.RunsFilter(tags=dict(tags), statuses=[
+        s for s in dg.DagsterRunStatus if s not in FINISHED_STATUSES]))
+    for run in runs:
+        instance.report_run_failed(run, message="the process running it ended without finishing it "
+                                                "(killed?); marked failed by the next `cv-dataops run`")
+    return [run.run_id for run in runs]
