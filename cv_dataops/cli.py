@@ -107,6 +107,12 @@ def run_command(landing: str, data_root: str | None, labels: str | None, select:
     else:
         print(f"new batches: {len(summary.new_batches)}; batches run: {len(summary.ingested_batches)}; "
               f"downstream assets refreshed: {', '.join(summary.downstream_assets) or 'none'}")
+    from cv_dataops.defs.ingest.assets import label_problem_counts
+
+    label_problems = sum(label_problem_counts(instance, summary.ingested_batches).values())
+    if label_problems:  # the rows of labels.csv not applied (issue 9); the good rows were
+        print(f"labels.csv: {label_problems} row(s) not applied (malformed, unknown path or conflicting labels): "
+              f"see raw_images' label_problems metadata")
     if summary.status is not None:
         _print_status(summary.status, brief=True)
     _print_catalog_summary(settings)
