@@ -1,5 +1,6 @@
 """Whether every landed object of a batch has exactly one outcome and that outcome's row exists, reading only the
-batch's own manifest and rows, and the image-id index for duplicates of images of other batches."""
+batch's own manifest and rows, the image-id index for duplicates of images of other batches, and the batch's
+deferred note (a deferred object has no row anywhere: the note is what makes the next planning retry it)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass, field
 
 from cv_dataops.core.catalog import Catalog
 from cv_dataops.ingest.id_index import ImageIdIndex
-from cv_dataops.ingest.landing import BatchManifest
+from cv_dataops.ingest.landing import BatchLedger, BatchManifest
 from cv_dataops.ingest.tables import IMAGES, OBJECTS, QUARANTINE
 
 
@@ -16,7 +17,8 @@ from cv_dataops.ingest.tables import IMAGES, OBJECTS, QUARANTINE
 class Accounting:
     """Landed object versions (path, version) missing from the ledger, recorded twice, or not in the manifest;
     paths whose outcome has no row (an image not in `images`, a duplicate of no image, a quarantine without its
-    row); and the count of each outcome."""
+    row, a deferred object its batch's deferred note does not name, so it would never be retried); and the count
+    of each outcome."""
 
     landed: int
     missing: list[tuple[str, str]] = field(default_factory=list)
@@ -41,10 +43,13 @@ def account_for_batch(catalog: Catalog, manifest: BatchManifest) -> Accounting:
                                       else set())
     quarantined = set(catalog.read(QUARANTINE, [batch_id], columns=["relative_path"])
                       .column("relative_path").to_pylist())
+    deferred = BatchLedger(catalog.storage).deferred_keys(batch_id) if any(
+        row["outcome"] == "deferred" for row in ledger) else {}
     dangling = [row["relative_path"] for row in ledger if
                 (row["outcome"] == "image" and row["image_id"] not in batch_images)
                 or (row["outcome"] == "duplicate" and row["image_id"] not in images_anywhere)
-                or (row["outcome"] == "quarantined" and row["relative_path"] not in quarantined)]
+                or (row["outcome"] == "quarantined" and row["relative_path"] not in quarantined)
+                or (row["outcome"] == "deferred" and row["relative_path"] not in deferred)]
     return Accounting(
         landed=sum(landed.values()),
         missing=sorted(key for key in landed if key not in recorded),

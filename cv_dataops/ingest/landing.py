@@ -126,6 +126,14 @@ class BatchLedger:
             "objects": [{"key": k, "version": versions[k], "reason": deferred[k]} for k in sorted(deferred)]},
             indent=1, ensure_ascii=False))
 
+    def deferred_keys(self, batch_id: str) -> dict[str, str]:
+        """Key -> why, for the objects ``batch_id``'s note says it deferred (empty without a note)."""
+        try:
+            note = json.loads(self.data_root.read_text(f"{DEFERRED_PREFIX}{batch_id}.json"))
+        except FileNotFoundError:
+            return {}
+        return {entry["key"]: entry["reason"] for entry in note["objects"]}
+
     def deferred(self) -> dict[str, dict]:
         """batch_id -> its deferred note (``deferred_at`` and ``objects``: key, version, reason)."""
         notes = {}
