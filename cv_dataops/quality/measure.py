@@ -510,24 +510,32 @@ def measure_uri(uri: str, analysis_side: int = ANALYSIS_SIDE, read: Callable[[st
 
 
 def _die_with_parent() -> None:
-    """Make this worker die when the process that started it does, even by SIGKILL (which leaves no chance to
-    shut the pool down): Linux's PR_SET_PDEATHSIG. The parent is the pool's owner (fork, spawn) or the forkserver,
-    which itself exits when the owner dies. Elsewhere a no-op."""
+    """Make this worker die when the process that owns the pool does, even by SIGKILL (which leaves no chance to
+    shut the pool down). On Linux, PR_SET_PDEATHSIG: the kernel kills us when our parent dies (fork, spawn). With
+    forkserver our parent is the fork server, which outlives the owner while we live (we hold its "alive" pipe),
+    so a daemon thread also waits on the owner's sentinel (a pipe the owner holds open) and exits when it closes."""
     import ctypes
     import os
     import signal
     import sys
+    from multiprocessing.connection import wait as wait_for
 
-    if not sys.platform.startswith("linux"):
-        return
-
+    owner = multiprocessing.parent_process()
     parent = os.getppid()
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the parent died before the request took effect
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent or (owner is not None and not owner.is_alive()):  # died before we asked
         os._exit(1)
+    if owner is not None and owner.pid != parent and owner.sentinel is not None:
+
+        def exit_when_owner_dies() -> None:
+            wait_for([owner.sentinel])
+            os._exit(1)
+
+        threading.Thread(target=exit_when_owner_dies, name="owner-watch", daemon=True).start()
 
 
 def _worker_init(read: Callable[[str], bytes] = read_uri) -> None:
