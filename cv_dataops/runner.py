@@ -221,7 +221,7 @@ def _run(defs: dg.Definitions, instance: dg.DagsterInstance, select: Sequence[st
     before = pipeline_status(instance, graph, batch_ids, spanning_keys)
     todo = [(batch, stages_to_run(batch, graph, batch_keys)) for batch in before.batches]
     todo = [(batch, stages) for batch, stages in todo if stages]
-    failures = []
+    failures, blocked = [], False  # blocked: a batch was not ingested, so nothing after it is up to date
     if todo:
         job = defs.resolve_job_def("ingest_batch")
         for position, (batch, stages) in enumerate(todo, start=1):
@@ -235,10 +235,11 @@ def _run(defs: dg.Definitions, instance: dg.DagsterInstance, select: Sequence[st
             failures.append(_failure_message(result, f"batch {batch.batch_id}"))
             roots = [key for key in stages if not graph.get(key).parent_keys & per_batch]
             if any(batch.batch_id not in instance.get_materialized_partitions(key) for key in roots):
+                blocked = True
                 break  # later batches must not be ingested before this one (image ids are first-seen-wins)
 
     spanning_status = pipeline_status(instance, graph, [], spanning_keys)
-    if spanning_keys and (summary.ingested_batches or spanning_status.spanning_needs_refresh()):
+    if spanning_keys and (summary.ingested_batches or not blocked and spanning_status.spanning_needs_refresh()):
         job = defs.resolve_implicit_global_asset_job_def()
         result = execute_job(job, instance, asset_selection=spanning_keys, tags=tags)
         summary.run_ids.append(result.run_id)

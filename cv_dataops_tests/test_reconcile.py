@@ -52,7 +52,16 @@ def _environment(home: Path) -> dict:
             "CV_DATAOPS_WORKERS": "2"}
 
 
+def _prepare_instance(home: Path) -> None:
+    """Create the instance's storage before the CLI runs, so that polling it never races its creation."""
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        dg.DagsterInstance.from_config(str(home)).dispose()
+
+
 def _cli(home: Path, *args: str, **popen) -> subprocess.Popen:
+    _prepare_instance(home)
     return subprocess.Popen([sys.executable, "-m", "cv_dataops.cli", *args], env=_environment(home),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             **popen)
@@ -163,30 +172,31 @@ def test_kill_9_mid_stage_then_the_next_run_finishes_everything(tmp_path, stage)
 
 @pytest.mark.slow  # runs the per-batch job several times
 def test_a_failed_stage_is_finished_by_the_next_run_and_the_error_is_one_line(tmp_path, monkeypatch):
-    """A stage that fails (here: a wrong quality setting) leaves its batch failed; the next run, with the cause
-    fixed, runs only what is unfinished and then refreshes what spans all batches."""
+    """Stages that fail (here: a wrong quality setting, which fails the whole in-process run) leave their batch
+    failed; the next run, with the cause fixed, runs only what is unfinished, then refreshes what spans all batches."""
     from cv_dataops.runner import PipelineFailed, open_instance, run_pipeline
 
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     landing, root = tmp_path / "landing", tmp_path / "data"
     write_files(landing, {f"{i}.jpg": encode(photo(i), "JPEG") for i in range(4)})
+    fixed = Settings.build(embedder=dict(TINY_EMBEDDER_SPEC))
     broken = Settings.from_environment({"CV_DATAOPS_QUALITY_THRESHOLDS": '{"drak": 0.5}'}).replace(
         embedder=dict(TINY_EMBEDDER_SPEC))
     instance = open_instance(str(root))
+    run_pipeline(instance, landing=str(landing), data_root=str(root), settings=fixed, select=["raw_images"])
     with pytest.raises(PipelineFailed) as failed:
         run_pipeline(instance, landing=str(landing), data_root=str(root), settings=broken)
     message = str(failed.value)
     assert message.startswith("batch ") and "drak" in message and "\n" not in message
     status = failed.value.summary.status
     (batch,) = status.batches
-    assert batch.stages["raw_images"].state == "done" and batch.stages["image_embeddings"].state == "done"
-    assert batch.stages["image_quality"].state == "failed"
+    assert batch.stages["raw_images"].state == "done"
+    assert batch.stages["image_embeddings"].state == batch.stages["image_quality"].state == "failed"
 
-    fixed = Settings.build(embedder=dict(TINY_EMBEDDER_SPEC))
     summary = run_pipeline(instance, landing=str(landing), data_root=str(root), settings=fixed)
     assert summary.ingested_batches == [batch.batch_id] and summary.downstream_assets
     last_batch_run = [r for r in instance.get_runs() if r.job_name == "ingest_batch"][0]
-    assert {k.to_user_string() for k in last_batch_run.asset_selection} == {"image_quality"}
+    assert {k.to_user_string() for k in last_batch_run.asset_selection} == {"image_quality", "image_embeddings"}
     assert all(s.state == "done" for b in summary.status.batches for s in b.stages.values())
     assert all(s.state == "fresh" for s in summary.status.spanning.values())
     _assert_every_image_in_every_table(root, 1)

@@ -3,7 +3,8 @@
 The lease is one small JSON object (holder, pid, host, token, expiry) created only if absent
 (:meth:`~cv_dataops.core.storage.Storage.create_bytes`: a hard link locally, If-None-Match on S3), so two
 contenders never both win. The holder renews it in a background thread; a holder that crashed stops renewing and
-its lease expires, after which the next contender breaks it. Breaking is itself a create-if-absent (of a marker
+its lease expires, after which the next contender breaks it (at once, when the holder's process is known to be
+gone: same host, no such pid). Breaking is itself a create-if-absent (of a marker
 named after the expired lease's token), so two contenders never both break the same lease. Clocks of the machines
 sharing a data root are assumed to agree to well within the lease's time to live.
 """
@@ -96,9 +97,9 @@ class Lease:
         holder = self.current()
         if holder is None:  # released between our attempt and our read
             return self.try_acquire_once_more()
-        if holder.expires_at > self.clock():
+        if holder.expires_at > self.clock() and not self._holder_died(holder):
             return holder
-        # Expired: break it, once, whoever else is trying (the marker is named after the dead lease's token).
+        # Expired (or its holder died on this host): break it, once, whoever else is trying (the marker is named after the dead lease's token).
         marker = f"{self.key}.break-{holder.token}"
         if not self.storage.create_bytes(marker, self._encode()):
             breaker = LeaseRecord.parse(self._read(marker) or b"")
@@ -112,6 +113,19 @@ class Lease:
             return self.try_acquire_once_more()
         finally:
             self.storage.delete(marker)
+
+    @staticmethod
+    def _holder_died(holder: LeaseRecord) -> bool:
+        """A holder on this host whose process is gone (killed): no need to wait for its lease to expire."""
+        if holder.host != socket.gethostname() or holder.pid <= 0 or holder.pid == os.getpid():
+            return False
+        try:
+            os.kill(holder.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, someone else's
+            return False
+        return False
 
     def try_acquire_once_more(self) -> LeaseRecord | None:
         if self.storage.create_bytes(self.key, self._encode()):
