@@ -512,7 +512,7 @@ def report(results: dict, args, ids: list[dict] | None) -> str:
             lines.append(f"| {row['catalog']:,} | {row['per-batch files']:.0f} | {row['merged file']:.0f} | {key} |")
         lines += ["", "A key per id costs a synced file per new image (or an S3 request each) whatever the "
                       "catalog; the merged file rewrites every id per batch; one file per batch writes only the "
-                      "batch's ids and reads about 64 bytes per catalog image in one small file per batch."]
+                      "batch's ids and reads about 72 bytes per catalog image in one small file per batch."]
     return "\n".join(lines)
 
 
