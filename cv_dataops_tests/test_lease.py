@@ -1,0 +1,117 @@
+"""The data root's lease, locally and on a real S3 API (moto's server): one holder at a time, renewed while held,
+expiring (or broken at once) when the holder crashed, and a refusal that names the holder."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from cv_dataops.core.lease import LEASE_KEY, Lease, LeaseHeld
+from cv_dataops.core.storage import LocalStorage, open_storage
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request, tmp_path):
+    if request.param == "local":
+        return LocalStorage(tmp_path / "data")
+    bucket = request.getfixturevalue("s3_bucket")
+    return open_storage(f"s3://{bucket}/data")
+
+
+def test_one_holder_at_a_time_and_the_refusal_names_it(storage):
+    first = Lease(storage, "cv-dataops run").acquire()
+    try:
+        second = Lease(storage, "landing sensor")
+        with pytest.raises(LeaseHeld) as refused:
+            second.acquire()
+        message = str(refused.value)
+        assert "is being batched by cv-dataops run" in message and f"pid {os.getpid()}" in message
+        assert "\n" not in message and refused.value.holder.token == first.token
+    finally:
+        first.release()
+    with Lease(storage, "landing sensor") as second:  # released: free again
+        assert storage.exists(LEASE_KEY) and second.current().token == second.token
+    assert not storage.exists(LEASE_KEY)
+
+
+def test_a_contender_waits_a_bounded_time(storage):
+    holder = Lease(storage, "first").acquire()
+    started = time.monotonic()
+    with pytest.raises(LeaseHeld, match="after waiting 1 s"):
+        Lease(storage, "second", wait_seconds=1.0, poll_seconds=0.2).acquire()
+    assert 0.9 < time.monotonic() - started < 10
+    releaser = threading.Timer(0.5, holder.release)
+    releaser.start()
+    with Lease(storage, "second", wait_seconds=20, poll_seconds=0.1) as second:
+        assert second.current().holder == "second"
+    releaser.join()
+
+
+def test_a_held_lease_is_renewed_past_its_time_to_live(storage):
+    with Lease(storage, "long run", ttl_seconds=0.9) as holder:
+        first_expiry = holder.current().expires_at
+        time.sleep(2.0)
+        assert holder.current().expires_at > first_expiry + 0.5 and not holder.lost
+        with pytest.raises(LeaseHeld):
+            Lease(storage, "second").acquire()
+
+
+def test_a_crashed_holder_elsewhere_expires(storage):
+    """A holder on another machine that stopped renewing: refused until its expiry, then taken over."""
+    record = {"holder": "cv-dataops run", "pid": 4242, "host": "another-host", "token": "dead",
+              "expires_at": time.time() + 1.5}
+    assert storage.create_bytes(LEASE_KEY, json.dumps(record).encode())
+    with pytest.raises(LeaseHeld, match="pid 4242 on another-host"):
+        Lease(storage, "next").acquire()
+    with Lease(storage, "next", wait_seconds=10, poll_seconds=0.2) as lease:
+        assert lease.current().token == lease.token
+
+
+def test_a_killed_holder_on_this_host_is_broken_at_once(tmp_path):
+    storage = LocalStorage(tmp_path / "data")
+    script = ("import sys, time\nfrom cv_dataops.core.lease import Lease\nfrom cv_dataops.core.storage import "
+              "LocalStorage\nlease = Lease(LocalStorage(sys.argv[1]), 'killed run', ttl_seconds=600).acquire()\n"
+              "print('held', flush=True)\ntime.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "data")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(LeaseHeld, match="killed run"):
+            Lease(storage, "next").acquire()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    with Lease(storage, "next") as lease:  # no waiting for the 600 s time to live
+        assert lease.current().holder == "next"
+
+
+def test_contenders_for_an_expired_lease_never_both_win(storage):
+    record = {"holder": "old", "pid": 1, "host": "another-host", "token": "expired", "expires_at": 0.0}
+    assert storage.create_bytes(LEASE_KEY, json.dumps(record).encode())
+    winners, barrier = [], threading.Barrier(6)
+
+    def contend(index: int) -> None:
+        lease = Lease(storage, f"contender {index}")
+        barrier.wait()
+        if lease.try_acquire() is None:
+            winners.append(lease)
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(winners) <= 1
+    current = Lease(storage, "reader").current()
+    if winners:
+        assert current.token == winners[0].token
+    else:  # all lost the race to a breaker that then lost the create: the next attempt wins
+        assert Lease(storage, "late").try_acquire() is None
