@@ -28,7 +28,8 @@ from cv_dataops.status import (
     stages_to_run,
 )
 
-QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# The console shows no step logs: a failure is one line from the CLI, its traceback stays in the run's logs (UI).
+QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 CLI_TAGS = {"cv_dataops/launched_by": "cli"}
 
 

@@ -12,7 +12,13 @@ import boto3
 import pyarrow.parquet as pq
 import pytest
 
-from cv_dataops_tests.conftest import bad_input_corpus, encode, photo, write_files
+from cv_dataops_tests.conftest import (
+    TINY_EMBEDDER_SPEC,
+    bad_input_corpus,
+    encode,
+    photo,
+    write_files,
+)
 
 
 def cli(*args, cwd=None, env=None, timeout=300):
@@ -150,6 +156,42 @@ def test_a_failing_step_is_named_and_exits_non_zero(tmp_path, dagster_home):
     result = cli("run", "--landing", str(tmp_path / "landing"), "--data-root", str(root))
     assert result.returncode == 1
     assert f"batch {older.batch_id}" in result.stderr and "raw_images_unique_image_id" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr  # the traceback is in the run's logs
+    assert f"batch {older.batch_id}: UNFINISHED" in result.stdout  # and where every batch stands
+
+
+@pytest.mark.slow  # the whole pipeline in a subprocess
+def test_a_second_run_on_the_same_data_root_refuses_naming_the_first(tmp_path, dagster_home):
+    import time
+
+    write_files(tmp_path / "landing", {f"c/{i}.jpg": encode(photo(i), "JPEG") for i in range(12)})
+    root = tmp_path / "data"
+    arguments = [sys.executable, "-m", "cv_dataops.cli", "run", "--landing", str(tmp_path / "landing"),
+                 "--data-root", str(root)]
+    first = subprocess.Popen(arguments, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "CV_DATAOPS_EMBEDDER": json.dumps(TINY_EMBEDDER_SPEC)})
+    try:
+        deadline = time.monotonic() + 120
+        while not (root / "_leases" / "batcher.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second = cli("run", "--landing", str(tmp_path / "landing"), "--data-root", str(root))
+        out, err = first.communicate(timeout=600)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, err
+    assert second.returncode == 2 and len(second.stderr.strip().splitlines()) == 1, second.stderr
+    assert f"is being batched by cv-dataops run (pid {first.pid} on " in second.stderr
+    objects = pq.read_table(root / "catalog" / "objects").to_pandas()
+    assert len(objects) == 12 and objects.uri.is_unique  # one batcher: nothing doubled
+
+    status = cli("status", "--landing", str(tmp_path / "landing"), "--data-root", str(root),
+                 env={"CV_DATAOPS_EMBEDDER": json.dumps(TINY_EMBEDDER_SPEC)})
+    assert status.returncode == 0 and "batches: 1 done" in status.stdout
+    assert "raw_images: done" in status.stdout and "image_embeddings: done" in status.stdout
+    assert "curated_dataset: fresh" in status.stdout
+    stale = cli("status", "--landing", str(tmp_path / "landing"), "--data-root", str(root))  # another embedder
+    assert "image_embeddings: stale (code version changed)" in stale.stdout and "UNFINISHED" in stale.stdout
 
 
 @pytest.mark.slow  # the whole pipeline in a subprocess

@@ -50,6 +50,19 @@ def test_sensor_called_directly_batches_new_objects_once(tmp_path):
     assert new_request.partition_key > request.partition_key
 
 
+def test_the_sensor_skips_planning_while_a_batcher_holds_the_data_root(tmp_path):
+    from cv_dataops.core.lease import Lease
+
+    write_files(tmp_path / "landing", {"cat/a.jpg": encode(photo(1), "JPEG")})
+    instance = dg.DagsterInstance.ephemeral()
+    with Lease(LocalStorage(tmp_path / "data"), "cv-dataops run"):
+        skipped = _evaluate(tmp_path, instance)
+        assert isinstance(skipped, dg.SkipReason) and "being batched by cv-dataops run" in skipped.skip_message
+        assert not (tmp_path / "data" / "batches").exists() or not list((tmp_path / "data" / "batches").iterdir())
+    (request,) = _evaluate(tmp_path, instance).run_requests  # released: the next tick plans
+    assert request.run_key == f"batch:{request.partition_key}"
+
+
 @pytest.fixture
 def daemon_workspace(tmp_path, monkeypatch):
     """A Dagster instance whose runs execute synchronously, and the daemon's view of our code location."""
