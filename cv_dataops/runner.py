@@ -18,12 +18,14 @@ import dagster as dg
 
 from cv_dataops.config import Settings, default_dagster_home
 from cv_dataops.core.lease import Lease
+from cv_dataops.core.storage import StorageError
 from cv_dataops.definitions import ATTRIBUTE, CODE_LOCATION, MODULE, load_definitions
 from cv_dataops.defs.shared.partitions import batch_partitions, per_batch_assets
 from cv_dataops.status import (
     DATA_ROOT_TAG,
     PipelineStatus,
     fail_orphaned_runs,
+    orphaned_runs,
     pipeline_status,
     stages_to_run,
 )
@@ -259,8 +261,21 @@ def status_of(instance: dg.DagsterInstance, *, landing: str, data_root: str,
     """Every batch's state per stage and the spanning assets' freshness, as `cv-dataops run` would see them
     (code versions from ``settings``); reads the instance only."""
     settings = (settings or Settings.build()).replace(landing=landing, data_root=data_root)
-    graph = load_definitions(settings).resolve_asset_graph()
-    return pipeline_status(instance, graph)
+    defs = load_definitions(settings)
+    storage = defs.resources["catalog"].storage()
+    lease = Lease(storage, "cv-dataops status")
+    dead = []
+    try:
+        storage.ensure_exists()
+        free = lease.try_acquire() is None
+    except (StorageError, OSError):  # no data root yet, or read-only: runs are shown as recorded
+        free = False
+    if free:  # no batcher alive: this data root's unfinished CLI runs were killed
+        try:
+            dead = [run.run_id for run in orphaned_runs(instance, {**CLI_TAGS, DATA_ROOT_TAG: storage.uri})]
+        finally:
+            lease.release()
+    return pipeline_status(instance, defs.resolve_asset_graph(), dead_runs=dead)
 
 
 def dagster_ui_hint(landing: str, data_root: str) -> str:

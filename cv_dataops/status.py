@@ -119,7 +119,9 @@ def _latest_materializations(instance: dg.DagsterInstance, key: dg.AssetKey,
     return latest
 
 
-def _attempt_state(run_status: dg.DagsterRunStatus | None, run_id: str) -> StageState:
+def _attempt_state(run_status: dg.DagsterRunStatus | None, run_id: str, dead_runs=frozenset()) -> StageState:
+    if run_id in dead_runs:
+        return StageState("failed", run_id, f"run {run_id[:8]} killed")
     if run_status is None or run_status in FINISHED_STATUSES:
         label = run_status.value.lower() if run_status else "deleted"
         return StageState("failed", run_id, f"run {run_id[:8]} {label}")
@@ -134,9 +136,12 @@ def failed_run_counts(instance: dg.DagsterInstance) -> Counter:
 
 
 def pipeline_status(instance: dg.DagsterInstance, graph, batch_ids: Sequence[str] | None = None,
-                    spanning: Sequence[dg.AssetKey] | None = None) -> PipelineStatus:
+                    spanning: Sequence[dg.AssetKey] | None = None,
+                    dead_runs: Iterable[str] = ()) -> PipelineStatus:
     """The state of every batch (default: every batch partition) and of the spanning assets (default: every
-    asset not per batch) of ``graph`` (the definitions' asset graph)."""
+    asset not per batch) of ``graph`` (the definitions' asset graph). ``dead_runs``: ids of unfinished runs known
+    to have no live process (see :func:`orphaned_runs`), shown failed."""
+    dead_runs = frozenset(dead_runs)
     batch_ids = list(instance.get_dynamic_partitions(batch_partitions.name) if batch_ids is None else batch_ids)
     keys = per_batch_keys(graph)
     per_batch = set(keys)
@@ -158,7 +163,7 @@ def pipeline_status(instance: dg.DagsterInstance, graph, batch_ids: Sequence[str
             attempt = attempts[key].get(batch_id)
             materialized = latest[key].get(batch_id)
             if attempt is not None and (materialized is None or attempt[1] > materialized[0]):
-                stages[name] = _attempt_state(run_status.get(attempt[0]), attempt[0])
+                stages[name] = _attempt_state(run_status.get(attempt[0]), attempt[0], dead_runs)
             elif materialized is None:
                 stages[name] = StageState("missing")
             else:
@@ -172,7 +177,7 @@ def pipeline_status(instance: dg.DagsterInstance, graph, batch_ids: Sequence[str
         materialized = _latest_materializations(instance, key, None).get(None)
         info = planned[key]
         if info is not None and (materialized is None or info.storage_id > materialized[0]):
-            status.spanning[name] = _attempt_state(run_status.get(info.run_id), info.run_id)
+            status.spanning[name] = _attempt_state(run_status.get(info.run_id), info.run_id, dead_runs)
         elif materialized is None:
             status.spanning[name] = StageState("never")
         elif materialized[0] < newest_batch_change and graph.get_ancestor_asset_keys(key) & per_batch:
@@ -205,11 +210,16 @@ def stages_to_run(batch: BatchStatus, graph, allowed: Iterable[dg.AssetKey] | No
     return [key for key in keys if key in chosen and key in allowed]
 
 
+def orphaned_runs(instance: dg.DagsterInstance, tags: Mapping[str, str]) -> list[dg.DagsterRun]:
+    """The unfinished runs carrying ``tags`` (e.g. this data root's CLI runs): orphans if the data root's lease
+    is free or held by the caller, since then no such run can still be alive (its process was killed)."""
+    return list(instance.get_runs(filters=dg.RunsFilter(tags=dict(tags), statuses=[
+        s for s in dg.DagsterRunStatus if s not in FINISHED_STATUSES])))
+
+
 def fail_orphaned_runs(instance: dg.DagsterInstance, tags: Mapping[str, str]) -> list[str]:
-    """Mark as failed the unfinished runs carrying ``tags`` (e.g. this data root's CLI runs). Only call this
-    while holding the data root's lease: then no such run can still be alive (its process was killed)."""
-    runs = instance.get_runs(filters=dg.RunsFilter(tags=dict(tags), statuses=[
-        s for s in dg.DagsterRunStatus if s not in FINISHED_STATUSES]))
+    """Mark :func:`orphaned_runs` failed. Only call this while holding the data root's lease."""
+    runs = orphaned_runs(instance, tags)
     for run in runs:
         instance.report_run_failed(run, message="the process running it ended without finishing it "
                                                 "(killed?); marked failed by the next `cv-dataops run`")

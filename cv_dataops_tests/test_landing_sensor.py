@@ -77,7 +77,9 @@ def daemon_workspace(tmp_path, monkeypatch):
     monkeypatch.setenv("CV_DATAOPS_MIN_AGE_SECONDS", "0")
     (tmp_path / "landing").mkdir()
     (tmp_path / "home").mkdir()
-    with instance_for_test(synchronous_run_launcher=True, synchronous_run_coordinator=True, temp_dir=str(tmp_path / "home")) as instance:
+    with instance_for_test(synchronous_run_launcher=True, synchronous_run_coordinator=True,
+                           temp_dir=str(tmp_path / "home"),
+                           overrides={"run_retries": {"enabled": True}}) as instance:  # as deploy/dagster.yaml
         target = ModuleTarget("cv_dataops.definitions", "defs", str(REPOSITORY), "cv_dataops")
         with create_test_daemon_workspace_context(target, instance) as context:
             yield instance, context

@@ -158,6 +158,12 @@ def test_kill_9_mid_stage_then_the_next_run_finishes_everything(tmp_path, stage)
             (batch_id,) = instance.get_dynamic_partitions("batches")
             assert batch_id not in instance.get_materialized_partitions(dg.AssetKey(stage))
 
+    shown = subprocess.run([sys.executable, "-m", "cv_dataops.cli", "status", "--landing", str(landing),
+                            "--data-root", str(root)], env=_environment(home), capture_output=True, text=True,
+                           timeout=300)
+    assert f"run {run_id[:8]} killed" in shown.stdout and "UNFINISHED" in shown.stdout or stage == "downstream"
+    assert f"run {run_id[:8]} killed" in shown.stdout, shown.stdout + shown.stderr
+
     again = _run_to_end(home, landing, root)
     assert again.returncode == 0, again.stderr
     assert "marked failed" in again.stdout and "downstream assets refreshed: curated_dataset" in again.stdout
