@@ -18,6 +18,7 @@ from cv_dataops.embeddings.embedders import (
     load_embedder,
     prepare_image,
 )
+from cv_dataops.images.analysis_cache import analysis_image, model_pixels
 from cv_dataops_tests.conftest import CIFAR_SAMPLE, encode, photo
 
 # Small settings: the same code paths as the defaults, a fraction of the cost.
@@ -170,7 +171,13 @@ def test_embed_bytes_streams_batches_in_order(fitted, photos, decode_workers):
     datas = [encode(p, "PNG") for p in photos[:5]] * 3
     batches = list(embed_bytes(fitted, iter(datas), batch_size=2, decode_workers=decode_workers))
     assert [len(b) for b in batches] == [2] * 7 + [1]
-    np.testing.assert_allclose(np.concatenate(batches), fitted.embed(photos[:5] * 3), atol=1e-6)
+    # the pixels are THE decoder's analysis image, as from the batch's cache: the same vectors either way
+    np.testing.assert_allclose(np.concatenate(batches), fitted.embed([model_pixels(d, None) for d in datas]),
+                               atol=1e-6)
+    (from_cache,) = embed_bytes(fitted, [analysis_image(d) for d in datas])
+    np.testing.assert_allclose(from_cache, np.concatenate(batches), atol=1e-6)
+    # and nearly those of the full-size photo
+    assert np.einsum("ij,ij->i", from_cache, fitted.embed(photos[:5] * 3)).min() > 0.98
 
 
 def test_embed_bytes_exif_orientation_and_draft_mode(fitted, photos):
@@ -263,8 +270,9 @@ def test_onnx_embedder_matches_numpy(onnx_available, tmp_path, photos):
     vectors = embedder.embed(images)
     assert vectors.shape == (5, 8) and vectors.dtype == np.float32
     np.testing.assert_allclose(vectors, _reference(images, 16), atol=2e-5)
-    (streamed,) = embed_bytes(embedder, [encode(i, "PNG") for i in images])
-    np.testing.assert_allclose(streamed, vectors, atol=1e-6)
+    datas = [encode(i, "PNG") for i in images]
+    (streamed,) = embed_bytes(embedder, datas)
+    np.testing.assert_allclose(streamed, embedder.embed([model_pixels(d, (16, 16)) for d in datas]), atol=1e-6)
 
 
 def test_onnx_nhwc_bgr_pooling_and_batch_one(onnx_available, tmp_path, photos):

@@ -47,7 +47,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -55,8 +54,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from PIL import Image, ImageOps
+from PIL import Image
 from scipy.sparse import csr_matrix
+
+from cv_dataops.images.analysis_cache import AnalysisImage, model_pixels
 
 __all__ = ["Embedder", "PatchKMeansEmbedder", "OnnxEmbedder", "load_embedder", "embed_bytes", "prepare_image",
            "linear_probe_accuracy"]
@@ -164,6 +165,9 @@ def _sha(*parts: bytes) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 
 FORMAT_VERSION = 1
+# How images become the pixels an embedder sees; part of every embedder's version, so vectors made from pixels
+# decoded another way show as stale. "2": THE decoder's analysis image (before: a draft decode of its own).
+PREPROCESSING_VERSION = "2"
 # Bumped whenever the feature computation itself changes (the parameter hash alone would not show that).
 ALGORITHM_VERSION = "1"
 CONTRAST_NORMALISATION = 10.0    # added to the patch variance (pixel values on 0..255), Coates & Ng
@@ -279,7 +283,8 @@ class PatchKMeansEmbedder:
     # -- identity -------------------------------------------------------------------------------------------------
 
     def _config(self) -> dict:
-        return {"format": FORMAT_VERSION, "algorithm": ALGORITHM_VERSION, "input_size": self.input_size,
+        return {"format": FORMAT_VERSION, "algorithm": ALGORITHM_VERSION, "preprocessing": PREPROCESSING_VERSION,
+                "input_size": self.input_size,
                 "patch_size": self.patch_size, "full_grids": list(FULL_GRIDS), "half_grids": list(HALF_GRIDS)}
 
     def _parameter_hash(self) -> str:
@@ -609,7 +614,8 @@ class OnnxEmbedder:
             raise ValueError(f"output must be a name or an index, got {output!r}")
         self._config = {"model_sha256": _sha(model_bytes), "input_size": list(size), "mean": list(mean_values),
                         "std": list(std_values), "layout": layout, "channel_order": channel_order,
-                        "output": self._output_name, "pool": pool, "pixel_scale": self.pixel_scale}
+                        "output": self._output_name, "pool": pool, "pixel_scale": self.pixel_scale,
+                        "preprocessing": PREPROCESSING_VERSION}
         self._version = _sha(json.dumps(self._config, sort_keys=True).encode())[:16]
         # One probe run: catches a wrong config now, with a clear message, and tells the dimension.
         probe = self._run(np.full((1, size[0], size[1], 3), 128, dtype=np.uint8))
@@ -707,28 +713,10 @@ def load_embedder(spec: dict) -> Embedder:
     raise ValueError(f"unknown embedder kind {kind!r}: use 'patch-kmeans' or 'onnx'")
 
 
-_EXIF_ORIENTATION = 0x0112
-
-
-def _decode(data: bytes, size: tuple[int, int] | None) -> Image.Image:
-    """Decode the first frame, upright per EXIF, in RGB. JPEGs are decoded at reduced scale (draft mode) when the
-    image is much larger than ``size`` = (width, height), never below twice the area the embedder crops."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        image = Image.open(io.BytesIO(data))
-        if size is not None and image.format in ("JPEG", "MPO"):
-            try:
-                orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1) or 1)
-            except Exception:
-                orientation = 1
-            width, height = size if orientation < 5 else (size[1], size[0])  # target as stored (before rotation)
-            left, top, right, bottom = _crop_box(image.width, image.height, width, height)
-            scale = 2.0 * max(width / (right - left), height / (bottom - top))
-            if scale < 1.0:
-                image.draft("RGB", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
-        image.load()
-        image = ImageOps.exif_transpose(image)
-        return _to_rgb(image)
+def _decode(source: bytes | AnalysisImage, size: tuple[int, int] | None) -> Image.Image:
+    """The pixels every embedder sees: :func:`~cv_dataops.images.analysis_cache.model_pixels` (THE decoder at the
+    analysis size, or the analysis image ingestion kept), so fitting, embedding and ``search --like`` agree."""
+    return model_pixels(source, size)
 
 
 def _decoded_in_order(datas: Iterable[bytes], size: tuple[int, int] | None,
@@ -747,7 +735,7 @@ def _decoded_in_order(datas: Iterable[bytes], size: tuple[int, int] | None,
 
     if workers <= 1:
         for data in datas:
-            yield len(data), attempt(data)
+            yield _byte_count(data), attempt(data)
         return
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
@@ -755,7 +743,7 @@ def _decoded_in_order(datas: Iterable[bytes], size: tuple[int, int] | None,
     with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
         pending: deque = deque()
         for data in datas:
-            pending.append((len(data), pool.submit(attempt, data)))
+            pending.append((_byte_count(data), pool.submit(attempt, data)))
             if len(pending) >= 4 * workers:
                 count, future = pending.popleft()
                 yield count, future.result()
@@ -764,10 +752,15 @@ def _decoded_in_order(datas: Iterable[bytes], size: tuple[int, int] | None,
             yield count, future.result()
 
 
-def embed_bytes(embedder: Embedder, datas: Iterable[bytes], batch_size: int = 64,
+def _byte_count(data: bytes | AnalysisImage) -> int:
+    return len(data) if isinstance(data, (bytes, bytearray, memoryview)) else len(data.pixels)
+
+
+def embed_bytes(embedder: Embedder, datas: Iterable[bytes | AnalysisImage], batch_size: int = 64,
                 on_error: str = "raise", decode_workers: int = 1) -> Iterator[np.ndarray]:
-    """Decode (JPEG draft mode, EXIF orientation, first frame, RGB) and embed encoded images, yielding one
-    (batch, dimension) float32 array per ``batch_size`` images, in order; memory stays bounded by one batch.
+    """Decode (THE decoder: JPEG draft mode, EXIF orientation, first frame, RGB) and embed encoded images, or
+    analysis images ingestion kept, yielding one (batch, dimension) float32 array per ``batch_size`` images, in
+    order; memory stays bounded by one batch.
 
     ``on_error="raise"`` (default) raises ValueError naming the position of an undecodable image;
     ``on_error="nan"`` gives that image a row of NaN instead (the only rows that are not unit vectors).
@@ -795,8 +788,9 @@ def embed_bytes(embedder: Embedder, datas: Iterable[bytes], batch_size: int = 64
     for position, (count, decoded) in enumerate(_decoded_in_order(datas, size, decode_workers)):
         if isinstance(decoded, Exception):
             if on_error == "raise":
+                cause = decoded.__cause__ or decoded  # the decoder's ValueError wraps Pillow's error
                 raise ValueError(f"cannot decode image #{position} ({count} bytes): "
-                                 f"{type(decoded).__name__}: {decoded}") from decoded
+                                 f"{type(cause).__name__}: {cause}") from decoded
             failed.append(len(images) + len(failed))
         else:
             images.append(decoded)

@@ -2,7 +2,9 @@
 
 Every object ends in exactly one outcome. Decoding is defensive: the declared pixel count is checked before any
 pixel is decoded (decompression bombs are refused, not loaded), the container is verified and the first frame is
-fully decoded (truncated uploads are caught), and no exception from a decoder escapes as a crash.
+decoded by THE decoder at the analysis size (JPEG draft mode still reads the whole compressed stream, so truncated
+uploads are caught), and no exception from a decoder escapes as a crash. That decode is kept (``BatchResult.analysis``)
+so quality and embeddings need not decode the file again.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 
 from cv_dataops.core.storage import ObjectInfo, Storage
+from cv_dataops.images.analysis_cache import ANALYSIS_SIDE, AnalysisImage
+from cv_dataops.images.decode import decode_image
 from cv_dataops.ingest.labels import LABEL_MODES, LABELS_CSV, LabelProblem, LabelSource  # noqa: F401 (re-exported)
 from cv_dataops.ingest.landing import BatchManifest
 from cv_dataops.ingest.tables import IMAGES, OBJECTS, QUARANTINE
@@ -126,38 +130,50 @@ def _read_exif(image: Image.Image) -> dict:
 
 def inspect_image(data: bytes, limits: IngestLimits = IngestLimits()) -> ImageFacts | Refusal:
     """Decide whether ``data`` is an image we ingest, and describe it; never raises for bad data."""
+    return inspect_and_decode(data, limits)[0]
+
+
+def inspect_and_decode(data: bytes, limits: IngestLimits = IngestLimits(), analysis_side: int = ANALYSIS_SIDE
+                       ) -> tuple[ImageFacts | Refusal, AnalysisImage | None]:
+    """:func:`inspect_image`, and for an image we ingest its analysis image: the safety decode is THE decoder's
+    (JPEG draft mode reads the whole entropy-coded stream, so truncation is caught as in a full decode), and its
+    result is kept so later stages need not decode the file again."""
     if not data:
-        return Refusal("empty_file", "the object has zero bytes")
+        return Refusal("empty_file", "the object has zero bytes"), None
     try:
         # Pillow only reads the header here; a size over its own bomb threshold raises before any decoding.
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as error:
-        return Refusal("too_many_pixels", str(error))
+        return Refusal("too_many_pixels", str(error)), None
     except UnidentifiedImageError:
-        return _unidentified_reason(data)
+        return _unidentified_reason(data), None
     except Exception as error:
-        return _decode_failure(error)
+        return _decode_failure(error), None
     image_format = image.format or "unknown"
     if image_format not in limits.formats:
-        return Refusal("unsupported_format", f"{image_format} images are not ingested")
+        return Refusal("unsupported_format", f"{image_format} images are not ingested"), None
     width, height = image.size
     if width * height > limits.max_pixels:
-        return Refusal("too_many_pixels", f"{width}x{height} = {width * height} pixels > limit {limits.max_pixels}")
+        return Refusal("too_many_pixels",
+                       f"{width}x{height} = {width * height} pixels > limit {limits.max_pixels}"), None
     if min(width, height) < limits.min_side:
-        return Refusal("too_small", f"{width}x{height} is below the minimum side of {limits.min_side} pixels")
+        return Refusal("too_small",
+                       f"{width}x{height} is below the minimum side of {limits.min_side} pixels"), None
     mode, frames = image.mode, int(getattr(image, "n_frames", 1) or 1)
     has_alpha = "A" in image.getbands() or (mode == "P" and "transparency" in image.info)
-    exif = _read_exif(image)
     try:
         Image.open(io.BytesIO(data)).verify()  # container checks (CRCs, chunk structure) on a fresh handle
-        Image.open(io.BytesIO(data)).load()  # decode the first frame fully: catches truncated data
+        decoding = Image.open(io.BytesIO(data))
+        decoded = decode_image(decoding, analysis_side)  # decodes the first frame: catches truncated data
     except Image.DecompressionBombError as error:
-        return Refusal("too_many_pixels", str(error))
+        return Refusal("too_many_pixels", str(error)), None
     except Exception as error:
-        return _decode_failure(error)
+        return _decode_failure(error), None
+    exif = _read_exif(decoding)  # after the decode: a PNG's EXIF may follow its pixels, which are loaded now
     if exif.get("exif_orientation") in (5, 6, 7, 8):
         width, height = height, width
-    return ImageFacts(width, height, image_format, mode, frames, bool(has_alpha), **exif)
+    facts = ImageFacts(width, height, image_format, mode, frames, bool(has_alpha), **exif)
+    return facts, AnalysisImage.from_decoded(decoded)
 
 
 @dataclass
@@ -168,17 +184,20 @@ class BatchResult:
     reasons: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
     label_problems: list[LabelProblem] = field(default_factory=list)  # rows of the labels file not applied
+    # (image_id, analysis image) of every `images` row, in its order: the batch's analysis cache
+    analysis: list[tuple[str, AnalysisImage]] = field(default_factory=list)
 
 
-def _examine(info: ObjectInfo, landing: Storage, limits: IngestLimits) -> tuple[str | None, ImageFacts | Refusal]:
-    """(image_id, facts or refusal) for one object; runs in worker threads."""
+def _examine(info: ObjectInfo, landing: Storage, limits: IngestLimits
+             ) -> tuple[str | None, ImageFacts | Refusal, AnalysisImage | None]:
+    """(image_id, facts or refusal, analysis image) for one object; runs in worker threads."""
     if info.unsafe_reason:
-        return None, Refusal("unsafe_path", info.unsafe_reason)
+        return None, Refusal("unsafe_path", info.unsafe_reason), None
     try:
         data = landing.read_bytes(info.key)
     except Exception as error:
-        return None, Refusal("unreadable", f"{type(error).__name__}: {error}")
-    return hashlib.sha256(data).hexdigest(), inspect_image(data, limits)
+        return None, Refusal("unreadable", f"{type(error).__name__}: {error}"), None
+    return hashlib.sha256(data).hexdigest(), *inspect_and_decode(data, limits)
 
 
 def ingest_batch(manifest: BatchManifest, landing: Storage, *,
@@ -198,16 +217,19 @@ def ingest_batch(manifest: BatchManifest, landing: Storage, *,
     to_examine = [info for info in objects if not labels.is_sidecar(info.key)]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         examined: Mapping[str, tuple[str | None, ImageFacts | Refusal]] = {}
-        for info, outcome in zip(to_examine, pool.map(lambda i: _examine(i, landing, limits), to_examine),
-                                 strict=True):
-            examined[info.key] = outcome
+        analysed: dict[str, AnalysisImage] = {}
+        for info, (image_id, outcome, analysis) in zip(
+                to_examine, pool.map(lambda i: _examine(i, landing, limits), to_examine), strict=True):
+            examined[info.key] = image_id, outcome
+            if analysis is not None:
+                analysed[info.key] = analysis
             if progress:
                 progress(1)
     if callable(known_image_ids):
         known_image_ids = known_image_ids(sorted({image_id for image_id, result in examined.values()
                                                   if image_id is not None and not isinstance(result, Refusal)}))
     seen = set(known_image_ids)
-    images, quarantine, ledger, reasons, duplicates = [], [], [], {}, 0
+    images, quarantine, ledger, reasons, duplicates, analysis = [], [], [], {}, 0, []
     for info in objects:
         uri = landing.uri_of(info.key) if not info.unsafe_reason else f"{landing.uri.rstrip('/')}/{info.key}"
         row = {"uri": uri, "batch_id": batch_id, "relative_path": info.key, "version": info.version,
@@ -230,7 +252,8 @@ def ingest_batch(manifest: BatchManifest, landing: Storage, *,
         images.append({"image_id": image_id, "uri": uri, "batch_id": batch_id, "relative_path": info.key,
                        "bytes": info.size, "label": labels.label_for(info.key), "ingested_at": now,
                        **vars(result)})
+        analysis.append((image_id, analysed[info.key]))
         ledger.append({**row, "outcome": "image", "image_id": image_id})
     label_problems = labels.batch_problems({info.key for info in objects if not labels.is_sidecar(info.key)})
     return BatchResult(IMAGES.from_rows(images), QUARANTINE.from_rows(quarantine), OBJECTS.from_rows(ledger),
-                       reasons, duplicates, label_problems)
+                       reasons, duplicates, label_problems, analysis)

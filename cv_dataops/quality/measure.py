@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from cv_dataops.core.storage import read_uri
+from cv_dataops.images.analysis_cache import AnalysisImage
 from cv_dataops.images.decode import DecodedImage, decode
 from cv_dataops.quality.issues import column, issue_names, issue_types
 
@@ -503,9 +504,13 @@ def flag_issues(rows: Any, thresholds: QualityThresholds | None = None) -> dict[
 _worker_read: Callable[[str], bytes] = read_uri
 
 
-def measure_uri(uri: str, analysis_side: int = ANALYSIS_SIDE, read: Callable[[str], bytes] | None = None) -> dict:
+def measure_uri(uri: str | AnalysisImage, analysis_side: int = ANALYSIS_SIDE,
+                read: Callable[[str], bytes] | None = None) -> dict:
     """Read ``uri`` with ``read`` (e.g. the catalog resource's ``uri_reader()``; default: this worker's reader)
-    and :func:`measure` it."""
+    and :func:`measure` it; an analysis image decoded at ingest (:mod:`cv_dataops.images.analysis_cache`) is
+    measured as it is, with the same results."""
+    if isinstance(uri, AnalysisImage):
+        return _measure_decoded(uri.decoded())
     return measure((read or _worker_read)(uri), analysis_side)
 
 
@@ -595,7 +600,7 @@ def measure_stream(items: Iterable[tuple[str, str]], workers: int = 2, max_in_fl
                    analysis_side: int = ANALYSIS_SIDE, chunk_size: int = 8, start_method: str | None = None,
                    read: Callable[[str], bytes] = read_uri) -> Iterator[tuple[str, dict | Exception]]:
     """Measure many images: ``items`` are ``(image_id, uri)`` with ``uri`` an absolute local path or
-    ``s3://bucket/key``. Yields ``(image_id, measure() dict or the Exception it raised)`` as results complete
+    ``s3://bucket/key``, or the image's :class:`AnalysisImage` from the batch's cache (never fetched or decoded). Yields ``(image_id, measure() dict or the Exception it raised)`` as results complete
     (not in input order); one bad image never stops the stream.
 
     Workers (a process pool, or this process when ``workers <= 1``) read the bytes themselves with ``read`` (pass

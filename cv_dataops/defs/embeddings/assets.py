@@ -1,13 +1,12 @@
 """Embeddings: every image of a batch as a vector."""
 
 import hashlib
-import io
 import json
 import time
 from collections.abc import Iterator
 
 import dagster as dg
-from PIL import Image, ImageOps
+from PIL import Image
 
 from cv_dataops.defs.shared.partitions import (
     PER_BATCH_TAG,
@@ -18,23 +17,23 @@ from cv_dataops.defs.shared.partitions import (
 from cv_dataops.embeddings.embedders import embed_bytes
 from cv_dataops.embeddings.store import load_or_fit_embedder
 from cv_dataops.embeddings.tables import EMBEDDINGS
+from cv_dataops.images.analysis_cache import (
+    AnalysisImage,
+    analysis_side_for,
+    batch_sources,
+    model_pixels,
+)
 from cv_dataops.images.verified import ContentChanged, read_verified
 from cv_dataops.ingest.tables import IMAGES
 from cv_dataops.resources import CatalogResource, EmbeddingResource
 
-EMBEDDINGS_VERSION = "1"
+EMBEDDINGS_VERSION = "2"  # 2: pixels from THE decoder's analysis image (embedders.PREPROCESSING_VERSION)
 
 
 def embeddings_code_version(spec: dict) -> str:
     """Our code's version plus the embedder configured: switching embedders shows every batch stale."""
     spec = json.dumps(spec, sort_keys=True)
     return f"{EMBEDDINGS_VERSION}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"
-
-
-def _decoded(data: bytes) -> Image.Image:
-    with Image.open(io.BytesIO(data)) as image:
-        image.draft("RGB", (128, 128))
-        return ImageOps.exif_transpose(image).convert("RGB")
 
 
 @dg.asset(
@@ -58,8 +57,15 @@ def image_embeddings(context: dg.AssetExecutionContext, catalog: CatalogResource
     read = catalog.uri_reader()
     embedded, changed = [], {}  # an image whose file changed since ingest is left out, never embedded as the old one
 
-    def verified(items, kept: list, left_out: dict) -> Iterator[bytes]:
+    cached = [0]
+
+    def verified(items, kept: list, left_out: dict) -> Iterator[bytes | AnalysisImage]:
         for image_id, uri in items:
+            if isinstance(uri, AnalysisImage):  # as ingestion decoded it, from the batch's cache
+                cached[0] += 1
+                kept.append(image_id)
+                yield uri
+                continue
             try:
                 data = read_verified(uri, image_id, read)
             except ContentChanged as error:
@@ -72,11 +78,13 @@ def image_embeddings(context: dg.AssetExecutionContext, catalog: CatalogResource
         pool = tables.read(IMAGES, columns=["image_id", "uri"]).to_pandas().sort_values("image_id")
         if len(pool) > embedding.fit_images:  # a uniform sample (seeded: the same catalog gives the same model)
             pool = pool.sample(n=embedding.fit_images, random_state=0)
-        return [_decoded(data) for data in verified(zip(pool.image_id, pool.uri), [], {})]
+        return [model_pixels(data, None) for data in verified(zip(pool.image_id, pool.uri), [], {})]
 
     embedder = load_or_fit_embedder(embedding.spec, catalog.storage(), fitting_sample)
     start = time.perf_counter()
-    vectors = [v for chunk in embed_bytes(embedder, verified(zip(images.image_id, images.uri), embedded, changed),
+    sources = batch_sources(tables.storage, batch_id, zip(images.image_id, images.uri),
+                            analysis_side=analysis_side_for(getattr(embedder, "input_shape", None)))
+    vectors = [v for chunk in embed_bytes(embedder, verified(sources, embedded, changed),
                                           batch_size=embedding.batch_size,
                                           decode_workers=embedding.decode_workers) for v in chunk]
     seconds = time.perf_counter() - start
@@ -88,4 +96,4 @@ def image_embeddings(context: dg.AssetExecutionContext, catalog: CatalogResource
         "dagster/row_count": table.num_rows, "embedder": embedder.name, "embedder_version": embedder.version,
         "dimension": int(embedder.dimension), "content_changed": dg.MetadataValue.json(changed),
         "images_per_second": round(len(images) / seconds, 1) if seconds else 0,
-        "embeddings_table": dg.MetadataValue.path(uri)})
+        "decoded_at_ingest": cached[0], "embeddings_table": dg.MetadataValue.path(uri)})

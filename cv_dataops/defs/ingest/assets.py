@@ -7,6 +7,7 @@ from cv_dataops.defs.shared.partitions import (
     batch_partitions,
     table_metadata,
 )
+from cv_dataops.images.analysis_cache import write_analysis_cache
 from cv_dataops.ingest.batch import ingest_batch
 from cv_dataops.ingest.id_index import ImageIdIndex
 from cv_dataops.ingest.tables import IMAGES, OBJECTS, QUARANTINE
@@ -49,6 +50,8 @@ def raw_images(context: dg.AssetExecutionContext, catalog: CatalogResource,
     result = ingest_batch(manifest, landing_storage, known_image_ids=known_earlier,
                           labels=landing.label_source(landing_storage), limits=landing.limits(),
                           workers=landing.workers, progress=progress)
+    # first the decoded images (for quality and embeddings), then the tables that make the batch visible
+    cache_uri = write_analysis_cache(tables.storage, batch_id, result.analysis)
     uris = {table.name: tables.write(table, data, batch_id) for table, data in
             ((IMAGES, result.images), (QUARANTINE, result.quarantine), (OBJECTS, result.objects))}
     id_index.write(batch_id, result.images.column("image_id").to_pylist())
@@ -70,6 +73,7 @@ def raw_images(context: dg.AssetExecutionContext, catalog: CatalogResource,
         else dg.MetadataValue.path(manifest.landing_uri),
         "images_table": dg.MetadataValue.path(uris["images"]),
         "quarantine_table": dg.MetadataValue.path(uris["quarantine"]),
+        "analysis_cache": dg.MetadataValue.path(cache_uri),
         "quarantine_preview": dg.MetadataValue.md(quarantine_preview.to_markdown(index=False)
                                                   if len(quarantine_preview) else "nothing quarantined"),
     })

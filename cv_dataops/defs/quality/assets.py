@@ -11,9 +11,11 @@ from cv_dataops.defs.shared.partitions import (
     batch_partitions,
     table_metadata,
 )
+from cv_dataops.images.analysis_cache import AnalysisImage, batch_sources
 from cv_dataops.images.thumbnails import markdown_grid, thumbnail_data_uri
 from cv_dataops.images.verified import ContentChanged, VerifiedReader, read_verified
 from cv_dataops.ingest.tables import IMAGES
+from cv_dataops.quality import measure as quality_measure
 from cv_dataops.quality.issues import issue_names
 from cv_dataops.quality.measure import (
     QUALITY_VERSION,
@@ -66,8 +68,16 @@ def image_quality(context: dg.AssetExecutionContext, catalog: CatalogResource,
     rows, unmeasured, changed = [], {}, 0
     # an image whose file changed since ingest is left unmeasured (ContentChanged), never measured as the old image
     read = VerifiedReader(catalog.uri_reader(), dict(zip(images.uri, images.image_id)))
+    cached = [0]
+
+    def sources():  # each image as ingestion decoded it, from the batch's cache; its URI where the cache has none
+        for image_id, source in batch_sources(tables.storage, batch_id, zip(images.image_id, images.uri),
+                                              analysis_side=quality_measure.ANALYSIS_SIDE):
+            cached[0] += isinstance(source, AnalysisImage)
+            yield image_id, source
+
     for done, (image_id, result) in enumerate(
-            measure_stream(zip(images.image_id, images.uri), workers=quality.workers, read=read), start=1):
+            measure_stream(sources(), workers=quality.workers, read=read), start=1):
         changed += isinstance(result, ContentChanged)
         if isinstance(result, Exception):
             unmeasured[image_id] = f"{type(result).__name__}: {result}"
@@ -90,6 +100,7 @@ def image_quality(context: dg.AssetExecutionContext, catalog: CatalogResource,
         **{f"count_{issue}": count for issue, count in counts.items()},
         "unusable": int(frame["is_unusable"].sum()) if rows else 0,
         "unmeasured": dg.MetadataValue.json(unmeasured),
+        "decoded_at_ingest": cached[0],
         "content_changed": changed,
         "thresholds": dg.MetadataValue.json(thresholds.as_dict()),
         "quality_table": dg.MetadataValue.path(uri),
