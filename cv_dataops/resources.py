@@ -82,6 +82,9 @@ class LandingResource(StageResource):
     max_batch_size: int = Field(default=5000, description="At most this many objects per batch.")
     max_pixels: int = Field(default=IngestLimits.max_pixels, description="Refuse larger images (bombs).")
     min_side: int = Field(default=IngestLimits.min_side, description="Refuse images with a shorter side.")
+    max_bytes: int = Field(default=IngestLimits.max_bytes, description="Refuse larger objects unread (too_large).")
+    read_attempts: int = Field(default=IngestLimits.read_attempts,
+                               description="Tries per object while reading fails for a reason that may pass.")
     workers: int = Field(default=8, description="Threads reading and decoding objects.")
     quarantine_rate_warn: float = Field(default=0.2, description="WARN when a batch quarantines more than this.")
     s3: S3Resource = Field(default_factory=S3Resource)
@@ -90,7 +93,8 @@ class LandingResource(StageResource):
         return open_storage(_absolute(uri or self.uri), s3_client_settings(self.s3).client)
 
     def limits(self) -> IngestLimits:
-        return IngestLimits(max_pixels=self.max_pixels, min_side=self.min_side)
+        return IngestLimits(max_pixels=self.max_pixels, min_side=self.min_side, max_bytes=self.max_bytes,
+                            read_attempts=self.read_attempts)
 
     def label_source(self, landing: Storage) -> LabelSource:
         return LabelSource(self.labels, landing)

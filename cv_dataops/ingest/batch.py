@@ -19,7 +19,14 @@ from datetime import UTC, datetime, timedelta, timezone
 import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 
-from cv_dataops.core.storage import ObjectInfo, Storage
+from cv_dataops.core.storage import (
+    NotARegularFileError,
+    ObjectInfo,
+    ObjectTooLargeError,
+    Storage,
+    is_transient,
+    read_with_retries,
+)
 from cv_dataops.images.analysis_cache import ANALYSIS_SIDE, AnalysisImage
 from cv_dataops.images.decode import decode_image
 from cv_dataops.ingest.labels import LABEL_MODES, LABELS_CSV, LabelProblem, LabelSource  # noqa: F401 (re-exported)
@@ -35,9 +42,13 @@ _TAG_DATETIME_ORIGINAL, _TAG_OFFSET_TIME_ORIGINAL = 0x9003, 0x9011
 
 @dataclass(frozen=True)
 class IngestLimits:
-    """What the ingester accepts. ``max_pixels`` defaults to Pillow's own decompression-bomb threshold."""
+    """What the ingester accepts. ``max_pixels`` defaults to Pillow's own decompression-bomb threshold; objects
+    over ``max_bytes`` are refused from their listed size and never read past it; a read failing for a reason that
+    may pass is tried ``read_attempts`` times before the object is deferred."""
 
     max_pixels: int = 89_478_485
+    max_bytes: int = 512 * 1024 ** 2
+    read_attempts: int = 3
     min_side: int = 8
     formats: frozenset[str] = SUPPORTED_FORMATS
 
@@ -59,6 +70,13 @@ class ImageFacts:
 @dataclass(frozen=True)
 class Refusal:
     reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Deferral:
+    """Could not be read for a reason that may pass (S3 down, 5xx, a file gone for now): retried in a new batch."""
+
     detail: str
 
 
@@ -186,16 +204,25 @@ class BatchResult:
     label_problems: list[LabelProblem] = field(default_factory=list)  # rows of the labels file not applied
     # (image_id, analysis image) of every `images` row, in its order: the batch's analysis cache
     analysis: list[tuple[str, AnalysisImage]] = field(default_factory=list)
+    deferred: dict[str, str] = field(default_factory=dict)  # key -> why it could not be read for now
 
 
 def _examine(info: ObjectInfo, landing: Storage, limits: IngestLimits
              ) -> tuple[str | None, ImageFacts | Refusal, AnalysisImage | None]:
     """(image_id, facts or refusal, analysis image) for one object; runs in worker threads."""
     if info.unsafe_reason:
-        return None, Refusal("unsafe_path", info.unsafe_reason), None
+        return None, Refusal(info.refusal or "unsafe_path", info.unsafe_reason), None
+    if info.size > limits.max_bytes:
+        return None, Refusal("too_large", f"{info.size} bytes as listed > limit {limits.max_bytes}; not read"), None
     try:
-        data = landing.read_bytes(info.key)
+        data = read_with_retries(landing, info.key, max_bytes=limits.max_bytes, attempts=limits.read_attempts)
+    except ObjectTooLargeError as error:
+        return None, Refusal("too_large", str(error)), None
+    except NotARegularFileError as error:
+        return None, Refusal("not_a_regular_file", str(error)), None
     except Exception as error:
+        if is_transient(error):
+            return None, Deferral(f"{type(error).__name__}: {error}"), None
         return None, Refusal("unreadable", f"{type(error).__name__}: {error}"), None
     return hashlib.sha256(data).hexdigest(), *inspect_and_decode(data, limits)
 
@@ -203,18 +230,22 @@ def _examine(info: ObjectInfo, landing: Storage, limits: IngestLimits
 def ingest_batch(manifest: BatchManifest, landing: Storage, *,
                  known_image_ids: Collection[str] | Callable[[list[str]], Collection[str]] = frozenset(),
                  labels: LabelSource | None = None, limits: IngestLimits = IngestLimits(), workers: int = 8,
-                 progress: Callable[[int], None] | None = None, now: datetime | None = None) -> BatchResult:
-    """Examine every object of a batch and sort it into images, duplicates, quarantine or sidecars.
+                 progress: Callable[[int], None] | None = None, now: datetime | None = None,
+                 handed_over: Mapping[str, str] | None = None) -> BatchResult:
+    """Examine every object of a batch and sort it into images, duplicates, quarantine, sidecars or deferred.
 
     ``known_image_ids`` are the images earlier batches already hold: the same bytes landing again are recorded in
     ``objects`` as a duplicate of that image instead of a second image row. Either the ids themselves or a function
     answering which of the batch's ids are known (an index lookup: the catalog's ids are then never loaded).
+    Objects that could not be read for a reason that may pass are deferred (``result.deferred``), and so are, unread,
+    those ``handed_over`` (key -> batch) to a later batch that retries them: the image is counted there, once.
     """
+    handed_over = handed_over or {}
     labels = labels or LabelSource("none")
     now = now or datetime.now(UTC)
     batch_id = manifest.batch_id
     objects = sorted(manifest.objects, key=lambda info: info.key)
-    to_examine = [info for info in objects if not labels.is_sidecar(info.key)]
+    to_examine = [info for info in objects if not labels.is_sidecar(info.key) and info.key not in handed_over]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         examined: Mapping[str, tuple[str | None, ImageFacts | Refusal]] = {}
         analysed: dict[str, AnalysisImage] = {}
@@ -229,7 +260,7 @@ def ingest_batch(manifest: BatchManifest, landing: Storage, *,
         known_image_ids = known_image_ids(sorted({image_id for image_id, result in examined.values()
                                                   if image_id is not None and not isinstance(result, Refusal)}))
     seen = set(known_image_ids)
-    images, quarantine, ledger, reasons, duplicates, analysis = [], [], [], {}, 0, []
+    images, quarantine, ledger, reasons, duplicates, analysis, deferred = [], [], [], {}, 0, [], {}
     for info in objects:
         uri = landing.uri_of(info.key) if not info.unsafe_reason else f"{landing.uri.rstrip('/')}/{info.key}"
         row = {"uri": uri, "batch_id": batch_id, "relative_path": info.key, "version": info.version,
@@ -237,7 +268,15 @@ def ingest_batch(manifest: BatchManifest, landing: Storage, *,
         if labels.is_sidecar(info.key):
             ledger.append({**row, "outcome": "sidecar"})
             continue
+        if info.key in handed_over:
+            deferred[info.key] = f"assigned again to batch {handed_over[info.key]}"
+            ledger.append({**row, "outcome": "deferred"})
+            continue
         image_id, result = examined[info.key]
+        if isinstance(result, Deferral):
+            deferred[info.key] = result.detail
+            ledger.append({**row, "outcome": "deferred"})
+            continue
         if isinstance(result, Refusal):
             reasons[result.reason] = reasons.get(result.reason, 0) + 1
             quarantine.append({"uri": uri, "batch_id": batch_id, "relative_path": info.key, "reason": result.reason,
@@ -256,4 +295,4 @@ def ingest_batch(manifest: BatchManifest, landing: Storage, *,
         ledger.append({**row, "outcome": "image", "image_id": image_id})
     label_problems = labels.batch_problems({info.key for info in objects if not labels.is_sidecar(info.key)})
     return BatchResult(IMAGES.from_rows(images), QUARANTINE.from_rows(quarantine), OBJECTS.from_rows(ledger),
-                       reasons, duplicates, label_problems, analysis)
+                       reasons, duplicates, label_problems, analysis, deferred)

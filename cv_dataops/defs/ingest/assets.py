@@ -33,7 +33,8 @@ def raw_images(context: dg.AssetExecutionContext, catalog: CatalogResource,
     batches' ids are looked up in the image-id index, never read from their tables."""
     batch_id = context.partition_key
     tables = catalog.catalog()
-    manifest = catalog.ledger().manifest(batch_id)
+    ledger = catalog.ledger()
+    manifest = ledger.manifest(batch_id)
     landing_storage = landing.storage(manifest.landing_uri)
     id_index = ImageIdIndex(tables)
 
@@ -49,7 +50,8 @@ def raw_images(context: dg.AssetExecutionContext, catalog: CatalogResource,
 
     result = ingest_batch(manifest, landing_storage, known_image_ids=known_earlier,
                           labels=landing.label_source(landing_storage), limits=landing.limits(),
-                          workers=landing.workers, progress=progress)
+                          workers=landing.workers, progress=progress, handed_over=ledger.handed_over(manifest))
+    ledger.record_deferred(batch_id, result.deferred)  # before the tables: a crash in between defers once more
     # first the decoded images (for quality and embeddings), then the tables that make the batch visible
     cache_uri = write_analysis_cache(tables.storage, batch_id, result.analysis)
     uris = {table.name: tables.write(table, data, batch_id) for table, data in
@@ -66,6 +68,8 @@ def raw_images(context: dg.AssetExecutionContext, catalog: CatalogResource,
         "duplicates": result.duplicates,
         "quarantined": result.quarantine.num_rows,
         "quarantine_reasons": dg.MetadataValue.json(result.reasons),
+        "deferred": len(result.deferred),  # not read for now (S3 down, 5xx, a file gone): the next batch retries
+        "deferred_examples": dg.MetadataValue.json(dict(list(result.deferred.items())[:20])),
         LABEL_PROBLEM_COUNT: len(result.label_problems),
         "label_problems": dg.MetadataValue.json([problem.as_dict() for problem in
                                                  result.label_problems[:LABEL_PROBLEMS_SHOWN]]),
