@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import dagster as dg
 import pytest
@@ -199,13 +198,10 @@ def test_a_wrong_setting_on_the_command_line_is_one_line_before_anything_heavy(t
         ({}, ["run", "--landing", str(tmp_path / "nope")], "cv-dataops: error: folder does not exist"),
         ({"CV_DATAOPS_WORKERS": "many"}, ["table", "images"], "cv-dataops: error: CV_DATAOPS_WORKERS: expected"),
     ]:
-        start = time.perf_counter()
         result = subprocess.run([sys.executable, "-c", script, *arguments], capture_output=True, text=True,
                                 env={**os.environ, **environment}, cwd=tmp_path, timeout=120)
-        seconds = time.perf_counter() - start
         assert result.stderr.startswith(expected) and len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert result.stdout.split() == ["False", "False", "2" if "CV_DATAOPS" in expected else "1"], result.stdout
-        assert seconds < 10, seconds  # measured 0.1-0.3 s; generous for a loaded machine
 
 
 @pytest.mark.slow
