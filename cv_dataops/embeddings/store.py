@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Iterable
 
 from PIL import Image
 
 from cv_dataops.core.storage import Storage
+from cv_dataops.core.versioning import settings_digest
 from cv_dataops.embeddings.embedders import Embedder, PatchKMeansEmbedder, load_embedder
 
 MODELS_PREFIX = "models/"
@@ -25,8 +24,7 @@ def model_key(spec: dict) -> str:
     options = _options(spec)
     if not options:
         return PATCH_KMEANS_KEY
-    digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
-    return f"{MODELS_PREFIX}patch-kmeans-{digest}.npz"
+    return f"{MODELS_PREFIX}patch-kmeans-{settings_digest(options)}.npz"
 
 
 def load_or_fit_embedder(spec: dict, storage: Storage, fitting_sample: Callable[[], list[Image.Image]]) -> Embedder:

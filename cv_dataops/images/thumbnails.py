@@ -6,17 +6,13 @@ import base64
 import io
 from collections.abc import Iterable
 
-from PIL import Image, ImageOps
+from cv_dataops.images.decode import decode
 
 
 def thumbnail_data_uri(data: bytes, side: int = 64) -> str:
     """A ``data:image/png;base64,...`` thumbnail, longest side ``side`` pixels, EXIF orientation applied."""
-    with Image.open(io.BytesIO(data)) as image:
-        image.draft("RGB", (side, side))
-        image = ImageOps.exif_transpose(image).convert("RGB")
-        image.thumbnail((side, side))
-        buffer = io.BytesIO()
-        image.save(buffer, "PNG", optimize=True)
+    buffer = io.BytesIO()
+    decode(data, side).rgb.save(buffer, "PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
-import json
 import math
 import multiprocessing
 import pickle
@@ -38,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from cv_dataops.core.storage import read_uri
+from cv_dataops.core.versioning import versioned
 from cv_dataops.images.analysis_cache import AnalysisImage
 from cv_dataops.images.decode import DecodedImage, decode
 from cv_dataops.quality.issues import column, issue_names, issue_types
@@ -125,8 +125,7 @@ class QualityThresholds:
 
 def quality_version(thresholds: QualityThresholds) -> str:
     """The metrics' version plus the thresholds in force: either changing makes stored quality rows out of date."""
-    digest = hashlib.sha256(json.dumps(thresholds.as_dict(), sort_keys=True).encode()).hexdigest()[:8]
-    return f"{QUALITY_VERSION}-{digest}"
+    return versioned(QUALITY_VERSION, thresholds.as_dict())
 
 
 @dataclass(frozen=True)

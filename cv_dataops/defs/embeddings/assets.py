@@ -1,13 +1,12 @@
 """Embeddings: every image of a batch as a vector."""
 
-import hashlib
-import json
 import time
 from collections.abc import Iterator
 
 import dagster as dg
 from PIL import Image
 
+from cv_dataops.core.versioning import versioned
 from cv_dataops.defs.shared.partitions import (
     PER_BATCH_TAG,
     STALE_OR_NEW,
@@ -32,8 +31,7 @@ EMBEDDINGS_VERSION = "2"  # 2: pixels from THE decoder's analysis image (embedde
 
 def embeddings_code_version(spec: dict) -> str:
     """Our code's version plus the embedder configured: switching embedders shows every batch stale."""
-    spec = json.dumps(spec, sort_keys=True)
-    return f"{EMBEDDINGS_VERSION}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"
+    return versioned(EMBEDDINGS_VERSION, spec)
 
 
 @dg.asset(
