@@ -97,6 +97,17 @@ def s3_bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> str:
     return name
 
 
+@pytest.fixture(params=["local", "s3"])
+def storage(request, tmp_path):
+    """The same storage tests run on a local folder and on a bucket prefix of the real S3 API."""
+    from cv_dataops.core.storage import LocalStorage, open_storage
+
+    if request.param == "local":
+        return LocalStorage(tmp_path / "root")
+    bucket = request.getfixturevalue("s3_bucket")
+    return open_storage(f"s3://{bucket}/some/prefix")
+
+
 def bad_input_corpus(root: Path, outside: Path) -> dict[str, str]:
     """Write the landing zone of awkward inputs; return key -> expected outcome ("image", "duplicate" or the
     quarantine reason). ``outside`` is a folder beside the landing zone for a symlink to escape to."""

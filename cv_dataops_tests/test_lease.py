@@ -14,15 +14,7 @@ import time
 import pytest
 
 from cv_dataops.core.lease import LEASE_KEY, Lease, LeaseHeld
-from cv_dataops.core.storage import LocalStorage, open_storage
-
-
-@pytest.fixture(params=["local", "s3"])
-def storage(request, tmp_path):
-    if request.param == "local":
-        return LocalStorage(tmp_path / "data")
-    bucket = request.getfixturevalue("s3_bucket")
-    return open_storage(f"s3://{bucket}/data")
+from cv_dataops.core.storage import LocalStorage
 
 
 def test_one_holder_at_a_time_and_the_refusal_names_it(storage):

@@ -19,14 +19,6 @@ from cv_dataops.core.storage import (
 )
 
 
-@pytest.fixture(params=["local", "s3"])
-def storage(request, tmp_path):
-    if request.param == "local":
-        return LocalStorage(tmp_path / "root")
-    bucket = request.getfixturevalue("s3_bucket")
-    return open_storage(f"s3://{bucket}/some/prefix")
-
-
 def test_write_read_list_delete(storage):
     storage.write_bytes("a/b c/ünï.bin", b"one")
     storage.write_bytes("top.txt", b"two")
@@ -265,7 +257,11 @@ def test_read_with_retries_retries_only_what_may_pass(tmp_path):
 
 
 def test_s3_outages_and_5xx_are_transient_and_access_errors_are_not(s3_bucket, s3_endpoint):
-    from cv_dataops.core.storage import S3ClientSettings, TransientStorageError, read_with_retries
+    from cv_dataops.core.storage import (
+        S3ClientSettings,
+        TransientStorageError,
+        read_with_retries,
+    )
     from cv_dataops_tests.fault_proxy import FaultProxy
 
     boto3.client("s3").put_object(Bucket=s3_bucket, Key="in/a.jpg", Body=b"bytes")
