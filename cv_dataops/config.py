@@ -26,11 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cv_dataops.ingest.labels import (
+    LABEL_MODES,  # light: the standard library and core.storage only
+)
+
 PREFIX = "CV_DATAOPS_"
 DEFAULT_DATA_ROOT = "data"
 DEFAULT_LANDING = "data/landing"
 DEFAULT_LABELS = "imagefolder"
-LABEL_MODES = ("imagefolder", "csv", "none")  # cv_dataops.ingest.batch checks it is the same tuple (test_config)
 DEFAULT_EMBEDDER = {"kind": "patch-kmeans"}
 EMBEDDER_KINDS = ("patch-kmeans", "onnx")
 

@@ -111,7 +111,7 @@ def test_label_modes_are_the_ingest_ones():
     from cv_dataops.config import LABEL_MODES
     from cv_dataops.ingest import batch
 
-    assert LABEL_MODES == batch.LABEL_MODES
+    assert LABEL_MODES is batch.LABEL_MODES  # one definition, in cv_dataops.ingest.labels
 
 
 def test_only_config_reads_cv_dataops_variables():
