@@ -241,8 +241,9 @@ def _run(defs: dg.Definitions, instance: dg.DagsterInstance, select: Sequence[st
                 blocked = True
                 break  # later batches must not be ingested before this one (image ids are first-seen-wins)
 
-    spanning_status = pipeline_status(instance, graph, [], spanning_keys)
-    if spanning_keys and (summary.ingested_batches or not blocked and spanning_status.spanning_needs_refresh()):
+    # with every batch's latest change known, so "outdated" spanning assets (a batch changed since) are refreshed
+    summary.status = pipeline_status(instance, graph, batch_ids, spanning_keys)
+    if spanning_keys and (summary.ingested_batches or not blocked and summary.status.spanning_needs_refresh()):
         job = defs.resolve_implicit_global_asset_job_def()
         result = execute_job(job, instance, asset_selection=spanning_keys, tags=tags)
         summary.run_ids.append(result.run_id)
@@ -250,7 +251,7 @@ def _run(defs: dg.Definitions, instance: dg.DagsterInstance, select: Sequence[st
             summary.downstream_assets = [k.to_user_string() for k in spanning_keys]
         else:
             failures.append(_failure_message(result, "downstream assets"))
-    summary.status = pipeline_status(instance, graph, batch_ids, spanning_keys)
+        summary.status = pipeline_status(instance, graph, batch_ids, spanning_keys)
     if failures:
         raise PipelineFailed("; ".join(failures), summary)
     return summary

@@ -209,6 +209,29 @@ def test_a_failed_stage_is_finished_by_the_next_run_and_the_error_is_one_line(tm
     assert not run_pipeline(instance, landing=str(landing), data_root=str(root), settings=fixed).run_ids
 
 
+@pytest.mark.slow  # runs the pipeline three times
+def test_spanning_assets_outdated_by_a_selected_run_are_refreshed_by_the_next_plain_run(tmp_path, monkeypatch):
+    """A run limited to per-batch assets brings in a batch but leaves what spans all batches outdated; the next
+    plain run ingests nothing new and must still refresh them."""
+    from cv_dataops.runner import open_instance, run_pipeline
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    landing, root = tmp_path / "landing", tmp_path / "data"
+    write_files(landing, {f"{i}.jpg": encode(photo(i), "JPEG") for i in range(4)})
+    settings = Settings.build(embedder=dict(TINY_EMBEDDER_SPEC))
+    instance = open_instance(str(root))
+    run_pipeline(instance, landing=str(landing), data_root=str(root), settings=settings)
+    write_files(landing, {f"more/{i}.jpg": encode(photo(i), "JPEG") for i in range(10, 13)})
+    selected = run_pipeline(instance, landing=str(landing), data_root=str(root), settings=settings,
+                            select=["raw_images", "image_quality", "image_embeddings"])
+    assert len(selected.ingested_batches) == 1 and not selected.downstream_assets
+
+    plain = run_pipeline(instance, landing=str(landing), data_root=str(root), settings=settings)
+    assert not plain.ingested_batches and plain.downstream_assets
+    assert all(s.state == "fresh" for s in plain.status.spanning.values())
+    _assert_every_image_in_every_table(root, 2)
+
+
 def test_a_step_error_is_its_cause_in_one_line(tmp_path):
     """What user code raised (and what it was raised from), not Dagster's "Error occurred while executing op"."""
     from cv_dataops.runner import _failure_message
