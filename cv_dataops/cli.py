@@ -16,7 +16,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cv_dataops.config import LABEL_MODES, ConfigError, Settings
+from cv_dataops.config import (
+    DEFAULT_LABELS,
+    LABEL_MODES,
+    VARIABLES,
+    ConfigError,
+    Settings,
+)
 
 DEMO_DATASETS = ("scenes", "digits")
 EXIT_FAILED, EXIT_USAGE = 1, 2
@@ -43,14 +49,8 @@ def _settings(**locations: str | None) -> Settings:
     settings = Settings.from_environment().replace(**{k: v for k, v in locations.items() if v is not None}).check()
     for name in settings.unknown_variables:
         print(f"cv-dataops: warning: {name} is not a setting (ignored); settings: "
-              f"{', '.join(sorted(_known_variables()))}", file=sys.stderr)
+              f"{', '.join(sorted(VARIABLES))}", file=sys.stderr)
     return settings
-
-
-def _known_variables() -> list[str]:
-    from cv_dataops.config import VARIABLES
-
-    return list(VARIABLES)
 
 
 def _check_reachable(*uris: str) -> None:
@@ -189,7 +189,7 @@ def demo_command(data_dir: str, dataset: str, count: int, seed: int) -> int:
         truth.to_csv(Path(data_dir) / "demo_ground_truth.csv", index=False)
         marker.write_text(json.dumps(wanted) + "\n")
         print(f"generated {len(truth)} demo files ({dataset}) in {landing}")
-    return run_command(str(landing), data_dir, "imagefolder", None)
+    return run_command(str(landing), data_dir, DEFAULT_LABELS, None)
 
 
 def table_command(name: str, data_root: str | None, output: str | None) -> int:

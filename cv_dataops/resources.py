@@ -19,6 +19,7 @@ from cv_dataops.config import (
     CATALOG,
     CURATION,
     DEFAULT_EMBEDDER,
+    DEFAULT_LABELS,
     EMBEDDING,
     LANDING,
     QUALITY,
@@ -77,7 +78,7 @@ class LandingResource(StageResource):
     """The landing zone and the rules for taking objects in from it."""
 
     uri: str = Field(description="Folder or s3://bucket/prefix that images land in.")
-    labels: str = Field(default="imagefolder", description="Labels at landing: " + "|".join(LABEL_MODES))
+    labels: str = Field(default=DEFAULT_LABELS, description="Labels at landing: " + "|".join(LABEL_MODES))
     min_age_seconds: float = Field(default=5.0, description="Leave objects younger than this for the next tick.")
     max_batch_size: int = Field(default=5000, description="At most this many objects per batch.")
     max_pixels: int = Field(default=IngestLimits.max_pixels, description="Refuse larger images (bombs).")

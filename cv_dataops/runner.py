@@ -16,7 +16,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from cv_dataops.config import Settings, default_dagster_home
+from cv_dataops.config import DEFAULT_LABELS, Settings, default_dagster_home
 from cv_dataops.core.lease import Lease
 from cv_dataops.core.storage import StorageError
 from cv_dataops.definitions import ATTRIBUTE, CODE_LOCATION, MODULE, load_definitions
@@ -179,7 +179,7 @@ def execute_job(job_def: dg.JobDefinition, instance: dg.DagsterInstance, *, asse
     return execute_run(job, run, instance)
 
 
-def run_pipeline(instance: dg.DagsterInstance, *, landing: str, data_root: str, labels: str = "imagefolder",
+def run_pipeline(instance: dg.DagsterInstance, *, landing: str, data_root: str, labels: str = DEFAULT_LABELS,
                  select: Sequence[str] | None = None, settings: Settings | None = None,
                  on_batch: Callable[[str, int, int], None] | None = None,
                  wait_seconds: float = 0.0) -> RunSummary:

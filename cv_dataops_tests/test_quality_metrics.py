@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from cv_dataops.images.decode import load_for_analysis
+from cv_dataops.images.decode import decode
 from cv_dataops.quality import measure as q
 from cv_dataops.quality.issues.odd_size import odd_size_scores
 
@@ -327,7 +327,7 @@ def test_phash_is_close_for_a_resized_recompressed_copy_and_far_for_another_phot
     assert hamming(original["dhash"], copy["dhash"]) <= 12
     import imagehash
 
-    gray = load_for_analysis(encode(astronaut, "PNG"))[0].convert("L")
+    gray = decode(encode(astronaut, "PNG"), 256).gray
     assert hamming(original["phash"], int(str(imagehash.phash(gray, hash_size=8)), 16)) <= 4
 
 
@@ -337,13 +337,16 @@ def test_phash_is_close_for_a_resized_recompressed_copy_and_far_for_another_phot
 
 def test_large_jpeg_is_decoded_at_reduced_size(coffee):
     big = coffee.resize((2400, 1600))
-    image, width, height = load_for_analysis(encode(big, "JPEG", quality=85))
+    decoded = decode(encode(big, "JPEG", quality=85), 256)
+    image, width, height = decoded.rgb, decoded.width, decoded.height
     assert (width, height) == (2400, 1600)
     assert image.mode == "RGB" and max(image.size) == q.ANALYSIS_SIDE
     assert image.size == (256, 171)
-    small, w2, h2 = load_for_analysis(encode(big, "JPEG", quality=85), analysis_side=128)
+    decoded = decode(encode(big, "JPEG", quality=85), 128)
+    small, w2, h2 = decoded.rgb, decoded.width, decoded.height
     assert max(small.size) == 128 and (w2, h2) == (2400, 1600)
-    tiny, w3, h3 = load_for_analysis(encode(coffee.resize((40, 30))))
+    decoded = decode(encode(coffee.resize((40, 30))), 256)
+    tiny, w3, h3 = decoded.rgb, decoded.width, decoded.height
     assert tiny.size == (40, 30) and (w3, h3) == (40, 30)  # never upscaled
 
 

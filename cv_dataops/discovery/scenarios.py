@@ -8,8 +8,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
-from sklearn.decomposition import PCA
-from sklearn.metrics import silhouette_score
 
 from cv_dataops.embeddings.clustering import kmeans_labels
 
@@ -33,6 +31,10 @@ def choose_count(vectors: np.ndarray, seed: int = 0, largest: int = 12, sample: 
     n = len(vectors)
     if n < 6:
         return 1
+    from sklearn.metrics import (
+        silhouette_score,  # here, not at import: loading the definitions stays light
+    )
+
     rng = np.random.default_rng(seed)
     subset = vectors[rng.choice(n, min(n, sample), replace=False)]
     best, best_score = 2, -1.0
@@ -69,6 +71,8 @@ def map_2d(vectors: np.ndarray, seed: int = 0) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)
     if len(vectors) < 3:
         return np.zeros((len(vectors), 2), np.float32)
+    from sklearn.decomposition import PCA
+
     return PCA(2, random_state=seed).fit_transform(vectors).astype(np.float32)
 
 

@@ -57,14 +57,6 @@ class Vectors:
             raise KeyError(f"image {missing.args[0]} has no vector of embedder version {self.embedder_version}") \
                 from None
 
-    def restricted_to(self, image_ids: Iterable[str]) -> Vectors:
-        """Only the vectors of ``image_ids`` (those without one are ignored), in ``matrix`` order."""
-        wanted = set(image_ids)
-        keep = np.array([i in wanted for i in self.image_ids], dtype=bool)
-        return Vectors(self.embedder_version, [i for i, k in zip(self.image_ids, keep, strict=True) if k],
-                       [b for b, k in zip(self.batch_ids, keep, strict=True) if k], self.matrix[keep],
-                       dict(self.waiting))
-
     @property
     def none_current_yet(self) -> bool:
         """Nothing embedded by this version yet while other versions' vectors exist: a re-embedding has just

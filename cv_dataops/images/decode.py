@@ -155,16 +155,3 @@ def decode_image(img: Image.Image, analysis_side: int) -> DecodedImage:
         rgb, gray = img, img.convert("L")
     return DecodedImage(rgb=rgb, gray=gray, width=stored_w, height=stored_h, source_gray=source_gray,
                         quantization=dict(quantization) if quantization else None)
-
-
-def load_for_analysis(data: bytes, analysis_side: int = 256) -> tuple[Image.Image, int, int]:
-    """Decode ``data`` once at reduced size (JPEG draft mode, then a resize), upright per EXIF orientation, first
-    frame of an animation, any mode converted to RGB (transparency composited over white, 16-bit and float images
-    scaled from their nominal range).
-
-    Returns ``(rgb_analysis_image, original_width, original_height)``; the original size is after EXIF orientation.
-    The analysis image's longest side is ``analysis_side`` (or the image's own size when smaller).
-    Raises ValueError when the bytes cannot be decoded.
-    """
-    decoded = decode(data, analysis_side)
-    return decoded.rgb, decoded.width, decoded.height

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from cv_dataops.images.decode import decode
+from cv_dataops.images.verified import read_verified
 
 
 def thumbnail_data_uri(data: bytes, side: int = 64) -> str:
@@ -14,6 +15,15 @@ def thumbnail_data_uri(data: bytes, side: int = 64) -> str:
     buffer = io.BytesIO()
     decode(data, side).rgb.save(buffer, "PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def catalog_thumbnail(uri: str, image_id: str, read: Callable[[str], bytes], side: int = 48) -> str | None:
+    """A catalog image's thumbnail, or None when its file moved, changed since ingest or cannot be decoded:
+    a thumbnail is a courtesy and never fails the stage that shows it."""
+    try:
+        return thumbnail_data_uri(read_verified(uri, image_id, read), side=side)
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def markdown_grid(sections: dict[str, Iterable[tuple[str, str]]]) -> str:

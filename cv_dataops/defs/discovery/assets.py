@@ -10,8 +10,7 @@ from cv_dataops.defs.shared.partitions import SPANNING, table_metadata
 from cv_dataops.discovery.scenarios import map_png, scenario_rows, typical_members
 from cv_dataops.discovery.tables import SCENARIOS
 from cv_dataops.embeddings.vectors import current_vectors, waiting_message
-from cv_dataops.images.thumbnails import markdown_grid, thumbnail_data_uri
-from cv_dataops.images.verified import read_verified
+from cv_dataops.images.thumbnails import catalog_thumbnail, markdown_grid
 from cv_dataops.ingest.tables import IMAGES
 from cv_dataops.resources import CatalogResource, EmbeddingResource
 
@@ -41,15 +40,9 @@ def scenarios(context: dg.AssetExecutionContext, catalog: CatalogResource,
     uris = dict(zip(*tables.read(IMAGES, columns=["image_id", "uri"]).to_pydict().values(), strict=True))
     read = catalog.uri_reader()
 
-    def thumbnail(image_id: str) -> str | None:  # a courtesy: an image moved or changed since ingest has none
-        try:
-            return thumbnail_data_uri(read_verified(uris[image_id], image_id, read), side=48)
-        except Exception:  # noqa: BLE001
-            return None
-
     sections = {f"scenario {scenario} ({int((frame.scenario == scenario).sum())} images)": [
         (f"{row.distance:.2f}", image) for row in typical.itertuples()
-        if row.image_id in uris and (image := thumbnail(row.image_id)) is not None]
+        if row.image_id in uris and (image := catalog_thumbnail(uris[row.image_id], row.image_id, read)) is not None]
         for scenario, typical in typical_members(frame).items()}
     png = map_png(coordinates, frame.scenario.to_numpy())
     yield dg.MaterializeResult(metadata={

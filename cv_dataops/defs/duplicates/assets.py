@@ -15,8 +15,7 @@ from cv_dataops.duplicates.incremental import (
 from cv_dataops.duplicates.tables import DUPLICATE_PAIRS, DUPLICATES
 from cv_dataops.embeddings.tables import EMBEDDINGS
 from cv_dataops.embeddings.vectors import current_embedder_version, read_vectors
-from cv_dataops.images.thumbnails import markdown_grid, thumbnail_data_uri
-from cv_dataops.images.verified import read_verified
+from cv_dataops.images.thumbnails import catalog_thumbnail, markdown_grid
 from cv_dataops.ingest.tables import IMAGES
 from cv_dataops.quality.tables import QUALITY
 from cv_dataops.resources import CatalogResource, EmbeddingResource, QualityResource
@@ -25,14 +24,8 @@ from cv_dataops.resources import CatalogResource, EmbeddingResource, QualityReso
 def _duplicate_groups_grid(groups: pd.DataFrame, uris: dict[str, str], read, limit: int = 5) -> str:
     sections = {}
     for group_id, members in list(groups.groupby("group_id"))[:limit]:
-        items = []
-        for row in members.head(4).itertuples():
-            try:
-                caption = ("keep " if row.keep else "") + row.kind
-                items.append((caption, thumbnail_data_uri(read_verified(uris[row.image_id], row.image_id, read),
-                                                          side=48)))
-            except Exception:  # a thumbnail is a courtesy; the image may have been moved or changed since
-                continue
+        items = [(("keep " if row.keep else "") + row.kind, image) for row in members.head(4).itertuples()
+                 if (image := catalog_thumbnail(uris[row.image_id], row.image_id, read)) is not None]
         sections[f"{group_id} ({len(members)} images)"] = items
     return markdown_grid(sections)
 

@@ -12,8 +12,8 @@ from cv_dataops.defs.shared.partitions import (
     table_metadata,
 )
 from cv_dataops.images.analysis_cache import AnalysisImage, batch_sources
-from cv_dataops.images.thumbnails import markdown_grid, thumbnail_data_uri
-from cv_dataops.images.verified import ContentChanged, VerifiedReader, read_verified
+from cv_dataops.images.thumbnails import catalog_thumbnail, markdown_grid
+from cv_dataops.images.verified import ContentChanged, VerifiedReader
 from cv_dataops.ingest.tables import IMAGES
 from cv_dataops.quality import measure as quality_measure
 from cv_dataops.quality.issues import issue_names
@@ -33,13 +33,8 @@ def _worst_images_grid(frame: pd.DataFrame, uris: dict[str, str], read, per_issu
     sections = {}
     for issue in issue_names():
         flagged = frame[frame[f"is_{issue}"]].nsmallest(per_issue, f"{issue}_score")
-        items = []
-        for row in flagged.itertuples():
-            try:
-                items.append((f"{getattr(row, issue + '_score'):.2f}", thumbnail_data_uri(
-                    read_verified(uris[row.image_id], row.image_id, read), side=48)))
-            except Exception:  # a thumbnail is a courtesy; the image may have been moved or changed since
-                continue
+        items = [(f"{getattr(row, issue + '_score'):.2f}", image) for row in flagged.itertuples()
+                 if (image := catalog_thumbnail(uris[row.image_id], row.image_id, read)) is not None]
         sections[f"{issue} ({int(frame[f'is_{issue}'].sum())})"] = items
     return markdown_grid(sections)
 
