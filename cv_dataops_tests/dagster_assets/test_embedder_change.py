@@ -175,7 +175,7 @@ def test_before_the_first_batch_is_re_embedded_the_spanning_assets_wait(tmp_path
     result instead of working on no images; from the first re-embedded batch on, they work on those."""
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from cv_dataops_tests.test_embeddings import MEAN, STD, _conv_model
+    from cv_dataops_tests.unit.test_embeddings import MEAN, STD, _conv_model
 
     onnx = {"kind": "onnx", "path": str(_conv_model(tmp_path / "tiny.onnx")), "input_size": [16, 16],
             "mean": list(MEAN), "std": list(STD)}  # 8 dimensions, like TINY: the same dimension, another space

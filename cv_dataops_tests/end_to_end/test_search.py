@@ -9,7 +9,7 @@ from cv_dataops.core.catalog import Catalog
 from cv_dataops.core.storage import LocalStorage, open_storage
 from cv_dataops.discovery.search import run_sql
 from cv_dataops.ingest.tables import QUARANTINE
-from cv_dataops_tests.test_cli import cli
+from cv_dataops_tests.end_to_end.test_cli import cli
 
 ROWS = [{"uri": f"/l/{i}.jpg", "batch_id": f"b{i % 2}", "relative_path": f"{i}.jpg",
          "reason": "truncated" if i % 3 else "not_an_image", "detail": "x", "bytes": i,

@@ -12,7 +12,7 @@ from cv_dataops.core.storage import LocalStorage
 from cv_dataops.ingest.tables import IMAGES, QUARANTINE
 from cv_dataops.tables import TABLES, render_markdown
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "data-model.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "data-model.md"
 
 
 def test_data_model_doc_is_generated_from_the_code():

@@ -6,7 +6,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from cv_dataops_tests.test_cli import assert_listed_under_the_code_locations_jobs, cli
+from cv_dataops_tests.end_to_end.test_cli import assert_listed_under_the_code_locations_jobs, cli
 
 pytestmark = pytest.mark.slow  # the whole demo pipeline in subprocesses
 
