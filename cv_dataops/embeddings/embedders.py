@@ -57,7 +57,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image
 from scipy.sparse import csr_matrix
 
+from cv_dataops.embeddings.neighbors import unit_rows
 from cv_dataops.images.analysis_cache import AnalysisImage, model_pixels
+from cv_dataops.images.decode import to_8bit
 
 __all__ = ["Embedder", "PatchKMeansEmbedder", "OnnxEmbedder", "load_embedder", "embed_bytes", "prepare_image",
            "linear_probe_accuracy"]
@@ -84,34 +86,11 @@ class Embedder(Protocol):
 # Preprocessing shared by every embedder
 # ---------------------------------------------------------------------------------------------------------------
 
-TRANSPARENT_BACKGROUND = (255, 255, 255)
-_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
-
-
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode to RGB: transparency composited over white, 16-bit and float images scaled to 8 bits."""
-    mode = image.mode
-    if mode == "RGB" and "transparency" not in image.info:
+    """Any Pillow mode to RGB through THE decoder's 8-bit conversion (alpha over white, wide modes scaled)."""
+    if image.mode == "RGB" and "transparency" not in image.info:
         return image
-    if mode.startswith("I") or mode == "F":
-        values = np.asarray(image, dtype=np.float64)
-        if mode.startswith("I;16"):
-            values = values / 257.0
-        else:
-            finite = values[np.isfinite(values)]
-            lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-            if mode == "F" and lo >= 0.0 and hi <= 1.0:
-                values = values * 255.0
-            elif not (lo >= 0.0 and hi <= 255.0):
-                values = (values - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(values)
-            values = np.nan_to_num(values, nan=0.0, posinf=255.0, neginf=0.0)
-        return Image.fromarray(np.clip(values + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
-    if mode in _ALPHA_MODES or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGB", image.size, TRANSPARENT_BACKGROUND)
-        background.paste(rgba.convert("RGB"), mask=rgba.getchannel("A"))
-        return background
-    return image.convert("RGB")
+    return to_8bit(image).convert("RGB")
 
 
 def _crop_box(width: int, height: int, target_width: int, target_height: int) -> tuple[float, float, float, float]:
@@ -144,12 +123,6 @@ def _prepare_batch(images: Sequence[Image.Image], size: tuple[int, int]) -> np.n
     for index, image in enumerate(images):
         out[index] = prepare_image(image, size)
     return out
-
-
-def _l2_normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, np.float32(1e-12))
 
 
 def _sha(*parts: bytes) -> str:
@@ -465,7 +438,7 @@ class PatchKMeansEmbedder:
             return np.zeros((0, self.dimension), dtype=np.float32)
         projected = self.pooled_features(pixels) @ self.projection
         projected += self.bias
-        return _l2_normalise(projected)
+        return unit_rows(projected)
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         """float32 (len(images), dimension), L2-normalised rows. A mirrored image gets the same vector."""
@@ -673,7 +646,7 @@ class OnnxEmbedder:
         images = list(images)
         if not images:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        return _l2_normalise(self._run(_prepare_batch(images, self.input_shape)))
+        return unit_rows(self._run(_prepare_batch(images, self.input_shape)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
