@@ -148,6 +148,31 @@ def proportional(sizes: np.ndarray, quota: int) -> np.ndarray:
     return shares
 
 
+def shares_keeping_every_part(sizes: np.ndarray, quota: int) -> np.ndarray:
+    """:func:`proportional` shares of ``quota``, except that while the quota allows every non-empty part gets at
+    least one (taken from the part with the largest share, ties to the lower index): a rare scenario (night, fog, a
+    new camera) is what a team curates for, and proportional rounding would give it nothing at small budgets."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    shares = proportional(sizes, quota)
+    for part in np.flatnonzero((sizes > 0) & (shares == 0)).tolist():
+        donor = int(np.argmax(np.where(shares > 1, shares, -1)))
+        if shares[donor] <= 1:
+            break  # fewer picks than parts: the largest parts keep theirs
+        shares[donor] -= 1
+        shares[part] += 1
+    return shares
+
+
+def _scenario_parts(scenarios: list, quota: int) -> list[tuple[np.ndarray, int, str]]:
+    """A labelled stratum's rows by scenario, each with its share of ``quota`` (:func:`shares_keeping_every_part`)
+    and its name; rows without a scenario form one part of their own."""
+    names = [f"scenario={int(value)}" if present(value) else "no scenario" for value in scenarios]
+    parts = sorted(set(names))
+    rows = [np.flatnonzero(np.array(names, dtype=object) == part) for part in parts]
+    shares = shares_keeping_every_part(np.array([len(r) for r in rows]), quota)
+    return [(r, int(share), part) for r, share, part in zip(rows, shares.tolist(), parts, strict=True)]
+
+
 def cells(vectors: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
     """k-means cells of equal-ish mass: each row's cell number (``count`` cells, some possibly empty)."""
     if count <= 1 or len(vectors) <= 1:
@@ -278,12 +303,34 @@ def _pick_in_stratum(x: np.ndarray, quota: int, settings: CurationSettings) -> t
     return np.array(order, dtype=np.int64), kinds
 
 
+_HOW_PICKED = {"typical": "the most typical image of its cell",
+               "k-center": "k-center (farthest-point) pick within its cell",
+               "herding": "kernel herding (brings the selection's distribution closest to the stratum's)"}
+
+
+def _pick_part(x: np.ndarray, rows: np.ndarray, quota: int, name: str, settings: CurationSettings,
+               reasons: dict[int, str]) -> None:
+    """Pick ``quota`` of ``rows`` (a stratum, or one scenario of it) into ``reasons`` (row -> why picked)."""
+    if quota <= 0:
+        return
+    if quota >= len(rows):
+        for row in rows:
+            reasons[int(row)] = f"all {len(rows)} eligible in {name} (within its share of the budget)"
+        return
+    picks, kinds = _pick_in_stratum(x[rows], quota, settings)
+    for rank, (pick, kind) in enumerate(zip(picks.tolist(), kinds, strict=True), start=1):
+        reasons[int(rows[pick])] = f"pick {rank} of {quota} in {name} ({len(rows)} eligible): {_HOW_PICKED[kind]}"
+
+
 def select(eligible: pd.DataFrame, vectors: np.ndarray, settings: CurationSettings) -> pd.DataFrame:
     """The selected rows of ``eligible`` (index labels and row order kept) with a ``selection_reason`` column.
 
     With no budget (or one at least the pool), everything is selected. Otherwise the budget is spread over strata
     as evenly as their sizes allow (:func:`allocate`); a stratum is the label where known, else the scenario, else
-    one ``unlabelled`` stratum. Within a stratum (``settings.method``):
+    one ``unlabelled`` stratum. A labelled stratum's quota is shared over its scenarios in proportion to their
+    sizes, every scenario it holds getting at least one pick while the quota allows
+    (:func:`shares_keeping_every_part`): night, fog or a new camera stay in the selection. Within a stratum (or a
+    scenario of one; ``settings.method``):
 
     * ``herding`` (default): :func:`kernel_herding` on the stratum's vectors (inside k-means cells of about
       :data:`HERD_ROWS` images, each with its proportional share, when the stratum is larger);
@@ -309,22 +356,16 @@ def select(eligible: pd.DataFrame, vectors: np.ndarray, settings: CurationSettin
     keys = np.array(_stratum_keys(eligible), dtype=object)
     strata = sorted(set(keys.tolist()))
     quotas = allocate({key: int((keys == key).sum()) for key in strata}, budget)
+    scenarios = np.array(column_values(eligible, "scenario"), dtype=object)
     reasons: dict[int, str] = {}
     for key in strata:
         rows = np.flatnonzero(keys == key)
-        quota = quotas[key]
-        if quota == 0:
-            continue
-        if quota >= len(rows):
-            for row in rows:
-                reasons[int(row)] = f"all {len(rows)} eligible in {key} (within its share of the budget)"
-            continue
-        picks, kinds = _pick_in_stratum(x[rows], quota, settings)
-        for rank, (pick, kind) in enumerate(zip(picks.tolist(), kinds, strict=True), start=1):
-            how = {"typical": "the most typical image of its cell",
-                   "k-center": "k-center (farthest-point) pick within its cell",
-                   "herding": "kernel herding (brings the selection's distribution closest to the stratum's)"}[kind]
-            reasons[int(rows[pick])] = f"pick {rank} of {quota} in {key} ({len(rows)} eligible): {how}"
+        parts = [(rows, quotas[key], key)]
+        if key.startswith("label=") and any(present(value) for value in scenarios[rows]):
+            parts = [(rows[part], share, f"{key}, {name}")
+                     for part, share, name in _scenario_parts(scenarios[rows].tolist(), quotas[key])]
+        for part_rows, quota, name in parts:
+            _pick_part(x, part_rows, quota, name, settings, reasons)
     chosen = np.array(sorted(reasons), dtype=np.int64)
     out = out.iloc[chosen].copy()
     out["selection_reason"] = pd.Series([reasons[int(i)] for i in chosen], index=out.index, dtype=object)

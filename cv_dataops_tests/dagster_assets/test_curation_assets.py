@@ -40,7 +40,8 @@ def test_every_stage_ran_and_checks_passed(curated_catalog):
     root, instance, summary = curated_catalog
     assert {"image_duplicates", "scenarios", "curated_dataset"} <= set(summary.downstream_assets)
     evaluations = {}
-    for key in ("curated_no_leakage", "curated_no_unusable_image", "curated_min_per_class_and_split"):
+    for key in ("curated_no_leakage", "curated_no_unusable_image", "curated_min_per_class_and_split",
+                "curated_keeps_scenarios_and_classes"):
         record = instance.event_log_storage.get_latest_asset_check_execution_by_key(
             [dg.AssetCheckKey(dg.AssetKey("curated_dataset"), key)])
         evaluations[key] = list(record.values())[0].status.value

@@ -12,11 +12,13 @@ import pandas as pd
 import pytest
 from sklearn.datasets import make_blobs
 
+from cv_dataops.curation.coverage import coverage
 from cv_dataops.curation.eligibility import eligible
 from cv_dataops.curation.selection import (
     allocate,
     k_center_greedy,
     proportional,
+    shares_keeping_every_part,
     select,
 )
 from cv_dataops.curation.settings import CurationSettings
@@ -215,6 +217,35 @@ def test_select_uses_scenarios_for_unlabelled_images_and_is_deterministic():
     assert first.scenario.value_counts().to_dict() == {0: 10, 1: 10}
     assert first.selection_reason.str.contains("in scenario=").all()
     assert first.equals(select(pool, vectors, CurationSettings(budget=20, seed=3)))
+
+
+def test_shares_keep_every_part_while_the_quota_allows():
+    assert shares_keeping_every_part(np.array([95, 4, 1]), 10).tolist() == [8, 1, 1]
+    assert proportional(np.array([95, 4, 1]), 10).tolist() == [10, 0, 0]  # what plain rounding would do
+    assert shares_keeping_every_part(np.array([50, 30, 20]), 10).tolist() == [5, 3, 2]  # already proportional
+    assert shares_keeping_every_part(np.array([5, 3, 0, 2]), 2).tolist() == [1, 1, 0, 0]  # fewer picks than parts
+    assert shares_keeping_every_part(np.array([4, 1]), 5).tolist() == [4, 1]
+
+
+def test_a_rare_scenario_within_a_label_stays_in_the_selection_and_coverage_says_so():
+    """Night scenes are 3 % of every class: plain herding over each class would spend a small quota on the dense
+    day scenes; the quota is shared over the class's scenarios, each getting at least one pick."""
+    pool, vectors = _labelled_pool({"car": 100, "bus": 100})
+    night = (np.arange(len(pool)) % 100) >= 97
+    pool["scenario"] = np.where(night, 7, 0)
+    vectors = vectors.copy()
+    vectors[night] = _unit(vectors[night] + 4.0)  # night images sit apart in embedding space
+    chosen = select(pool, vectors, CurationSettings(budget=10))
+    assert len(chosen) == 10
+    assert chosen.groupby("label").scenario.apply(lambda s: set(s)).to_dict() == {"bus": {0, 7}, "car": {0, 7}}
+    assert chosen.selection_reason.str.contains(r"in label=(?:car|bus), scenario=(?:0|7)").all()
+    found = coverage(pool, chosen.image_id)
+    assert found.kept_everything and found.selected == 10
+    assert found.scenario_shares.loc[7, ["eligible", "selected"]].tolist() == [6, 2]
+    dropped = coverage(pool, chosen.image_id[chosen.scenario == 0])
+    assert dropped.dropped_scenarios == [7] and dropped.dropped_labels == [] and not dropped.kept_everything
+    only_cars = coverage(pool, pool.image_id[pool.label == "car"])
+    assert only_cars.dropped_labels == ["bus"] and only_cars.dropped_scenarios == []
 
 
 def test_a_large_stratum_is_herded_inside_cells(monkeypatch):

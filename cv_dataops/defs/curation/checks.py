@@ -1,15 +1,23 @@
 """Checks on the curated dataset: no leakage across splits and no unusable image (both blocking), enough images
-per class and split (ERROR), class balance (WARN)."""
+per class and split (ERROR), class balance and every scenario and class kept (WARN)."""
 
 import dagster as dg
 
+from cv_dataops.curation.coverage import coverage
 from cv_dataops.curation.dataset import curated_leakage
+from cv_dataops.curation.eligibility import eligible
+from cv_dataops.curation.pool import curation_pool
 from cv_dataops.curation.tables import CURATED
 from cv_dataops.defs.curation.assets import curated_dataset
 from cv_dataops.duplicates.tables import DUPLICATES
 from cv_dataops.embeddings.vectors import current_vectors
 from cv_dataops.quality.tables import QUALITY
-from cv_dataops.resources import CatalogResource, CurationResource, EmbeddingResource
+from cv_dataops.resources import (
+    CatalogResource,
+    CurationResource,
+    EmbeddingResource,
+    QualityResource,
+)
 
 
 @dg.asset_check(asset=curated_dataset, blocking=True)
@@ -62,3 +70,21 @@ def curated_class_balance(catalog: CatalogResource, curation: CurationResource) 
     return dg.AssetCheckResult(passed=ratio <= curation.max_class_ratio, severity=dg.AssetCheckSeverity.WARN,
                                metadata={"ratio": ratio, "limit": curation.max_class_ratio,
                                          "per_class": dg.MetadataValue.json(per_class.to_dict())})
+
+
+@dg.asset_check(asset=curated_dataset)
+def curated_keeps_scenarios_and_classes(catalog: CatalogResource, quality: QualityResource,
+                                        embedding: EmbeddingResource) -> dg.AssetCheckResult:
+    """WARN when the selection dropped a scenario or a class that the eligible images of the catalog hold (a night
+    or fog scenario, a rare class): the budget is then too small for the catalog's variety, or something excluded
+    them."""
+    tables = catalog.catalog()
+    pool, _ = curation_pool(tables, quality.max_unusable_rate,
+                            current_vectors(tables, catalog.storage(), embedding.spec))
+    kept, _ = eligible(pool)
+    found = coverage(kept, tables.read(CURATED, columns=["image_id"]).column("image_id").to_pylist())
+    shares = found.scenario_shares.round(3)
+    return dg.AssetCheckResult(passed=found.kept_everything, severity=dg.AssetCheckSeverity.WARN, metadata={
+        "dropped_scenarios": dg.MetadataValue.json(found.dropped_scenarios),
+        "dropped_labels": dg.MetadataValue.json(found.dropped_labels), "selected": found.selected,
+        "scenario_shares": dg.MetadataValue.md(shares.to_markdown() if len(shares) else "no scenarios")})
