@@ -1,5 +1,5 @@
-"""image_quality and image_duplicates through Dagster: tables, GX suite and Data Docs, WARN and blocking ERROR
-paths, and duplicates found across batches without comparing all pairs again."""
+"""image_quality and image_duplicates through Dagster: tables, GX suite and its validation page, WARN and blocking
+ERROR paths, and duplicates found across batches without comparing all pairs again."""
 
 from __future__ import annotations
 
@@ -82,7 +82,11 @@ def test_quality_flags_known_issues_and_passes_its_suite(tmp_path):
     assert "bad/banner.png" in flagged["odd_aspect_ratio"]
     good = quality[quality.path.str.startswith("ok/")]
     assert not good[[f"is_{i}" for i in ("dark", "light", "blurry", "grayscale")]].any().any()
-    assert (tmp_path / "data" / "reports" / "data_docs" / "index.html").exists()
+    report = checks["quality_expectations"].metadata["report"].value
+    assert report == str(tmp_path / "data" / "reports" / "validation" / "quality" / f"{batch_id}.html")
+    assert f"Validation of batch <span class=\"mono batch\">{batch_id}</span>" in open(report).read()
+    assert batch_id in open(checks["quality_expectations"].metadata["report_index"].value).read()
+    assert not (tmp_path / "data" / "reports" / "data_docs").exists()
     (materialization,) = result.asset_materializations_for_node("image_quality")
     assert materialization.metadata["count_dark"].value >= 1
     assert "data:image/png;base64," in materialization.metadata["worst_images"].value
@@ -150,31 +154,6 @@ def test_duplicates_across_batches_are_found_incrementally(tmp_path):
     kinds = dict(zip(groups.path, groups.kind))
     assert kinds["second/same_pixels.bmp"] == "exact" and kinds["second/resized.jpg"] == "near"
     assert "second/different.png" not in set(groups.path)
-
-
-def test_suite_file_matches_the_schema_and_fails_on_bad_rows(tmp_path):
-    from cv_dataops.quality.expectations import load_suite_spec, validate_frame
-    from cv_dataops.quality.tables import QUALITY
-
-    spec = load_suite_spec("quality")
-    (column_set,) = [e for e in spec["expectations"] if e["type"] == "expect_table_columns_to_match_set"]
-    assert column_set["kwargs"]["column_set"] == QUALITY.column_names
-    frame = QUALITY.empty().to_pandas()
-    row = {c: 0.5 for c in QUALITY.column_names if c.endswith("_score")}
-    row.update({c: False for c in QUALITY.column_names if c.startswith("is_")})
-    row.update(image_id="a" * 64, batch_id="b", width=10, height=10, brightness=0.5, dark_clipped_fraction=0.0,
-               light_clipped_fraction=0.0, rms_contrast=0.2, colourfulness=3.0, noise_sigma=1.0, sharpness=5.0,
-               entropy=6.0, jpeg_quality=None, analysis_width=10, analysis_height=10, phash=1, dhash=2,
-               pixel_hash="c" * 64, quality_version="1")
-    import pandas as pd
-
-    good = pd.DataFrame([row], columns=frame.columns)
-    assert validate_frame(good, "quality", "good").success
-    bad = good.assign(dark_score=1.7)
-    summary = validate_frame(bad, "quality", "bad", docs=LocalStorage(tmp_path))
-    assert not summary.success
-    assert any(f["column"] == "dark_score" for f in summary.failures)
-    assert (tmp_path / "reports" / "data_docs" / "index.html").exists()
 
 
 def test_spanning_assets_are_kept_fresh_by_a_running_automation_sensor():

@@ -1,5 +1,5 @@
-"""Checks on quality: GX suites (schema, ranges, nulls) with Data Docs, issue rates (WARN), unusable batches
-(ERROR, blocking)."""
+"""Checks on quality: GX suites (schema, ranges, nulls) with a validation page per batch, issue rates (WARN),
+unusable batches (ERROR, blocking)."""
 
 
 import dagster as dg
@@ -7,24 +7,24 @@ import dagster as dg
 from cv_dataops.defs.quality.assets import image_quality
 from cv_dataops.defs.shared.partitions import batch_partitions
 from cv_dataops.ingest.tables import IMAGES
-from cv_dataops.quality.expectations import validate_frame
 from cv_dataops.quality.gating import batch_is_usable, unusable_rate
 from cv_dataops.quality.issues import issue_names
 from cv_dataops.quality.tables import QUALITY
+from cv_dataops.quality.validation_report import validate_and_report
 from cv_dataops.resources import CatalogResource, QualityResource
 
 
 @dg.asset_check(asset=image_quality, partitions_def=batch_partitions, blocking=True)
 def quality_expectations(context: dg.AssetCheckExecutionContext, catalog: CatalogResource) -> dg.AssetCheckResult:
-    """The great_expectations suite `cv_dataops/quality/suites/quality.json` on the batch's quality rows; the
-    results render as GX Data Docs under the data root (reports/data_docs)."""
+    """The great_expectations suite `cv_dataops/quality/suites/quality.json` (plus what the schema implies) on the
+    batch's quality rows; the result is a self-contained page under the data root (reports/validation/)."""
     batch_id = context.partition_key
     frame = catalog.catalog().read(QUALITY, [batch_id]).to_pandas()
-    summary = validate_frame(frame, "quality", batch_id, docs=catalog.storage())
+    summary = validate_and_report(frame, "quality", batch_id, catalog.storage())
     return dg.AssetCheckResult(passed=summary.success, metadata={
         "evaluated_expectations": summary.evaluated, "successful_expectations": summary.successful,
         "failures": dg.MetadataValue.json(summary.failures),
-        "data_docs": dg.MetadataValue.path(summary.docs_index or "")})
+        "report": dg.MetadataValue.path(summary.report_uri), "report_index": dg.MetadataValue.path(summary.index_uri)})
 
 
 @dg.asset_check(asset=image_quality, partitions_def=batch_partitions)
