@@ -25,7 +25,9 @@ from cv_dataops.config import (
 )
 
 DEMO_DATASETS = ("scenes", "digits")
-EXIT_FAILED, EXIT_USAGE = 1, 2
+# Exit codes: 1 a step failed (or another error), 2 bad arguments or settings, 3 the runs worked but an
+# ERROR-severity asset check failed (a failed WARN check exits 0; both are listed).
+EXIT_FAILED, EXIT_USAGE, EXIT_CHECK_FAILED = 1, 2, 3
 
 
 class CliError(Exception):
@@ -92,8 +94,12 @@ def run_command(landing: str, data_root: str | None, labels: str | None, select:
     except LeaseHeld as error:
         raise CliError(str(error)) from None
     except PipelineFailed as error:  # where every batch stands, then the one-line cause (on stderr)
-        if error.summary is not None and error.summary.status is not None:
-            _print_status(error.summary.status)
+        if error.summary is not None:
+            if error.summary.status is not None:
+                _print_status(error.summary.status)
+            _print_checks(error.summary)
+        if error.checks_only:  # nothing broke: blocking checks judged the data and stopped what follows it
+            return _error(str(error), EXIT_CHECK_FAILED)
         raise
     finally:
         if bar is not None:
@@ -115,9 +121,28 @@ def run_command(landing: str, data_root: str | None, labels: str | None, select:
               f"see raw_images' label_problems metadata")
     if summary.status is not None:
         _print_status(summary.status, brief=True)
+    _print_checks(summary)
     _print_catalog_summary(settings)
     print(f"Dagster UI on these runs: {dagster_ui_hint(landing, data_root)}")
+    errors = summary.failed_error_checks()
+    if errors:
+        return _error(f"{len(errors)} ERROR check(s) failed: {', '.join(sorted({c.check for c in errors}))} "
+                      "(listed above)", EXIT_CHECK_FAILED)
     return 0
+
+
+def _print_checks(summary) -> None:
+    """Every failed asset check of the runs just made, one line each with its severity and what it saw."""
+    failed = summary.failed_checks
+    if not failed:
+        if summary.checks_evaluated:
+            print(f"checks: all {summary.checks_evaluated} passed")
+        return
+    severities = ", ".join(f"{sum(c.severity == s for c in failed)} {s}" for s in ("ERROR", "WARN")
+                           if any(c.severity == s for c in failed))
+    print(f"checks: {len(failed)} of {summary.checks_evaluated} failed ({severities}):")
+    for check in failed:
+        print(f"  {check.line()}")
 
 
 def _print_status(status, brief: bool = False) -> None:
@@ -126,6 +151,8 @@ def _print_status(status, brief: bool = False) -> None:
     for line in status.lines():
         if not brief or "UNFINISHED" in line or not line.startswith("batch ") and not line.endswith(": fresh"):
             print(f"  {line}")
+    if status.deferred_line():
+        print(status.deferred_line())
 
 
 def status_command(landing: str | None, data_root: str | None) -> int:

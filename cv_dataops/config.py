@@ -56,6 +56,16 @@ VARIABLES = {v.name: v for v in (
     Variable("CV_DATAOPS_LABELS", LANDING, f"labels at landing: {', '.join(LABEL_MODES)} (default: {DEFAULT_LABELS})"),
     Variable("CV_DATAOPS_MIN_AGE_SECONDS", LANDING, "leave landed objects younger than this for the next tick "
                                                     "(default: 5)"),
+    Variable("CV_DATAOPS_MAX_BYTES", LANDING, "refuse landed objects larger than this many bytes, unread, as "
+                                              "too_large; no read holds more (default: 536870912, 512 MiB)"),
+    Variable("CV_DATAOPS_READ_ATTEMPTS", LANDING, "tries per object within a run while its read fails for a reason "
+                                                  "that may pass, before it is deferred (default: 3)"),
+    Variable("CV_DATAOPS_READ_BACKOFF_SECONDS", LANDING, "pause after a failed try, doubled after each one, "
+                                                         "jittered, at most 8 s (default: 0.5)"),
+    Variable("CV_DATAOPS_RETRY_BATCHES", LANDING, "batches (runs) that try a deferred object before it is "
+                                                  "quarantined as unreadable_after_retries (default: 5)"),
+    Variable("CV_DATAOPS_RETRY_PAUSE_SECONDS", LANDING, "pause before a later run retries a deferred object the "
+                                                        "second time, doubled after each one, up to 6 h (default: 60)"),
     Variable("CV_DATAOPS_WORKERS", QUALITY, "processes measuring image quality (default: min(4, CPUs))"),
     Variable("CV_DATAOPS_QUALITY_THRESHOLDS", QUALITY, 'JSON object overriding issue thresholds, e.g. {"dark": 0.25}'),
     Variable("CV_DATAOPS_EMBEDDER", EMBEDDING, 'JSON object naming the embedder, e.g. {"kind": "onnx", '
@@ -81,7 +91,12 @@ class Settings:
     data_root: str = DEFAULT_DATA_ROOT
     landing: str = DEFAULT_LANDING
     labels: str = DEFAULT_LABELS
-    min_age_seconds: float | None = None  # None: the landing resource's default
+    min_age_seconds: float | None = None  # None: the landing resource's default (so for the next five)
+    max_bytes: int | None = None
+    read_attempts: int | None = None
+    read_backoff_seconds: float | None = None
+    retry_batches: int | None = None
+    retry_pause_seconds: float | None = None
     workers: int = field(default_factory=_default_workers)
     quality_thresholds: Mapping[str, Any] = field(default_factory=dict)
     embedder: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_EMBEDDER))
@@ -108,10 +123,15 @@ class Settings:
     def build(cls, *, data_root: str | os.PathLike[str] | None = None, landing: str | os.PathLike[str] | None = None,
               labels: str | None = None, min_age_seconds: float | None = None, workers: int | None = None,
               quality_thresholds: Mapping[str, Any] | None = None, embedder: Mapping[str, Any] | None = None,
-              curation: Mapping[str, Any] | None = None) -> Settings:
+              curation: Mapping[str, Any] | None = None, max_bytes: int | None = None,
+              read_attempts: int | None = None, read_backoff_seconds: float | None = None,
+              retry_batches: int | None = None, retry_pause_seconds: float | None = None) -> Settings:
         """Settings from arguments only (no environment); unset arguments take the defaults."""
         given = {"CV_DATAOPS_DATA_ROOT": data_root, "CV_DATAOPS_LANDING": landing, "CV_DATAOPS_LABELS": labels,
                  "CV_DATAOPS_MIN_AGE_SECONDS": min_age_seconds, "CV_DATAOPS_WORKERS": workers,
+                 "CV_DATAOPS_MAX_BYTES": max_bytes, "CV_DATAOPS_READ_ATTEMPTS": read_attempts,
+                 "CV_DATAOPS_READ_BACKOFF_SECONDS": read_backoff_seconds, "CV_DATAOPS_RETRY_BATCHES": retry_batches,
+                 "CV_DATAOPS_RETRY_PAUSE_SECONDS": retry_pause_seconds,
                  "CV_DATAOPS_QUALITY_THRESHOLDS": quality_thresholds, "CV_DATAOPS_EMBEDDER": embedder,
                  "CV_DATAOPS_CURATION": curation}
         values = {name: os.fspath(v) if isinstance(v, os.PathLike) else v for name, v in given.items() if v is not None}
@@ -225,8 +245,12 @@ def _seconds(value: Any) -> float:
 
 
 def _workers(value: Any) -> int:
+    return _whole_number(value, "processes")
+
+
+def _whole_number(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"expected a whole number of processes >= 1, got {value!r}")
+        raise ConfigError(f"expected a whole number of {what} >= 1, got {value!r}")
     return value
 
 
@@ -302,12 +326,22 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "CV_DATAOPS_DATA_ROOT": str, "CV_DATAOPS_LANDING": str, "CV_DATAOPS_LABELS": str.strip,
     "CV_DATAOPS_MIN_AGE_SECONDS": lambda text: _number(text, float),
     "CV_DATAOPS_WORKERS": lambda text: _number(text, int),
+    "CV_DATAOPS_MAX_BYTES": lambda text: _number(text, int),
+    "CV_DATAOPS_READ_ATTEMPTS": lambda text: _number(text, int),
+    "CV_DATAOPS_READ_BACKOFF_SECONDS": lambda text: _number(text, float),
+    "CV_DATAOPS_RETRY_BATCHES": lambda text: _number(text, int),
+    "CV_DATAOPS_RETRY_PAUSE_SECONDS": lambda text: _number(text, float),
     "CV_DATAOPS_QUALITY_THRESHOLDS": _json_object, "CV_DATAOPS_EMBEDDER": _json_object,
     "CV_DATAOPS_CURATION": _json_object,
 }
 _CHECKS: dict[str, Callable[[Any], Any]] = {
     "CV_DATAOPS_DATA_ROOT": _location, "CV_DATAOPS_LANDING": _location, "CV_DATAOPS_LABELS": _labels,
     "CV_DATAOPS_MIN_AGE_SECONDS": _seconds, "CV_DATAOPS_WORKERS": _workers,
+    "CV_DATAOPS_MAX_BYTES": lambda value: _whole_number(value, "bytes"),
+    "CV_DATAOPS_READ_ATTEMPTS": lambda value: _whole_number(value, "tries"),
+    "CV_DATAOPS_READ_BACKOFF_SECONDS": _seconds,
+    "CV_DATAOPS_RETRY_BATCHES": lambda value: _whole_number(value, "batches"),
+    "CV_DATAOPS_RETRY_PAUSE_SECONDS": _seconds,
     "CV_DATAOPS_QUALITY_THRESHOLDS": _quality_thresholds, "CV_DATAOPS_EMBEDDER": _embedder,
     "CV_DATAOPS_CURATION": _curation,
 }

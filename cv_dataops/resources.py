@@ -30,7 +30,7 @@ from cv_dataops.core.catalog import Catalog
 from cv_dataops.core.storage import S3ClientSettings, Storage, UriReader, open_storage
 from cv_dataops.ingest.batch import IngestLimits
 from cv_dataops.ingest.labels import LABEL_MODES, LabelSource
-from cv_dataops.ingest.landing import BatchLedger
+from cv_dataops.ingest.landing import MAX_ATTEMPTS, RETRY_PAUSE_SECONDS, BatchLedger
 
 
 def _absolute(uri: str) -> str:
@@ -86,6 +86,12 @@ class LandingResource(StageResource):
     max_bytes: int = Field(default=IngestLimits.max_bytes, description="Refuse larger objects unread (too_large).")
     read_attempts: int = Field(default=IngestLimits.read_attempts,
                                description="Tries per object while reading fails for a reason that may pass.")
+    read_backoff_seconds: float = Field(default=IngestLimits.read_backoff_seconds,
+                                        description="Pause after a failed try, doubled after each (jittered).")
+    retry_batches: int = Field(default=MAX_ATTEMPTS, description="Batches that try a deferred object before it "
+                                                                 "is quarantined (unreadable_after_retries).")
+    retry_pause_seconds: float = Field(default=RETRY_PAUSE_SECONDS,
+                                       description="Pause before a deferred object's second retry, doubled after.")
     workers: int = Field(default=8, description="Threads reading and decoding objects.")
     quarantine_rate_warn: float = Field(default=0.2, description="WARN when a batch quarantines more than this.")
     s3: S3Resource = Field(default_factory=S3Resource)
@@ -95,7 +101,12 @@ class LandingResource(StageResource):
 
     def limits(self) -> IngestLimits:
         return IngestLimits(max_pixels=self.max_pixels, min_side=self.min_side, max_bytes=self.max_bytes,
-                            read_attempts=self.read_attempts)
+                            read_attempts=self.read_attempts, read_backoff_seconds=self.read_backoff_seconds)
+
+    def plan(self, ledger: BatchLedger) -> list:
+        """New batches of what landed (:meth:`BatchLedger.plan` with this landing zone's settings)."""
+        return ledger.plan(self.storage(), min_age_seconds=self.min_age_seconds, max_batch_size=self.max_batch_size,
+                           max_attempts=self.retry_batches, retry_pause_seconds=self.retry_pause_seconds)
 
     def label_source(self, landing: Storage) -> LabelSource:
         return LabelSource(self.labels, landing)
@@ -182,8 +193,10 @@ def build_resources(settings: Settings | None = None, *, landing: str | None = N
     locations = {"landing": landing, "data_root": data_root, "labels": labels}
     if any(v is not None for v in locations.values()):
         settings = settings.replace(**{k: v for k, v in locations.items() if v is not None})
-    if settings.min_age_seconds is not None:
-        landing_options.setdefault("min_age_seconds", settings.min_age_seconds)
+    for name in ("min_age_seconds", "max_bytes", "read_attempts", "read_backoff_seconds", "retry_batches",
+                 "retry_pause_seconds"):  # None: the resource's default
+        if getattr(settings, name) is not None:
+            landing_options.setdefault(name, getattr(settings, name))
     s3 = S3Resource()
     curation = {} if settings.stage_error(CURATION) else dict(settings.curation)
     return {

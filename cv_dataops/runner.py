@@ -23,8 +23,10 @@ from cv_dataops.definitions import ATTRIBUTE, CODE_LOCATION, MODULE, load_defini
 from cv_dataops.defs.shared.partitions import batch_partitions, per_batch_assets
 from cv_dataops.status import (
     DATA_ROOT_TAG,
+    FailedCheck,
     PipelineStatus,
     fail_orphaned_runs,
+    failed_checks,
     orphaned_runs,
     pipeline_status,
     stages_to_run,
@@ -37,11 +39,13 @@ CLI_TAGS = {"cv_dataops/launched_by": "cli"}
 
 class PipelineFailed(RuntimeError):
     """A run failed; the message names the failed step(s) and why (one line each, ``; ``-separated), and
-    ``summary`` holds what was done and where every batch stands."""
+    ``summary`` holds what was done and where every batch stands. ``checks_only``: every failed step was a
+    blocking asset check that failed (the data was judged, nothing broke)."""
 
-    def __init__(self, message: str, summary: RunSummary | None = None):
+    def __init__(self, message: str, summary: RunSummary | None = None, checks_only: bool = False):
         super().__init__(message)
         self.summary = summary
+        self.checks_only = checks_only
 
 
 @dataclass
@@ -52,6 +56,11 @@ class RunSummary:
     run_ids: list[str] = field(default_factory=list)
     orphaned_runs: list[str] = field(default_factory=list)
     status: PipelineStatus | None = None
+    failed_checks: list[FailedCheck] = field(default_factory=list)  # of the runs made (run_ids)
+    checks_evaluated: int = 0
+
+    def failed_error_checks(self) -> list[FailedCheck]:
+        return [check for check in self.failed_checks if check.severity == "ERROR"]
 
 
 def dagster_home(data_root: str) -> Path:
@@ -74,18 +83,32 @@ def open_instance(data_root: str) -> dg.DagsterInstance:
     return dg.DagsterInstance.from_config(str(dagster_home(data_root)))
 
 
+CHECK_FAILED_ERROR = "DagsterAssetCheckFailedError"  # what a step raises when a blocking check of it failed
+
+
 def _failure_message(result, what: str) -> str:
-    """``what: step: cause`` for each failed step, the cause being the user code's own error (see :func:`cause`)."""
+    """``what: step: cause`` for each failed step, the cause being the user code's own error (see :func:`cause`);
+    a step stopped by a blocking check says which check (``blocking check failed: asset: check``)."""
     failures = []
     for event in result.all_events:
         if event.is_step_failure:
             error = event.step_failure_data.error
+            if error is not None and error.cls_name == CHECK_FAILED_ERROR:
+                failed = [line.strip() for line in error.message.splitlines()[1:] if line.strip()]
+                failures.append(f"blocking check failed: {', '.join(failed) or event.step_key}")
+                continue
             failures.append(f"{event.step_key}: {cause(error) if error else 'failed'}")
         elif event.event_type_value == "PIPELINE_FAILURE" and not failures:
             error = event.event_specific_data.error if event.event_specific_data else None
             if error:
                 failures.append(cause(error))
     return f"{what}: " + ("; ".join(failures) or f"run {result.run_id} did not succeed")
+
+
+def _only_checks_failed(result) -> bool:
+    """Whether every failed step of ``result`` failed only because a blocking check of it failed."""
+    errors = [event.step_failure_data.error for event in result.all_events if event.is_step_failure]
+    return bool(errors) and all(e is not None and e.cls_name == CHECK_FAILED_ERROR for e in errors)
 
 
 def cause(error) -> str:
@@ -206,8 +229,7 @@ def _run(defs: dg.Definitions, instance: dg.DagsterInstance, select: Sequence[st
     summary = RunSummary()
     tags = {**CLI_TAGS, DATA_ROOT_TAG: resources["catalog"].storage().uri}
     ledger = resources["catalog"].ledger()
-    summary.new_batches = [m.batch_id for m in ledger.plan(resources["landing"].storage(), min_age_seconds=0,
-                                                           max_batch_size=resources["landing"].max_batch_size)]
+    summary.new_batches = [m.batch_id for m in resources["landing"].plan(ledger)]  # min_age_seconds 0: see above
     summary.orphaned_runs = fail_orphaned_runs(instance, tags)  # we hold the lease: their processes are gone
     batch_ids = ledger.batch_ids()
     known = set(instance.get_dynamic_partitions(batch_partitions.name))
@@ -221,10 +243,11 @@ def _run(defs: dg.Definitions, instance: dg.DagsterInstance, select: Sequence[st
     batch_keys = per_batch if wanted is None else per_batch & wanted
     spanning_keys = sorted((set(graph.get_all_asset_keys()) if wanted is None else wanted) - per_batch)
 
-    before = pipeline_status(instance, graph, batch_ids, spanning_keys)
+    before = pipeline_status(instance, graph, batch_ids, spanning_keys, deferred=deferred_counts(ledger))
     todo = [(batch, stages_to_run(batch, graph, batch_keys)) for batch in before.batches]
     todo = [(batch, stages) for batch, stages in todo if stages]
     failures, blocked = [], False  # blocked: a batch was not ingested, so nothing after it is up to date
+    checks_only = True  # every failure so far is a blocking check that failed
     if todo:
         job = defs.resolve_job_def("ingest_batch")
         for position, (batch, stages) in enumerate(todo, start=1):
@@ -236,13 +259,15 @@ def _run(defs: dg.Definitions, instance: dg.DagsterInstance, select: Sequence[st
                 summary.ingested_batches.append(batch.batch_id)
                 continue
             failures.append(_failure_message(result, f"batch {batch.batch_id}"))
+            checks_only = checks_only and _only_checks_failed(result)
             roots = [key for key in stages if not graph.get(key).parent_keys & per_batch]
             if any(batch.batch_id not in instance.get_materialized_partitions(key) for key in roots):
                 blocked = True
                 break  # later batches must not be ingested before this one (image ids are first-seen-wins)
 
     # with every batch's latest change known, so "outdated" spanning assets (a batch changed since) are refreshed
-    summary.status = pipeline_status(instance, graph, batch_ids, spanning_keys)
+    deferred = deferred_counts(ledger)  # after the batches ran: what they could not read for now
+    summary.status = pipeline_status(instance, graph, batch_ids, spanning_keys, deferred=deferred)
     if spanning_keys and (summary.ingested_batches or not blocked and summary.status.spanning_needs_refresh()):
         job = defs.resolve_implicit_global_asset_job_def()
         result = execute_job(job, instance, asset_selection=spanning_keys, tags=tags)
@@ -251,10 +276,17 @@ def _run(defs: dg.Definitions, instance: dg.DagsterInstance, select: Sequence[st
             summary.downstream_assets = [k.to_user_string() for k in spanning_keys]
         else:
             failures.append(_failure_message(result, "downstream assets"))
-        summary.status = pipeline_status(instance, graph, batch_ids, spanning_keys)
+            checks_only = checks_only and _only_checks_failed(result)
+        summary.status = pipeline_status(instance, graph, batch_ids, spanning_keys, deferred=deferred)
+    summary.failed_checks, summary.checks_evaluated = failed_checks(instance, summary.run_ids)
     if failures:
-        raise PipelineFailed("; ".join(failures), summary)
+        raise PipelineFailed("; ".join(failures), summary, checks_only=checks_only)
     return summary
+
+
+def deferred_counts(ledger) -> dict[str, int]:
+    """batch id -> how many of its objects are deferred and not yet taken over by a later batch."""
+    return {batch_id: len(keys) for batch_id, keys in ledger.awaiting_retry().items()}
 
 
 def status_of(instance: dg.DagsterInstance, *, landing: str, data_root: str,
@@ -276,7 +308,11 @@ def status_of(instance: dg.DagsterInstance, *, landing: str, data_root: str,
             dead = [run.run_id for run in orphaned_runs(instance, {**CLI_TAGS, DATA_ROOT_TAG: storage.uri})]
         finally:
             lease.release()
-    return pipeline_status(instance, defs.resolve_asset_graph(), dead_runs=dead)
+    try:
+        deferred = deferred_counts(defs.resources["catalog"].ledger())
+    except (StorageError, OSError):  # no data root yet
+        deferred = {}
+    return pipeline_status(instance, defs.resolve_asset_graph(), dead_runs=dead, deferred=deferred)
 
 
 def dagster_ui_hint(landing: str, data_root: str) -> str:

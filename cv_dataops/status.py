@@ -11,10 +11,13 @@ For each batch partition and each per-batch asset (those tagged ``cv_dataops/sco
 
 The assets spanning all batches are ``fresh``, ``outdated`` (a batch changed since their last materialization),
 ``never`` materialized, ``failed`` (latest attempt failed) or ``running``.
+
+:func:`failed_checks` reads which asset checks of given runs failed, with their severity and what they saw.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +46,7 @@ class BatchStatus:
     batch_id: str
     stages: dict[str, StageState]
     failed_runs: int = 0
+    deferred: int = 0  # objects it could not read for now that no later batch has taken over yet
 
     @property
     def done(self) -> bool:
@@ -73,12 +77,21 @@ class PipelineStatus:
         for batch in self.batches:
             stages = ", ".join(f"{name}: {s.state}" + (f" ({s.detail})" if s.detail else "")
                                for name, s in batch.stages.items())
-            lines.append(f"batch {batch.batch_id}: {'done' if batch.done else 'UNFINISHED'}: {stages}")
+            waiting = f"; {batch.deferred} deferred (awaiting a retry)" if batch.deferred else ""
+            lines.append(f"batch {batch.batch_id}: {'done' if batch.done else 'UNFINISHED'}: {stages}{waiting}")
         if not self.batches:
             lines.append("no batches yet")
         for name, s in self.spanning.items():
             lines.append(f"{name}: {s.state}" + (f" ({s.detail})" if s.detail else ""))
         return lines
+
+    def deferred_line(self) -> str | None:
+        """How many objects are deferred (transient read failures awaiting a retry by a later run), per batch."""
+        waiting = [b for b in self.batches if b.deferred]
+        if not waiting:
+            return None
+        return (f"deferred: {sum(b.deferred for b in waiting)} object(s) awaiting a retry by a later run ("
+                + ", ".join(f"batch {b.batch_id}: {b.deferred}" for b in waiting) + ")")
 
     def counts(self) -> str:
         states = Counter("done" if b.done else "running" if b.running else "unfinished" for b in self.batches)
@@ -137,10 +150,12 @@ def failed_run_counts(instance: dg.DagsterInstance) -> Counter:
 
 def pipeline_status(instance: dg.DagsterInstance, graph, batch_ids: Sequence[str] | None = None,
                     spanning: Sequence[dg.AssetKey] | None = None,
-                    dead_runs: Iterable[str] = ()) -> PipelineStatus:
+                    dead_runs: Iterable[str] = (), deferred: Mapping[str, int] | None = None) -> PipelineStatus:
     """The state of every batch (default: every batch partition) and of the spanning assets (default: every
     asset not per batch) of ``graph`` (the definitions' asset graph). ``dead_runs``: ids of unfinished runs known
-    to have no live process (see :func:`orphaned_runs`), shown failed."""
+    to have no live process (see :func:`orphaned_runs`), shown failed. ``deferred``: batch id -> objects awaiting
+    a retry (from the ledger, :meth:`~cv_dataops.ingest.landing.BatchLedger.awaiting_retry`)."""
+    deferred = deferred or {}
     dead_runs = frozenset(dead_runs)
     batch_ids = list(instance.get_dynamic_partitions(batch_partitions.name) if batch_ids is None else batch_ids)
     keys = per_batch_keys(graph)
@@ -168,7 +183,7 @@ def pipeline_status(instance: dg.DagsterInstance, graph, batch_ids: Sequence[str
                 stages[name] = StageState("missing")
             else:
                 stages[name] = _materialized_state(graph, key, batch_id, materialized, latest, per_batch)
-        status.batches.append(BatchStatus(batch_id, stages, failures.get(batch_id, 0)))
+        status.batches.append(BatchStatus(batch_id, stages, failures.get(batch_id, 0), deferred.get(batch_id, 0)))
 
     newest_batch_change = max((sid for by_partition in latest.values() for sid, _ in by_partition.values()),
                               default=0)
@@ -224,3 +239,63 @@ def fail_orphaned_runs(instance: dg.DagsterInstance, tags: Mapping[str, str]) ->
         instance.report_run_failed(run, message="the process running it ended without finishing it "
                                                 "(killed?); marked failed by the next `cv-dataops run`")
     return [run.run_id for run in runs]
+
+
+@dataclass(frozen=True)
+class FailedCheck:
+    """An asset check that failed in a run: its severity (``ERROR`` or ``WARN``) and what it saw, in one line."""
+
+    asset: str
+    check: str
+    severity: str
+    saw: str
+    batch_id: str | None = None
+    blocking: bool = False
+    run_id: str = ""
+
+    def line(self) -> str:
+        where = f"batch {self.batch_id}" if self.batch_id else self.asset
+        return f"{where}: {self.check} ({self.severity}{', blocking' if self.blocking else ''}): {self.saw}"
+
+
+SAW_LIMIT = 240  # characters of a check's description or metadata shown on its line
+
+
+def failed_checks(instance: dg.DagsterInstance, run_ids: Iterable[str]) -> tuple[list[FailedCheck], int]:
+    """(the failed checks, how many checks were evaluated) in the runs ``run_ids``, read from the event log's
+    ASSET_CHECK_EVALUATION events, in the order they were evaluated."""
+    failed, evaluated = [], 0
+    for run_id in run_ids:
+        run = instance.get_run_by_id(run_id)
+        partition = run.tags.get("dagster/partition") if run is not None else None
+        for record in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION):
+            evaluation = record.dagster_event.event_specific_data
+            evaluated += 1
+            if evaluation.passed:
+                continue
+            failed.append(FailedCheck(
+                asset=evaluation.asset_key.to_user_string(), check=evaluation.check_name,
+                severity=evaluation.severity.value, saw=_saw(evaluation.description, evaluation.metadata),
+                batch_id=evaluation.partition or partition, blocking=bool(evaluation.blocking), run_id=run_id))
+    return failed, evaluated
+
+
+def _saw(description: str | None, metadata: Mapping) -> str:
+    """What a check saw: its description if it gave one, else its metadata as ``key=value`` pairs (links to
+    reports and long previews left out); cut to :data:`SAW_LIMIT` characters."""
+    parts = [" ".join(description.split())] if description else []
+    if not description:
+        for key, value in metadata.items():
+            raw = getattr(value, "value", value)
+            if isinstance(value, dg.MetadataValue) and type(value).__name__ in (
+                    "PathMetadataValue", "UrlMetadataValue", "MarkdownMetadataValue", "NotebookMetadataValue"):
+                continue
+            if isinstance(raw, float):
+                text = f"{raw:.3g}"
+            elif isinstance(raw, dict | list):
+                text = json.dumps(raw, separators=(",", ":"), default=str)
+            else:
+                text = str(raw)
+            parts.append(f"{key}={text}")
+    text = "; ".join(parts) or "(no details)"
+    return text if len(text) <= SAW_LIMIT else text[:SAW_LIMIT - 1] + "…"

@@ -237,14 +237,20 @@ class LocalStorage(Storage):
         return _entry(key, status.st_size, f"{status.st_size}-{status.st_mtime_ns}", status.st_mtime)
 
     def _listing_errors(self, errors: list[OSError]) -> Iterator[ObjectInfo]:
-        """Folders os.walk could not enter, as entries (a folder gone in the meantime held nothing to account for:
-        what it holds is listed when it comes back)."""
+        """Folders os.walk could not enter, as entries. A folder that vanished between being seen and being
+        entered is one too (its contents were never listed: the entry says so, and they are listed when it comes
+        back); its version is the time it was missed, so each time it happens is recorded."""
         while errors:
             error = errors.pop(0)
-            if isinstance(error, FileNotFoundError) or error.filename is None:
+            if error.filename is None:
                 continue
             relative = os.path.relpath(os.fsdecode(error.filename), self.root).replace(os.sep, "/")
             if relative == "." or relative.startswith("../"):
+                continue
+            if isinstance(error, FileNotFoundError):
+                yield _entry(relative + "/", 0, f"vanished-{time.time_ns()}", time.time(),
+                             "the folder vanished while the landing zone was listed; what it holds was not "
+                             "listed, and is when it comes back", "unlistable")
                 continue
             yield _entry(relative + "/", 0, f"error-{errno.errorcode.get(error.errno, error.errno)}",
                          _lstat_mtime(error.filename), f"cannot list the folder: {error.strerror or error}",

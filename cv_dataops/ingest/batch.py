@@ -44,11 +44,13 @@ _TAG_DATETIME_ORIGINAL, _TAG_OFFSET_TIME_ORIGINAL = 0x9003, 0x9011
 class IngestLimits:
     """What the ingester accepts. ``max_pixels`` defaults to Pillow's own decompression-bomb threshold; objects
     over ``max_bytes`` are refused from their listed size and never read past it; a read failing for a reason that
-    may pass is tried ``read_attempts`` times before the object is deferred."""
+    may pass is tried ``read_attempts`` times, pausing ``read_backoff_seconds`` (doubled after each try), before the
+    object is deferred."""
 
     max_pixels: int = 89_478_485
     max_bytes: int = 512 * 1024 ** 2
     read_attempts: int = 3
+    read_backoff_seconds: float = 0.5
     min_side: int = 8
     formats: frozenset[str] = SUPPORTED_FORMATS
 
@@ -215,7 +217,8 @@ def _examine(info: ObjectInfo, landing: Storage, limits: IngestLimits
     if info.size > limits.max_bytes:
         return None, Refusal("too_large", f"{info.size} bytes as listed > limit {limits.max_bytes}; not read"), None
     try:
-        data = read_with_retries(landing, info.key, max_bytes=limits.max_bytes, attempts=limits.read_attempts)
+        data = read_with_retries(landing, info.key, max_bytes=limits.max_bytes, attempts=limits.read_attempts,
+                                 first_pause=limits.read_backoff_seconds)
     except ObjectTooLargeError as error:
         return None, Refusal("too_large", str(error)), None
     except NotARegularFileError as error:

@@ -9,7 +9,9 @@ nothing and assigns nothing twice.
 An object that could not be read for a reason that may pass (S3 down, throttled, a file gone for now) is deferred,
 not refused: ``batches/_deferred/<batch_id>.json`` names it, and the next planning that still lists the same version
 assigns it to a new batch (after a pause that doubles with each attempt). The batch that deferred it then keeps it
-deferred, so it becomes an image once, in the later batch.
+deferred, so it becomes an image once, in the later batch. After ``max_attempts`` batches deferred it, the next
+planning assigns it to a new batch as a refusal (``unreadable_after_retries``, naming the last error): that batch
+quarantines it unread, and it is retried no more.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import hashlib
 import io
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -29,8 +31,10 @@ from cv_dataops.core.storage import ObjectInfo, Storage
 BATCHES_PREFIX = "batches/"
 INDEX_KEY = "batches/_index.parquet"
 DEFERRED_PREFIX = "batches/_deferred/"
-RETRY_PAUSE_SECONDS = 60.0  # before the second retry of a deferred object; doubled for each one after
+RETRY_PAUSE_SECONDS = 60.0  # default pause before the second retry of a deferred object; doubled for each one after
 MAX_RETRY_PAUSE_SECONDS = 6 * 3600.0
+MAX_ATTEMPTS = 5  # default number of batches that try a deferred object before it is quarantined
+GAVE_UP_REASON = "unreadable_after_retries"
 _INDEX_SCHEMA = pa.schema([("batch_id", pa.string()), ("uri", pa.string()), ("version", pa.string())])
 
 
@@ -61,12 +65,13 @@ def make_batch_id(sequence: int, now: datetime, objects: list[ObjectInfo], landi
     return f"{sequence:08d}-{now:%Y%m%dT%H%M%SZ}-{digest.hexdigest()[:8]}"
 
 
-def retry_pause(attempts: int) -> float:
+def retry_pause(attempts: int, first_pause: float = RETRY_PAUSE_SECONDS) -> float:
     """Seconds to wait, after an object was deferred ``attempts`` times, before assigning it again: none after the
-    first (an outage that has passed is retried by the very next run), then 1 min, 2 min, ... up to 6 h."""
+    first (an outage that has passed is retried by the very next run), then ``first_pause`` (1 min), doubled for each
+    attempt after, up to 6 h."""
     if attempts <= 1:
         return 0.0
-    return min(RETRY_PAUSE_SECONDS * 2 ** (attempts - 2), MAX_RETRY_PAUSE_SECONDS)
+    return min(first_pause * 2 ** (attempts - 2), max(MAX_RETRY_PAUSE_SECONDS, first_pause))
 
 
 class BatchLedger:
@@ -143,21 +148,45 @@ class BatchLedger:
                 notes[note["batch_id"]] = note
         return notes
 
-    def _retry_ready(self, holders: dict[tuple[str, str], list[str]], now: datetime) -> set[tuple[str, str]]:
-        """(uri, version) whose newest batch deferred it and whose pause before the next attempt is over."""
-        ready = set()
-        now = now if now.tzinfo else now.replace(tzinfo=UTC)
-        for batch_id, note in self.deferred().items():
+    def awaiting_retry(self) -> dict[str, dict[str, str]]:
+        """batch_id -> {key: why} of the objects it deferred that no later batch has taken over yet: what a later
+        planning retries (or, after ``max_attempts``, quarantines)."""
+        holders = self.holders()
+        waiting: dict[str, dict[str, str]] = {}
+        for batch_id, manifest, entry in self._deferred_entries():
+            batches = holders.get((self._uri(manifest, entry["key"]), entry["version"]), [])
+            if batches and batches[-1] == batch_id:
+                waiting.setdefault(batch_id, {})[entry["key"]] = entry["reason"]
+        return waiting
+
+    def _deferred_entries(self):
+        """(batch_id, manifest, entry) for every object of every deferred note whose batch still exists."""
+        for batch_id, note in sorted(self.deferred().items()):
             try:
                 manifest = self.manifest(batch_id)
             except KeyError:
                 continue
-            waited = (now - datetime.fromisoformat(note["deferred_at"])).total_seconds()
             for entry in note["objects"]:
-                key = (self._uri(manifest, entry["key"]), entry["version"])
-                batches = holders.get(key, [])
-                if batches and batches[-1] == batch_id and waited >= retry_pause(len(batches)):
-                    ready.add(key)
+                yield batch_id, manifest, {**entry, "deferred_at": note["deferred_at"]}
+
+    def _retry_ready(self, holders: dict[tuple[str, str], list[str]], now: datetime, max_attempts: int,
+                     retry_pause_seconds: float) -> dict[tuple[str, str], str | None]:
+        """(uri, version) whose newest batch deferred it and whose pause before the next attempt is over ->
+        None, or the last error when ``max_attempts`` batches have deferred it (then at once: it is given up)."""
+        ready: dict[tuple[str, str], str | None] = {}
+        now = now if now.tzinfo else now.replace(tzinfo=UTC)
+        for batch_id, manifest, entry in self._deferred_entries():
+            key = (self._uri(manifest, entry["key"]), entry["version"])
+            batches = holders.get(key, [])
+            if not batches or batches[-1] != batch_id:
+                continue
+            if len(batches) >= max_attempts:
+                ready[key] = (f"could not be read by {len(batches)} batches (the retry limit); "
+                              f"last error: {entry['reason']}")
+                continue
+            waited = (now - datetime.fromisoformat(entry["deferred_at"])).total_seconds()
+            if waited >= retry_pause(len(batches), retry_pause_seconds):
+                ready[key] = None
         return ready
 
     def _index(self) -> pa.Table:
@@ -184,25 +213,32 @@ class BatchLedger:
         self.data_root.write_bytes(INDEX_KEY, buffer.getvalue())
 
     def plan(self, landing: Storage, now: datetime | None = None, min_age_seconds: float = 0.0,
-             max_batch_size: int = 5000) -> list[BatchManifest]:
+             max_batch_size: int = 5000, max_attempts: int = MAX_ATTEMPTS,
+             retry_pause_seconds: float = RETRY_PAUSE_SECONDS) -> list[BatchManifest]:
         """Assign every object version newly landed in ``landing`` to a new batch; return the new batches.
 
         Objects modified less than ``min_age_seconds`` ago are left for the next call: a file still being copied
         into a folder is not ingested half-written. Deferred objects still listed with the same version are
-        assigned again once their pause is over (:func:`retry_pause`).
+        assigned again once their pause is over (:func:`retry_pause` with ``retry_pause_seconds``); once
+        ``max_attempts`` batches have deferred one, it is assigned as a refusal (``unreadable_after_retries``).
         """
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
         landing.ensure_exists()
         now = now or datetime.now(UTC)
         holders = self.holders()
-        retry = self._retry_ready(holders, now) if holders else set()
+        retry = self._retry_ready(holders, now, max_attempts, retry_pause_seconds) if holders else {}
         landing_uri = landing.uri.rstrip("/")
         cutoff = time.time() - min_age_seconds
-        fresh = sorted((info for info in landing.list()
-                        if ((key := (f"{landing_uri}/{info.key}", info.version)) not in holders or key in retry)
-                        and (min_age_seconds <= 0 or info.modified <= cutoff)),
-                       key=lambda info: info.key)
+        fresh = []
+        for info in landing.list():
+            key = (f"{landing_uri}/{info.key}", info.version)
+            if (key in holders and key not in retry) or (min_age_seconds > 0 and info.modified > cutoff):
+                continue
+            fresh.append(_given_up(info, retry[key]) if retry.get(key) else info)
+        fresh.sort(key=lambda info: info.key)
         manifests = []
         existing = self.batch_ids()
         next_sequence = int(existing[-1].split("-", 1)[0]) + 1 if existing else 1
@@ -215,3 +251,8 @@ class BatchLedger:
         if manifests:
             self.assigned()  # folds the new manifests into the index
         return manifests
+
+
+def _given_up(info: ObjectInfo, why: str) -> ObjectInfo:
+    """``info`` as a refusal its batch quarantines unread: it was deferred by as many batches as are allowed."""
+    return replace(info, unsafe_reason=why, refusal=GAVE_UP_REASON)

@@ -23,6 +23,9 @@ QUARANTINE_REASONS: dict[str, str] = {
                         "the detail. Rename the file to ingest it.",
     "unlistable": "A folder or entry the listing could not look into (path longer than PATH_MAX, permission denied "
                   "on a folder, ...); what it holds is listed once it can be.",
+    "unreadable_after_retries": "Deferred by as many batches as allowed (`CV_DATAOPS_RETRY_BATCHES`, default 5), "
+                                "each failing for a reason that may pass; the detail names the last error. Retried "
+                                "no more: land it again (a new version) to ingest it.",
 }
 
 # What became of each landed object; every landed object gets exactly one outcome.

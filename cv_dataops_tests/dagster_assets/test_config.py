@@ -65,6 +65,13 @@ def test_a_mistyped_curation_key_is_an_error_not_ignored():
     ("CV_DATAOPS_MIN_AGE_SECONDS", "-1", "expected a number of seconds >= 0"),
     ("CV_DATAOPS_DATA_ROOT", "ftp://host/x", "unsupported location 'ftp://host/x'"),
     ("CV_DATAOPS_LANDING", "s3:///prefix", "no bucket"),
+    ("CV_DATAOPS_MAX_BYTES", "1e9", "expected an integer, got '1e9'"),
+    ("CV_DATAOPS_MAX_BYTES", "0", "expected a whole number of bytes >= 1, got 0"),
+    ("CV_DATAOPS_READ_ATTEMPTS", "0", "expected a whole number of tries >= 1, got 0"),
+    ("CV_DATAOPS_READ_BACKOFF_SECONDS", "-0.5", "expected a number of seconds >= 0"),
+    ("CV_DATAOPS_RETRY_BATCHES", "five", "expected an integer, got 'five'"),
+    ("CV_DATAOPS_RETRY_BATCHES", "0", "expected a whole number of batches >= 1, got 0"),
+    ("CV_DATAOPS_RETRY_PAUSE_SECONDS", "inf", "expected a number of seconds >= 0"),
 ])
 def test_bad_values_are_one_line_naming_the_setting(name, value, expected):
     message = one_error(**{name: value})
@@ -230,3 +237,32 @@ def test_under_the_multiprocess_executor_only_the_wrong_stage_fails(tmp_path):
     assert materialized == {"raw_images", "image_embeddings"}, result.stderr[-3000:]
     expected = Settings.from_environment(environment).stage_error("quality")
     assert f"ConfigError: {expected}" in result.stdout + result.stderr
+
+
+def test_landing_read_settings_reach_the_domain_code_explicitly(tmp_path):
+    """The size limit, read tries and pauses, and the retry limit are settings passed down to what reads and
+    plans, not constants: the resource's limits and its planning use them."""
+    from datetime import UTC, datetime
+
+    from cv_dataops.ingest.landing import BatchLedger
+    from cv_dataops.resources import build_resources
+
+    settings = Settings.from_environment({
+        "CV_DATAOPS_LANDING": str(tmp_path / "in"), "CV_DATAOPS_DATA_ROOT": str(tmp_path / "data"),
+        "CV_DATAOPS_MAX_BYTES": "1000", "CV_DATAOPS_READ_ATTEMPTS": "2", "CV_DATAOPS_READ_BACKOFF_SECONDS": "0.1",
+        "CV_DATAOPS_RETRY_BATCHES": "1", "CV_DATAOPS_RETRY_PAUSE_SECONDS": "7", "CV_DATAOPS_MIN_AGE_SECONDS": "0"}
+    ).check()
+    assert Settings.from_environment(settings.as_environment()) == settings  # a code server loads the same
+    landing = build_resources(settings)["landing"]
+    limits = landing.limits()
+    assert (limits.max_bytes, limits.read_attempts, limits.read_backoff_seconds) == (1000, 2, 0.1)
+    assert (landing.retry_batches, landing.retry_pause_seconds) == (1, 7.0)
+    defaults = build_resources(Settings.build())["landing"]
+    assert (defaults.max_bytes, defaults.read_attempts, defaults.retry_batches) == (512 * 1024 ** 2, 3, 5)
+
+    write_files(tmp_path / "in", {"a.jpg": b"1"})
+    ledger = BatchLedger(build_resources(settings)["catalog"].storage())
+    (first,) = landing.plan(ledger)
+    ledger.record_deferred(first.batch_id, {"a.jpg": "S3 answered 503 SlowDown"}, now=datetime.now(UTC))
+    (given_up,) = landing.plan(ledger)  # retry_batches=1: one deferral is the limit
+    assert given_up.objects[0].refusal == "unreadable_after_retries"

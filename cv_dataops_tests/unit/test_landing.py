@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from cv_dataops.core.storage import LocalStorage
 from cv_dataops.ingest.landing import INDEX_KEY, BatchLedger, BatchManifest
-from cv_dataops_tests.conftest import write_files
+from cv_dataops_tests.conftest import encode, photo, write_files
 
 
 def test_new_objects_become_one_batch_then_nothing(tmp_path):
@@ -110,3 +110,67 @@ def test_a_deferred_object_that_vanished_is_only_assigned_again_when_it_is_back(
     assert os.stat(tmp_path / "in" / "a.jpg").st_mtime_ns == stat.st_mtime_ns
     (again,) = ledger.plan(landing)
     assert [o.key for o in again.objects] == ["a.jpg"] and again.objects[0].version == first.objects[0].version
+
+
+def test_a_deferred_object_is_quarantined_after_the_retry_limit_naming_the_last_error(tmp_path):
+    """Each batch that defers an object counts as one attempt; after ``max_attempts`` the next planning assigns
+    it as a refusal its batch quarantines unread, and it is retried no more."""
+    write_files(tmp_path / "in", {"a.jpg": b"1", "b.jpg": b"2"})
+    ledger, landing = BatchLedger(LocalStorage(tmp_path / "root")), LocalStorage(tmp_path / "in")
+    now = datetime.now(UTC)
+    batches = ledger.plan(landing, now=now, max_attempts=3, retry_pause_seconds=0)
+    for attempt in range(1, 4):
+        ledger.record_deferred(batches[-1].batch_id, {"a.jpg": f"S3 answered 503 SlowDown (try {attempt})"},
+                               now=now)
+        assert ledger.awaiting_retry() == {batches[-1].batch_id: {"a.jpg": f"S3 answered 503 SlowDown (try {attempt})"}}
+        batches += ledger.plan(landing, now=now, max_attempts=3, retry_pause_seconds=0)
+        assert [o.key for o in batches[-1].objects] == ["a.jpg"] and len(batches) == attempt + 1
+    final = batches[-1].objects[0]
+    assert final.refusal == "unreadable_after_retries" and final.version == batches[0].objects[0].version
+    assert "3 batches" in final.unsafe_reason and "last error: S3 answered 503 SlowDown (try 3)" in final.unsafe_reason
+    assert ledger.manifest(batches[-1].batch_id) == batches[-1]  # the refusal is in the manifest
+    assert ledger.awaiting_retry() == {}  # handed over to the batch that quarantines it
+    assert ledger.plan(landing, now=now + timedelta(days=1), max_attempts=3) == []  # retried no more
+
+
+def test_the_retry_pause_is_a_parameter(tmp_path):
+    write_files(tmp_path / "in", {"a.jpg": b"1"})
+    ledger, landing = BatchLedger(LocalStorage(tmp_path / "root")), LocalStorage(tmp_path / "in")
+    now = datetime.now(UTC)
+    (first,) = ledger.plan(landing, now=now)
+    _defer(ledger, first, ["a.jpg"], now)
+    (second,) = ledger.plan(landing, now=now)  # the first retry never waits
+    _defer(ledger, second, ["a.jpg"], now)
+    assert ledger.plan(landing, now=now + timedelta(seconds=9), retry_pause_seconds=10) == []
+    (third,) = ledger.plan(landing, now=now + timedelta(seconds=10), retry_pause_seconds=10)
+    assert [o.key for o in third.objects] == ["a.jpg"]
+
+
+def test_a_folder_that_vanishes_while_listed_is_an_entry_not_silence(tmp_path):
+    """os.walk lists a folder's entries before it enters its subfolders; one removed in between (here: while the
+    listing generator waits after the root's first file) is reported, so its contents are known to be missing."""
+    import shutil
+
+    write_files(tmp_path / "in", {"a.jpg": encode(photo(1), "JPEG"), "gone/b.jpg": b"2", "gone/c/d.jpg": b"3"})
+
+    class VanishingFolder(LocalStorage):
+        def list(self, prefix=""):
+            for position, info in enumerate(super().list(prefix)):
+                yield info
+                if position == 0:
+                    shutil.rmtree(self.root / "gone")
+
+    ledger = BatchLedger(LocalStorage(tmp_path / "root"))
+    (batch,) = ledger.plan(VanishingFolder(tmp_path / "in"))
+    by_key = {o.key: o for o in batch.objects}
+    assert sorted(by_key) == ["a.jpg", "gone/"]
+    assert by_key["gone/"].refusal == "unlistable" and "vanished while" in by_key["gone/"].unsafe_reason
+
+    from cv_dataops.ingest.batch import ingest_batch
+
+    result = ingest_batch(batch, LocalStorage(tmp_path / "in"))  # one outcome each, the folder with its reason
+    assert [(r["relative_path"], r["reason"]) for r in result.quarantine.to_pylist()] == [("gone/", "unlistable")]
+    assert sorted(result.objects.column("outcome").to_pylist()) == ["image", "quarantined"]
+    write_files(tmp_path / "in", {"gone/b.jpg": b"2"})  # back: what it holds is listed now
+    (later,) = ledger.plan(LocalStorage(tmp_path / "in"))
+    assert [o.key for o in later.objects] == ["gone/b.jpg"]

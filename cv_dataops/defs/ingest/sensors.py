@@ -33,8 +33,7 @@ def landing_sensor(context: dg.SensorEvaluationContext, catalog: CatalogResource
     ledger = catalog.ledger()
     try:
         with Lease(catalog.storage(), "landing sensor"):
-            created = ledger.plan(landing.storage(), min_age_seconds=landing.min_age_seconds,
-                                  max_batch_size=landing.max_batch_size)
+            created = landing.plan(ledger)
     except LeaseHeld as held:
         return dg.SkipReason(str(held))
     batch_ids = ledger.batch_ids()
