@@ -179,7 +179,7 @@ def render_index(entries: list[dict]) -> str:
     for entry in entries:
         verdict = "pass" if entry.get("success") else "fail"
         evaluated, successful = entry.get("evaluated", 0), entry.get("successful", 0)
-        rows.append(f"<tr class=\"batch {verdict}\"><td><a class=\"mono\" href=\"{html.escape(entry['page'])}\">"
+        rows.append(f"<tr class=\"batch {verdict}\"><td><a class=\"mono\" href=\"{html.escape(quote(entry['page']))}\">"
                     f"{_text(entry.get('batch_id'))}</a></td><td><code>{_text(entry.get('suite'))}</code></td>"
                     f"<td><span class=\"verdict {verdict}\">{'passed' if verdict == 'pass' else 'FAILED'}</span></td>"
                     f"<td>{successful} of {evaluated}</td><td>{_text(entry.get('rows'))}</td>"

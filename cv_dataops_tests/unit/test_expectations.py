@@ -155,3 +155,10 @@ def test_a_hostile_batch_id_is_escaped_in_keys_and_pages(tmp_path):
     page = storage.read_text(key)
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert summary.report_uri == str(tmp_path / key)
+    # the index links to the file by its escaped name (its '%' escaped again, as a URL path needs)
+    from urllib.parse import quote, unquote
+
+    index = storage.read_text(INDEX_PAGE)
+    href = index.split('class="mono" href="')[1].split('"')[0]
+    assert href == quote(key[len(REPORTS_PREFIX) + 1:]).replace("&", "&amp;")
+    assert (tmp_path / REPORTS_PREFIX / unquote(href)).is_file()
