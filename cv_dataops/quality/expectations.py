@@ -220,7 +220,7 @@ def _observed_value(kind: str, details: dict) -> str:
 
 
 def _number(value: Any) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
+    return f"{value + 0.0:.6g}" if isinstance(value, float) else str(value)  # + 0.0: no "-0"
 
 
 def _plain(value: Any) -> Any:
