@@ -197,7 +197,7 @@ def _outcome(result: Any, frame: pd.DataFrame) -> ExpectationOutcome:
         if config.type == "expect_column_values_to_be_between" and column in frame and count:
             values = pd.to_numeric(frame[column], errors="coerce")
             if values.notna().any():
-                observed += f"; observed {_number(values.min())} to {_number(values.max())}"
+                observed += f"; observed {_number(_plain(values.min()))} to {_number(_plain(values.max()))}"
     else:
         observed = ""
     return ExpectationOutcome(type=config.type, column=column, arguments=_plain(arguments),
