@@ -64,6 +64,7 @@ class BatchStatus:
 class PipelineStatus:
     batches: list[BatchStatus] = field(default_factory=list)
     spanning: dict[str, StageState] = field(default_factory=dict)
+    newest_batch_change: int = 0  # storage id of the latest materialization of any batch's per-batch asset
 
     def unfinished_batches(self) -> list[BatchStatus]:
         return [b for b in self.batches if b.unfinished()]
@@ -187,6 +188,7 @@ def pipeline_status(instance: dg.DagsterInstance, graph, batch_ids: Sequence[str
 
     newest_batch_change = max((sid for by_partition in latest.values() for sid, _ in by_partition.values()),
                               default=0)
+    status.newest_batch_change = newest_batch_change
     for key in spanning_keys:
         name = key.to_user_string()
         materialized = _latest_materializations(instance, key, None).get(None)

@@ -295,6 +295,76 @@ def test_the_reconcile_sensor_re_requests_failed_batches_with_fresh_keys_backoff
     assert batch_id in result.skip_reason.skip_message
 
 
+@pytest.mark.slow  # runs the spanning assets several times
+def test_the_reconcile_sensor_re_requests_failed_or_outdated_spanning_assets_once_per_situation(tmp_path,
+                                                                                                 monkeypatch):
+    """A spanning asset whose last attempt failed is requested again (with what spans and depends on it), once per
+    failure however many ticks see it, with backoff and a cap; one a batch changed since is requested once per
+    change. One request per tick, and none while a batch is still to be finished."""
+    from cv_dataops.definitions import load_definitions
+    from cv_dataops.defs.shared import reconcile
+    from cv_dataops.runner import execute_job, open_instance
+
+    landing, root = tmp_path / "landing", tmp_path / "data"
+    write_files(landing, {f"{i}.jpg": encode(photo(i), "JPEG") for i in range(4)})
+    common = {"landing": str(landing), "data_root": str(root), "min_age_seconds": 0,
+              "embedder": dict(TINY_EMBEDDER_SPEC)}
+    broken = Settings.from_environment({"CV_DATAOPS_CURATION": '{"budgt": 1}'}).replace(**common)
+    fixed = Settings.build(**common)
+    defs = load_definitions(broken)
+    instance = open_instance(str(root))
+    (manifest,) = defs.resources["landing"].plan(defs.resources["catalog"].ledger())
+    instance.add_dynamic_partitions("batches", [manifest.batch_id])
+    graph = defs.resolve_asset_graph()
+    per_batch = [dg.AssetKey(name) for name in ("raw_images", "image_quality", "image_embeddings")]
+    execute_job(defs.resolve_job_def("ingest_batch"), instance, partition_key=manifest.batch_id,
+                asset_selection=per_batch)  # its checks may judge the synthetic photos: only the stages matter
+    spanning = sorted(set(graph.get_all_asset_keys()) - set(per_batch), key=lambda k: k.to_user_string())
+    refresh = defs.resolve_job_def("refresh_spanning")
+    # the curation resource refuses its settings, so the whole in-process run fails: every spanning asset failed
+    assert not execute_job(refresh, instance, asset_selection=spanning).success
+
+    sensor = defs.resolve_sensor_def("reconcile_sensor")
+    cursor = [None]
+
+    def tick(definitions=defs):
+        resources = {key: definitions.resources[key] for key in sensor.required_resource_keys}
+        with dg.build_sensor_context(instance=instance, resources=resources, definitions=definitions,
+                                     cursor=cursor[0]) as context:
+            result = sensor(context)
+        cursor[0] = result.cursor or cursor[0]
+        return result
+
+    keys = set()
+    for attempt in range(reconcile.MAX_ATTEMPTS):
+        (request,) = tick().run_requests
+        assert request.job_name == "refresh_spanning" and request.tags["cv_dataops/reconcile"] == "spanning"
+        assert request.asset_selection == spanning
+        assert request.run_key not in keys  # fresh for each failure
+        keys.add(request.run_key)
+        again = tick()  # the same failure seen again: no second request
+        assert not again.run_requests and "already requested" in again.skip_reason.skip_message
+        assert not execute_job(refresh, instance, asset_selection=request.asset_selection, tags=request.tags).success
+        monkeypatch.setattr(reconcile, "BACKOFF_SECONDS", 60.0)
+        waiting = tick()
+        assert not waiting.run_requests
+        assert ("backing off" if attempt + 1 < reconcile.MAX_ATTEMPTS else "gave up") in \
+            waiting.skip_reason.skip_message
+        monkeypatch.setattr(reconcile, "BACKOFF_SECONDS", 0.0)
+    assert "gave up after" in tick().skip_reason.skip_message  # capped: it stays failed, and says so
+
+    # fixed: a plain run refreshes everything; a batch changing afterwards outdates every spanning asset once
+    fixed_defs = load_definitions(fixed)
+    assert execute_job(fixed_defs.resolve_job_def("refresh_spanning"), instance, asset_selection=spanning).success
+    assert not tick(fixed_defs).run_requests
+    execute_job(fixed_defs.resolve_job_def("ingest_batch"), instance, partition_key=manifest.batch_id,
+                asset_selection=[dg.AssetKey("image_embeddings")])
+    (request,) = tick(fixed_defs).run_requests
+    assert request.run_key.endswith(":-") and request.run_key not in keys  # outdated, not failed
+    assert request.asset_selection == spanning  # each has a per-batch ancestor, so each is older than the change
+    assert not tick(fixed_defs).run_requests  # once per change
+
+
 def test_quality_workers_die_with_their_parent_even_by_sigkill(tmp_path):
     """measure_stream's pool workers exit when the process that owns the pool is SIGKILLed."""
     script = (

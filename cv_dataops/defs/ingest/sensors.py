@@ -6,13 +6,9 @@ import json
 import dagster as dg
 
 from cv_dataops.core.lease import Lease, LeaseHeld
-from cv_dataops.defs.shared.partitions import batch_partitions, per_batch_assets
+from cv_dataops.defs.shared.jobs import ingest_batch_job
+from cv_dataops.defs.shared.partitions import batch_partitions
 from cv_dataops.resources import CatalogResource, LandingResource
-
-# A failed run is retried by the daemon (instance `run_retries`, deploy/dagster.yaml) from the failed step.
-ingest_batch_job = dg.define_asset_job(
-    "ingest_batch", selection=per_batch_assets, partitions_def=batch_partitions,
-    description="Every per-batch stage for one landing batch.", tags={"dagster/max_retries": "2"})
 
 
 def pending_batches(instance: dg.DagsterInstance, batch_ids: list[str], after: str) -> list[str]:
