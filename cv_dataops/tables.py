@@ -8,7 +8,11 @@ from __future__ import annotations
 from cv_dataops.core.schema import TableDefinition
 from cv_dataops.curation.tables import CURATED
 from cv_dataops.discovery.tables import SCENARIOS
-from cv_dataops.duplicates.tables import DUPLICATE_PAIRS, DUPLICATES
+from cv_dataops.duplicates.tables import (
+    DUPLICATE_PAIRS,
+    DUPLICATES,
+    EMBEDDING_DUPLICATE_PAIRS,
+)
 from cv_dataops.embeddings.tables import EMBEDDINGS
 from cv_dataops.ingest.tables import (
     IMAGES,
@@ -21,7 +25,7 @@ from cv_dataops.quality.tables import QUALITY
 
 TABLES: dict[str, TableDefinition] = {table.name: table for table in
                                       (IMAGES, QUARANTINE, OBJECTS, QUALITY, DUPLICATES, DUPLICATE_PAIRS,
-                                       EMBEDDINGS, SCENARIOS, CURATED)}
+                                       EMBEDDING_DUPLICATE_PAIRS, EMBEDDINGS, SCENARIOS, CURATED)}
 
 
 def table_definition(name: str) -> TableDefinition:

@@ -401,69 +401,131 @@ class DuplicatePair:
 _HASH_COLUMNS = ("image_id", "pixel_hash", "phash", "dhash")
 
 
-def _hash_frame(frame: pd.DataFrame, what: str) -> pd.DataFrame:
-    missing = [c for c in _HASH_COLUMNS if c not in frame.columns]
-    if missing:
+def as_ids(values) -> np.ndarray:
+    """Image ids (or pixel hashes) as one compact numpy bytes array (``S`` dtype: no Python object per id; bytes
+    sort as the ASCII strings do). Ids are ASCII (hex digests in the catalog)."""
+    if isinstance(values, np.ndarray) and values.dtype.kind == "S":
+        return values
+    if isinstance(values, (pd.Series, pd.Index)):
+        values = values.astype(str).to_numpy(dtype=object)
+    values = np.asarray(values, dtype=object)
+    if not len(values):
+        return np.empty(0, dtype="S1")
+    return np.array([str(v).encode("ascii") for v in values.tolist()])
+
+
+def as_text(value) -> str:
+    return value.decode("ascii") if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True)
+class HashCodes:
+    """The hashes of many images, aligned arrays: ``image_id`` and ``pixel_hash`` as :func:`as_ids` bytes,
+    ``phash`` and ``dhash`` as ``uint64``. What :func:`find_pairs` and :func:`find_embedding_pairs` compare; a
+    catalog's worth costs about 150 bytes an image and no Python object per image."""
+
+    image_id: np.ndarray
+    pixel_hash: np.ndarray
+    phash: np.ndarray
+    dhash: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.image_id)
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, what: str = "hashes") -> HashCodes:
+        """From a frame with columns ``image_id, pixel_hash, phash, dhash`` (hashes as unsigned or signed 64-bit
+        integers or hex strings); a repeated id keeps its last row."""
+        missing = [c for c in _HASH_COLUMNS if c not in frame.columns]
+        if missing and not frame.empty:
+            raise KeyError(f"{what} lacks column(s) {missing}; it needs {list(_HASH_COLUMNS)}")
         if frame.empty:
-            return pd.DataFrame({"image_id": pd.Series(dtype=str), "pixel_hash": pd.Series(dtype=str),
-                                 "phash": np.empty(0, np.uint64), "dhash": np.empty(0, np.uint64)})
-        raise KeyError(f"{what} lacks column(s) {missing}; it needs {list(_HASH_COLUMNS)}")
-    # Strings stay in pandas' (Arrow) string arrays: a catalog's ids are never turned into Python strings.
-    out = pd.DataFrame({"image_id": frame["image_id"].astype(str).array,
-                        "pixel_hash": frame["pixel_hash"].astype(str).array,
-                        "phash": as_codes(frame["phash"]), "dhash": as_codes(frame["dhash"])})
-    duplicated = out.image_id.duplicated(keep="last")
-    return out[~duplicated].reset_index(drop=True) if duplicated.any() else out
+            return cls.empty()
+        codes = cls(as_ids(frame["image_id"]), as_ids(frame["pixel_hash"]), as_codes(frame["phash"]),
+                    as_codes(frame["dhash"]))
+        return codes.last_of_each_id()
+
+    @classmethod
+    def empty(cls) -> HashCodes:
+        return cls(np.empty(0, "S1"), np.empty(0, "S1"), np.empty(0, np.uint64), np.empty(0, np.uint64))
+
+    def take(self, rows) -> HashCodes:
+        return HashCodes(self.image_id[rows], self.pixel_hash[rows], self.phash[rows], self.dhash[rows])
+
+    def last_of_each_id(self) -> HashCodes:
+        reverse = self.image_id[::-1]
+        _, first = np.unique(reverse, return_index=True)
+        if len(first) == len(self):
+            return self
+        return self.take(np.sort(len(self) - 1 - first))
+
+    @staticmethod
+    def concat(parts: Sequence[HashCodes]) -> HashCodes:
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return HashCodes.empty()
+        return HashCodes(*(np.concatenate([getattr(p, f) for p in parts])
+                           for f in ("image_id", "pixel_hash", "phash", "dhash")))
 
 
-def _take(old: pd.Series, new: pd.Series, rows: np.ndarray) -> np.ndarray:
-    """Values at positions ``rows`` of old followed by new, as a numpy object array of str."""
-    rows = np.asarray(rows, dtype=np.int64)
-    out = np.empty(len(rows), dtype=object)
-    is_old = rows < len(old)
-    out[is_old] = old.iloc[rows[is_old]].to_numpy(dtype=object)
-    out[~is_old] = new.iloc[rows[~is_old] - len(old)].to_numpy(dtype=object)
-    return out
+class IdLookup:
+    """Positions of ids in an array of ids, by binary search over one sorted copy (no dict of Python strings)."""
+
+    def __init__(self, ids: np.ndarray):
+        self.ids = as_ids(ids)
+        self.order = np.argsort(self.ids, kind="stable")
+        self.sorted = self.ids[self.order]
+
+    def positions(self, ids) -> np.ndarray:
+        """The position of each id in the array, -1 where absent."""
+        ids = as_ids(ids)
+        if not len(self.sorted) or not len(ids):
+            return np.full(len(ids), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self.sorted, ids), len(self.sorted) - 1)
+        return np.where(self.sorted[at] == ids, self.order[at], -1).astype(np.int64)
 
 
-def find_pairs(new: pd.DataFrame, catalog: pd.DataFrame, settings: DuplicateSettings | None = None, *,
+def find_pairs(new: pd.DataFrame | HashCodes, catalog: pd.DataFrame | HashCodes,
+               settings: DuplicateSettings | None = None, *,
                index_factory: Callable[[int], HammingIndex] = HammingIndex) -> list[DuplicatePair]:
     """The duplicate pairs that involve at least one image of ``new``, against ``catalog`` and each other.
 
-    ``new`` and ``catalog`` have columns ``image_id, pixel_hash, phash, dhash`` (more are ignored; hashes as
-    unsigned or signed 64-bit integers or hex strings); ``catalog`` may or may not already hold the new rows (a new
-    row wins over a catalog row with the same id). An image is never paired with itself and each unordered pair is
-    reported once, as ``a < b``; the list is sorted. Exact pairs come from a dict of ``pixel_hash``; near pairs
-    from :class:`HammingIndex` es over the catalog plus the new rows (on the phash, and on the dhash when
-    :meth:`DuplicateSettings.index_radii` asks for it), queried with the new rows only. Exact twins are reported as
-    exact only. See :class:`DuplicateSettings` for the rule and ``max_neighbors``.
+    ``new`` and ``catalog`` are :class:`HashCodes` or frames with columns ``image_id, pixel_hash, phash, dhash``
+    (more are ignored; hashes as unsigned or signed 64-bit integers or hex strings); ``catalog`` may or may not
+    already hold the new rows (a new row wins over a catalog row with the same id). An image is never paired with
+    itself and each unordered pair is reported once, as ``a < b``; the list is sorted. Exact pairs come from the
+    ``pixel_hash`` es the new rows share with the catalog; near pairs from :class:`HammingIndex` es over the
+    catalog plus the new rows (on the phash, and on the dhash when :meth:`DuplicateSettings.index_radii` asks for
+    it), queried with the new rows only. Exact twins are reported as exact only. See :class:`DuplicateSettings`
+    for the rule and ``max_neighbors``.
 
     Cost: O(n) to build the indexes over the n catalog rows, plus one lookup per new row touching a few percent of
     the catalog (measured in ``bench/duplicates_scale.py``); memory O(n) for the indexes (about 60 bytes a row for
     the two) plus a working set bounded by ``CANDIDATE_BLOCK``.
     """
     settings = settings or DuplicateSettings()
-    new_rows = _hash_frame(new, "new")
-    if new_rows.empty:
+    new_rows = new if isinstance(new, HashCodes) else HashCodes.from_frame(new, "new")
+    if not len(new_rows):
         return []
-    old_rows = _hash_frame(catalog, "catalog")
-    overlap = old_rows.image_id.isin(set(new_rows.image_id.tolist()))
+    old_rows = catalog if isinstance(catalog, HashCodes) else HashCodes.from_frame(catalog, "catalog")
+    overlap = np.isin(old_rows.image_id, new_rows.image_id)
     if overlap.any():
-        old_rows = old_rows[~overlap].reset_index(drop=True)
+        old_rows = old_rows.take(~overlap)
     n_old, n_new = len(old_rows), len(new_rows)
     queries = np.arange(n_old, n_old + n_new)
     cap = settings.max_neighbors
     pairs: dict[tuple[str, str], DuplicatePair] = {}
 
-    # Exact: every other image with the same pixels (smallest ids first, at most ``cap``), through a dict.
-    new_ids = new_rows.image_id.to_numpy(dtype=object)
-    new_pixels = new_rows.pixel_hash.to_numpy(dtype=object)
-    shared = old_rows[old_rows.pixel_hash.isin(set(new_pixels.tolist()))]
-    members: dict[str, list[str]] = {}
-    for image_id, pixel in zip([*shared.image_id.tolist(), *new_ids.tolist()],
-                               [*shared.pixel_hash.tolist(), *new_pixels.tolist()]):
+    # Exact: every other image with the same pixels (smallest ids first, at most ``cap``), among the few catalog
+    # rows that share a pixel hash with a new row.
+    new_ids = [as_text(i) for i in new_rows.image_id.tolist()]
+    new_pixels = new_rows.pixel_hash.tolist()
+    shared = np.flatnonzero(np.isin(old_rows.pixel_hash, new_rows.pixel_hash))
+    members: dict[bytes | str, list[str]] = {}
+    for image_id, pixel in zip([*(as_text(i) for i in old_rows.image_id[shared].tolist()), *new_ids],
+                               [*old_rows.pixel_hash[shared].tolist(), *new_pixels]):
         members.setdefault(pixel, []).append(image_id)
-    for image_id, pixel in zip(new_ids.tolist(), new_pixels.tolist()):
+    for image_id, pixel in zip(new_ids, new_pixels):
         if len(members[pixel]) < 2:
             continue
         twins = sorted(t for t in members[pixel] if t != image_id)
@@ -472,15 +534,15 @@ def find_pairs(new: pd.DataFrame, catalog: pd.DataFrame, settings: DuplicateSett
             pairs[(a, b)] = DuplicatePair(a, b, "exact", 0)
 
     # Near: look the new images up in indexes of everything, on the phash and, if needed, on the dhash.
-    phash = np.concatenate([old_rows.phash.to_numpy(np.uint64), new_rows.phash.to_numpy(np.uint64)])
-    dhash = np.concatenate([old_rows.dhash.to_numpy(np.uint64), new_rows.dhash.to_numpy(np.uint64)])
+    phash = np.concatenate([old_rows.phash, new_rows.phash])
+    dhash = np.concatenate([old_rows.dhash, new_rows.dhash])
     found_q, found_r = [], []
     for codes, radius in zip((phash, dhash), settings.index_radii()):
         if radius is None:
             continue
         index = index_factory(radius)
-        index.add(old_rows.image_id.array, codes[:n_old])
-        index.add(new_rows.image_id.array, codes[n_old:])
+        index.add(old_rows.image_id, codes[:n_old])
+        index.add(new_rows.image_id, codes[n_old:])
         q, r, _ = index.query_many(codes[queries], radius)
         found_q.append(queries[q])
         found_r.append(r)
@@ -492,10 +554,10 @@ def find_pairs(new: pd.DataFrame, catalog: pd.DataFrame, settings: DuplicateSett
         dd = popcount(dhash[q] ^ dhash[r]).astype(np.int64)
         keep = (q != r) & settings.is_near(dp, dd)
         q, r, dp, dd = q[keep], r[keep], dp[keep], dd[keep]
-        pixel_q = _take(old_rows.pixel_hash, new_rows.pixel_hash, q)
-        pixel_r = _take(old_rows.pixel_hash, new_rows.pixel_hash, r)
-        near = pd.DataFrame({"q": q, "other": _take(old_rows.image_id, new_rows.image_id, r), "dp": dp,
-                             "total": dp + dd})[pixel_q != pixel_r]
+        near = pd.DataFrame({"q": q, "other": [as_text(i) for i in _take(old_rows.image_id, new_rows.image_id, r)],
+                             "dp": dp, "total": dp + dd})
+        near = near[_take(old_rows.pixel_hash, new_rows.pixel_hash, q)
+                    != _take(old_rows.pixel_hash, new_rows.pixel_hash, r)]
         near = near.sort_values(["q", "total", "dp", "other"], kind="stable")
         if cap is not None:
             near = near[near.groupby("q").cumcount() < cap]
@@ -506,7 +568,25 @@ def find_pairs(new: pd.DataFrame, catalog: pd.DataFrame, settings: DuplicateSett
     return [pairs[key] for key in sorted(pairs)]
 
 
+def _take(old: np.ndarray, new: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Values at positions ``rows`` of old followed by new."""
+    rows = np.asarray(rows, dtype=np.int64)
+    is_old = rows < len(old)
+    width = max(old.dtype.itemsize, new.dtype.itemsize)
+    out = np.empty(len(rows), dtype=f"S{max(width, 1)}")
+    out[is_old] = old[rows[is_old]]
+    out[~is_old] = new[rows[~is_old] - len(old)]
+    return out
+
+
 GROUP_COLUMNS = ["image_id", "group_id", "kind", "keep", "nearest_distance"]
+
+# Which member of a duplicate group is kept, in order (see group_duplicates).
+KEEP_RULE = ("highest resolution (width x height)", "least compressed (not JPEG, then the highest estimated JPEG "
+             "quality)", "earliest landed (smallest batch_id)", "sharpest (highest blurry_score)",
+             "smallest image_id")
+# The compression rank of a file that is not JPEG (no quality estimate): above any JPEG quality (1..100).
+LOSSLESS = 101.0
 
 
 def pairs_frame(pairs: Iterable[DuplicatePair] | pd.DataFrame) -> pd.DataFrame:
@@ -557,9 +637,14 @@ def group_duplicates(pairs: Iterable[DuplicatePair] | pd.DataFrame, quality: pd.
     ``keep`` (exactly one per group); ``nearest_distance`` (smallest phash distance to another member it is paired
     with; 0 for an exact twin).
 
-    ``quality`` (optional) has ``image_id`` and any of ``width, height, blurry_score, batch_id, pixel_hash``.
-    The member kept is the largest (width x height), then the sharpest (highest ``blurry_score``: scores are 0..1,
-    lower is worse), then the smallest ``image_id``; without those columns, the smallest ``image_id``.
+    ``quality`` (optional) has ``image_id`` and any of ``width, height, jpeg_quality, blurry_score, batch_id,
+    pixel_hash``. The member kept is the original as far as the files tell (:data:`KEEP_RULE`): the highest
+    resolution (width x height), then the least compressed (a file that is not JPEG, ``jpeg_quality`` empty,
+    counts as lossless and beats any JPEG; JPEGs by their estimated quality), then the earliest landed (smallest
+    ``batch_id``), then the sharpest (highest ``blurry_score``), then the smallest ``image_id``; a missing column
+    decides nothing. So a downscaled copy loses on resolution, a re-compressed quality-70 copy on compression, and
+    a mirror image (same size, same compression) to the copy that landed first; within one batch nothing says
+    which landed first, and the smallest id decides.
 
     ``group_id`` is ``dup-`` + 12 hex digits of the SHA-256 of the group's *founder*: its member from the earliest
     batch (smallest ``batch_id``, as batch ids sort in the order batches were made), ties and images without a
@@ -598,7 +683,8 @@ def group_duplicates(pairs: Iterable[DuplicatePair] | pd.DataFrame, quality: pd.
     id_rank[np.argsort(image_ids.astype(str), kind="stable")] = np.arange(n)
     info = pd.DataFrame(index=pd.Index(image_ids, name="image_id"))
     if quality is not None and "image_id" in quality.columns:
-        wanted = [c for c in ("width", "height", "blurry_score", "batch_id", "pixel_hash") if c in quality.columns]
+        wanted = [c for c in ("width", "height", "jpeg_quality", "blurry_score", "batch_id", "pixel_hash")
+                  if c in quality.columns]
         known = quality[["image_id", *wanted]]
         known = known[known.image_id.astype(str).isin(image_ids)].drop_duplicates("image_id", keep="last")
         info = known.set_index(known.image_id.astype(str))[wanted].reindex(info.index)
@@ -611,26 +697,29 @@ def group_duplicates(pairs: Iterable[DuplicatePair] | pd.DataFrame, quality: pd.
         has_exact[np.flatnonzero(member)[counts[inverse] > 1]] = True
     nearest[has_exact] = 0
 
-    # The member to keep: largest area, then sharpest, then smallest id.
     def numeric(column: str) -> np.ndarray:
         if column not in info.columns:
             return np.full(n, np.nan)
         return pd.to_numeric(info[column], errors="coerce").to_numpy(dtype=float)
 
-    area = np.nan_to_num(numeric("width") * numeric("height"), nan=-1.0)
-    sharp = np.nan_to_num(numeric("blurry_score"), nan=-np.inf)
-    order = np.lexsort((id_rank, -sharp, -area, root))
-    first = order[np.r_[True, root[order][1:] != root[order][:-1]]]
-    keep = np.zeros(n, dtype=bool)
-    keep[first] = True
-
-    # The founder names the group: earliest batch, then smallest id.
     if "batch_id" in info.columns:
         batch = info.batch_id.astype(object)
         batch_rank = pd.factorize(batch.where(batch.notna(), None), sort=True, use_na_sentinel=True)[0]
         batch_rank = np.where(batch_rank < 0, np.iinfo(np.int64).max, batch_rank)
     else:
         batch_rank = np.zeros(n, dtype=np.int64)
+
+    # The member to keep (KEEP_RULE): resolution, compression, landing, sharpness, id.
+    area = np.nan_to_num(numeric("width") * numeric("height"), nan=-1.0)
+    compression = np.nan_to_num(numeric("jpeg_quality"), nan=LOSSLESS) if "jpeg_quality" in info.columns \
+        else np.zeros(n)
+    sharp = np.nan_to_num(numeric("blurry_score"), nan=-np.inf)
+    order = np.lexsort((id_rank, -sharp, batch_rank, -compression, -area, root))
+    first = order[np.r_[True, root[order][1:] != root[order][:-1]]]
+    keep = np.zeros(n, dtype=bool)
+    keep[first] = True
+
+    # The founder names the group: earliest batch, then smallest id.
     order = np.lexsort((id_rank, batch_rank, root))
     founders = order[np.r_[True, root[order][1:] != root[order][:-1]]]
     names = {int(root[f]): _group_id(image_ids[f]) for f in founders}
@@ -689,12 +778,13 @@ class EmbeddingDuplicateSettings:
             (embedding_distance <= self.near_radius) & (hash_total_distance <= self.hash_total))
 
 
-# Query rows x catalog rows scored at once by find_embedding_pairs' neighbour search (float32): 256 MB at most.
-EMBEDDING_BLOCK = 1 << 26
+# Query rows x catalog rows scored at once by find_embedding_pairs' neighbour search (float32): 16 MB, so a
+# batch of 2,000 new images against a chunk of 2,000 is one block (larger blocks only cost memory).
+EMBEDDING_BLOCK = 1 << 22
 
 
 def find_embedding_pairs(new_ids: Sequence[str], new_vectors: np.ndarray, catalog_ids: Sequence[str],
-                         catalog_vectors: np.ndarray, hashes: pd.DataFrame,
+                         catalog_vectors: np.ndarray, hashes: pd.DataFrame | HashCodes,
                          settings: EmbeddingDuplicateSettings | None = None) -> list[DuplicatePair]:
     """Near duplicate pairs by embedding distance that involve at least one of the new images.
 
@@ -702,35 +792,57 @@ def find_embedding_pairs(new_ids: Sequence[str], new_vectors: np.ndarray, catalo
     ``catalog`` may or may not hold the new rows. ``hashes`` has ``image_id, pixel_hash, phash, dhash`` for every
     image: pairs with identical pixels are left to the exact rule of :func:`find_pairs`, and ``distance`` is the
     pair's phash Hamming distance, as for hash pairs. Each unordered pair is reported once as ``a < b``, sorted;
-    ``kind`` is ``near`` and ``found_by`` ``embedding``. The neighbours come from the shared engine's exact
-    radius query (:class:`~cv_dataops.embeddings.neighbors.NeighborIndex`): one dense product of the new rows with
-    the catalog's, in blocks of :data:`EMBEDDING_BLOCK` scores (a few seconds per thousand new images against
-    100,000).
+    ``kind`` is ``near`` and ``found_by`` ``embedding``. The catalog may come in chunks: see
+    :func:`find_embedding_pairs_in_chunks` (same pairs).
     """
+    return find_embedding_pairs_in_chunks(new_ids, new_vectors, [(catalog_ids, catalog_vectors)], hashes, settings)
+
+
+def find_embedding_pairs_in_chunks(new_ids: Sequence[str] | np.ndarray, new_vectors: np.ndarray,
+                                   chunks: Iterable[tuple[Sequence[str] | np.ndarray, np.ndarray]],
+                                   hashes: pd.DataFrame | HashCodes,
+                                   settings: EmbeddingDuplicateSettings | None = None) -> list[DuplicatePair]:
+    """:func:`find_embedding_pairs` against a catalog given as ``(ids, vectors)`` chunks (one batch file at a
+    time), so memory holds the new vectors and one chunk, never the catalog's matrix. The neighbours of each chunk
+    come from the shared engine's exact radius query (:class:`~cv_dataops.embeddings.neighbors.NeighborIndex`,
+    float64 distances): the pairs, their distances and the ``max_neighbors`` cut (taken over all chunks) are those
+    of one query against the whole catalog."""
     settings = settings or EmbeddingDuplicateSettings()
     new_vectors = np.asarray(new_vectors, dtype=np.float32)
-    catalog_vectors = np.asarray(catalog_vectors, dtype=np.float32)
-    if not settings.enabled or not len(new_ids) or not len(catalog_ids):
+    new_ids = as_ids(new_ids)
+    if not settings.enabled or not len(new_ids):
         return []
-    if new_vectors.shape[1] != catalog_vectors.shape[1]:
-        raise ValueError(f"new vectors have {new_vectors.shape[1]} dimensions, the catalog's {catalog_vectors.shape[1]}")
-    new_ids = [str(i) for i in new_ids]
-    catalog_ids = [str(i) for i in catalog_ids]
-    known = _hash_frame(hashes, "hashes").set_index("image_id")
+    codes = hashes if isinstance(hashes, HashCodes) else HashCodes.from_frame(hashes, "hashes")
+    known = IdLookup(codes.image_id)
     radius = max(settings.identical_radius, settings.near_radius if settings.hash_total > 0 else 0.0)
-    q, r, e = NeighborIndex(catalog_vectors, block=EMBEDDING_BLOCK).query_radius(new_vectors, radius)
-    query_ids = np.array(new_ids, dtype=object)[q]
-    other_ids = np.array(catalog_ids, dtype=object)[r]
-    keep = (query_ids != other_ids) & pd.Series(query_ids).isin(known.index).to_numpy() \
-        & pd.Series(other_ids).isin(known.index).to_numpy()
-    query_ids, other_ids, e = query_ids[keep], other_ids[keep], e[keep]
-    if not len(e):
+    new_at = known.positions(new_ids)
+    queries = np.flatnonzero(new_at >= 0)  # an image without hash rows is no one's pair
+    found_q, found_r, found_e = [], [], []
+    for chunk_ids, chunk_vectors in chunks:
+        chunk_ids = as_ids(chunk_ids)
+        chunk_vectors = np.asarray(chunk_vectors, dtype=np.float32)
+        if not len(chunk_ids) or not len(queries):
+            continue
+        if new_vectors.shape[1] != chunk_vectors.shape[1]:
+            raise ValueError(f"new vectors have {new_vectors.shape[1]} dimensions, the catalog's "
+                             f"{chunk_vectors.shape[1]}")
+        chunk_at = known.positions(chunk_ids)
+        q, r, e = NeighborIndex(chunk_vectors, block=EMBEDDING_BLOCK).query_radius(new_vectors[queries], radius)
+        q = new_at[queries[q]]
+        r = chunk_at[r]
+        keep = (r >= 0) & (q != r)
+        found_q.append(q[keep])
+        found_r.append(r[keep])
+        found_e.append(e[keep])
+    if not found_q or not sum(len(q) for q in found_q):
         return []
-    mine, theirs = known.loc[query_ids], known.loc[other_ids]
-    dp = popcount(mine.phash.to_numpy(np.uint64) ^ theirs.phash.to_numpy(np.uint64)).astype(np.int64)
-    dd = popcount(mine.dhash.to_numpy(np.uint64) ^ theirs.dhash.to_numpy(np.uint64)).astype(np.int64)
-    near = settings.is_near(e, dp + dd) & (mine.pixel_hash.to_numpy() != theirs.pixel_hash.to_numpy())
-    found = pd.DataFrame({"q": query_ids[near], "other": other_ids[near], "e": e[near], "dp": dp[near]})
+    q, r, e = np.concatenate(found_q), np.concatenate(found_r), np.concatenate(found_e)
+    dp = popcount(codes.phash[q] ^ codes.phash[r]).astype(np.int64)
+    dd = popcount(codes.dhash[q] ^ codes.dhash[r]).astype(np.int64)
+    near = settings.is_near(e, dp + dd) & (codes.pixel_hash[q] != codes.pixel_hash[r])
+    ids = codes.image_id
+    found = pd.DataFrame({"q": [as_text(i) for i in ids[q[near]]], "other": [as_text(i) for i in ids[r[near]]],
+                          "e": e[near], "dp": dp[near]})
     found = found.sort_values(["q", "e", "other"], kind="stable")
     if settings.max_neighbors is not None:
         found = found[found.groupby("q").cumcount() < settings.max_neighbors]

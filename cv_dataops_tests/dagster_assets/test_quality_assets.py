@@ -1,5 +1,5 @@
-"""image_quality and image_duplicates through Dagster: tables, GX suite and its validation page, WARN and blocking
-ERROR paths, and duplicates found across batches without comparing all pairs again."""
+"""image_quality through Dagster: tables, GX suite and its validation page, WARN and blocking ERROR paths (the
+duplicates assets are tested in test_duplicates_assets.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from cv_dataops.defs.quality.assets import image_quality
 from cv_dataops.defs.shared.partitions import batch_partitions
 from cv_dataops.ingest.landing import BatchLedger
 from cv_dataops.resources import build_resources
-from cv_dataops_tests.conftest import encode, photo, write_files
+from cv_dataops_tests.conftest import encode, write_files
 
 PER_BATCH = [raw_images, image_quality, *[getattr(ingestion_checks, n) for n in dir(ingestion_checks)
                                           if isinstance(getattr(ingestion_checks, n), dg.AssetChecksDefinition)],
@@ -115,45 +115,10 @@ def test_a_mostly_unusable_batch_is_an_error_that_blocks_downstream(tmp_path):
 
     # the spanning duplicates stage leaves the blocked batch out
     duplicates = dg.materialize([image_duplicates, duplicates_checks.duplicates_one_kept_per_group],
-                                instance=instance, resources=_resources(tmp_path))
+                                instance=instance, resources=_resources(tmp_path), selection=["image_duplicates"])
     (materialization,) = duplicates.asset_materializations_for_node("image_duplicates")
     assert materialization.metadata["batches_left_out"].value == [batch_id]
     assert materialization.metadata["images_indexed"].value == 0
-
-
-def test_duplicates_across_batches_are_found_incrementally(tmp_path):
-    originals = {f"first/{i}.png": real_photo(i) for i in range(5)}  # five different photos
-    instance = dg.DagsterInstance.ephemeral()
-    first = _land_and_plan(tmp_path, {k: encode(v, "PNG") for k, v in originals.items()}, instance)
-    resources = _resources(tmp_path)
-    assert dg.materialize(PER_BATCH, partition_key=first, instance=instance, resources=resources).success
-    assert dg.materialize([image_duplicates], instance=instance, resources=resources).success
-
-    source = originals["first/2.png"]
-    second_files = {
-        "second/resized.jpg": encode(source.resize((160, 120)), "JPEG", quality=60),
-        "second/brighter.png": encode(ImageEnhance.Brightness(source).enhance(1.2), "PNG"),
-        "second/same_pixels.bmp": encode(originals["first/4.png"], "BMP"),
-        "second/different.png": encode(photo(77, (320, 240)), "PNG"),
-    }
-    second = _land_and_plan(tmp_path, second_files, instance)
-    assert dg.materialize(PER_BATCH, partition_key=second, instance=instance, resources=resources).success
-    result = dg.materialize([image_duplicates, duplicates_checks.duplicates_one_kept_per_group], instance=instance,
-                            resources=resources)
-    assert result.success
-    (materialization,) = result.asset_materializations_for_node("image_duplicates")
-    assert materialization.metadata["images_looked_up"].value == 4  # only the new batch, not all pairs again
-    assert materialization.metadata["images_indexed"].value == 9
-    catalog = Catalog(LocalStorage(tmp_path / "data"))
-    paths = catalog.read("images").to_pandas().set_index("image_id").relative_path
-    groups = catalog.read("duplicates").to_pandas()
-    groups["path"] = groups.image_id.map(paths)
-    by_group = {g: set(members.path) for g, members in groups.groupby("group_id")}
-    assert {"first/2.png", "second/resized.jpg", "second/brighter.png"} in by_group.values()
-    assert {"first/4.png", "second/same_pixels.bmp"} in by_group.values()
-    kinds = dict(zip(groups.path, groups.kind))
-    assert kinds["second/same_pixels.bmp"] == "exact" and kinds["second/resized.jpg"] == "near"
-    assert "second/different.png" not in set(groups.path)
 
 
 def test_spanning_assets_are_kept_fresh_by_a_running_automation_sensor():
@@ -187,37 +152,3 @@ def test_odd_size_is_judged_against_the_catalog_and_thresholds_are_configuration
     after = catalog.read("quality", [first]).to_pandas()
     assert after.is_dark.all() and not before.is_dark.all()
     assert set(after.quality_version) != set(before.quality_version)
-
-
-def test_flips_the_hashes_miss_are_found_by_embedding_distance(tmp_path, monkeypatch):
-    import json
-
-    from PIL import ImageOps
-
-    from cv_dataops.defs.embeddings.assets import image_embeddings
-
-    monkeypatch.setenv("CV_DATAOPS_EMBEDDER", json.dumps(
-        {"kind": "patch-kmeans", "n_centroids": 32, "n_patches": 4000, "dimension": 16, "kmeans_iterations": 3}))
-    per_batch = [*PER_BATCH, image_embeddings]
-    originals = {f"first/{i}.png": real_photo(i) for i in range(5)}
-    instance = dg.DagsterInstance.ephemeral()
-    first = _land_and_plan(tmp_path, {k: encode(v, "PNG") for k, v in originals.items()}, instance)
-    resources = _resources(tmp_path)
-    assert dg.materialize(per_batch, partition_key=first, instance=instance, resources=resources).success
-    second = _land_and_plan(tmp_path, {"second/mirrored.png": encode(ImageOps.mirror(originals["first/1.png"]), "PNG"),
-                                       "second/different.png": encode(photo(77, (320, 240)), "PNG")}, instance)
-    assert dg.materialize(per_batch, partition_key=second, instance=instance, resources=resources).success
-    result = dg.materialize([image_duplicates, duplicates_checks.duplicates_one_kept_per_group], instance=instance,
-                            resources=resources)
-    assert result.success
-    (materialization,) = result.asset_materializations_for_node("image_duplicates")
-    assert materialization.metadata["pairs_by_embedding"].value == 1
-    catalog = Catalog(LocalStorage(tmp_path / "data"))
-    paths = catalog.read("images").to_pandas().set_index("image_id").relative_path
-    pairs = catalog.read("duplicate_pairs").to_pandas()
-    (pair,) = pairs.itertuples()
-    assert {paths[pair.image_id_a], paths[pair.image_id_b]} == {"first/1.png", "second/mirrored.png"}
-    assert pair.found_by == "embedding" and pair.kind == "near" and pair.embedding_distance < 0.01
-    assert pair.distance > 16  # the mirror image's phash is far: the hashes alone miss it
-    groups = catalog.read("duplicates").to_pandas()
-    assert set(groups.image_id.map(paths)) == {"first/1.png", "second/mirrored.png"}

@@ -506,3 +506,91 @@ def test_embedding_pairs_need_a_tiny_distance_or_both_signals():
     assert [(p.a, p.b) for p in capped] == [("flip", "orig")]  # the closest (the twin's pixels are orig's)
     with pytest.raises(ValueError, match="cosine distance"):
         EmbeddingDuplicateSettings(near_radius=2.5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Keep the original.
+
+def _measured(name: str, data: bytes, batch_id: str) -> dict:
+    from cv_dataops.quality.measure import measure
+
+    row = measure(data)
+    return {"name": name, "image_id": hashlib.sha256(data).hexdigest(), "batch_id": batch_id, **{
+        k: row[k] for k in ("pixel_hash", "phash", "dhash", "width", "height", "jpeg_quality", "blurry_score")}}
+
+
+@pytest.mark.parametrize("copies_first", [False, True])
+def test_the_original_is_kept_not_its_recompressed_downscaled_or_mirrored_copy(copies_first):
+    """A group of a photo (JPEG quality 95) with a quality-70 re-compression, a half-size copy and a mirror image:
+    the kept member is the original, whether it landed first or after the re-compressed and downscaled copies
+    (resolution and compression come before landing order); the mirror, same size and compression, loses to the
+    original when it landed later."""
+    from PIL import ImageOps
+    from skimage import data as skimage_data
+
+    original = Image.fromarray(skimage_data.astronaut()).resize((384, 384))
+    early, late = ("00000001", "00000002") if not copies_first else ("00000002", "00000001")
+    rows = [_measured("original", encode(original, "JPEG", quality=95), early),
+            _measured("q70", encode(original, "JPEG", quality=70), late),
+            _measured("half", encode(half(original), "JPEG", quality=95), late),
+            _measured("mirror", encode(ImageOps.mirror(original), "JPEG", quality=95), "00000003")]
+    quality = frame(rows)
+    name = dict(zip(quality.image_id, quality.name))
+    assert quality.set_index("name").jpeg_quality.to_dict() == {"original": 95, "q70": 70, "half": 95, "mirror": 95}
+    hash_pairs = find_pairs(quality, quality)
+    assert {frozenset((name[p.a], name[p.b])) for p in hash_pairs} >= {frozenset(("original", "q70")),
+                                                                        frozenset(("original", "half"))}
+    ids = quality.set_index("name").image_id
+    mirror = DuplicatePair(*sorted((ids["original"], ids["mirror"])), "near", 30, "embedding", 0.0)
+    groups = group_duplicates([*hash_pairs, mirror], quality)
+    assert groups.group_id.nunique() == 1 and len(groups) == 4  # every member is in the group
+    (kept,) = groups.image_id[groups.keep]
+    assert name[kept] == "original"
+    # the rule, member by member: a lossless copy of the same size beats the JPEG original; a larger copy beats it
+    png = _measured("png", encode(original, "PNG"), late)
+    assert png["jpeg_quality"] is None
+    with_png = group_duplicates([DuplicatePair(*sorted((ids["original"], png["image_id"])), "near", 2)],
+                                frame([rows[0], png]))
+    assert with_png.set_index("image_id").keep[png["image_id"]]
+    assert dup.KEEP_RULE[0].startswith("highest resolution") and dup.LOSSLESS > 100
+
+
+def test_embedding_pairs_in_chunks_equal_one_query_against_the_whole_catalog():
+    """The embedding pass reads the catalog one batch file at a time: the same pairs, distances and
+    ``max_neighbors`` cut as one query against every vector at once."""
+    from cv_dataops.duplicates.index import (
+        EmbeddingDuplicateSettings,
+        HashCodes,
+        find_embedding_pairs,
+        find_embedding_pairs_in_chunks,
+    )
+
+    rng = np.random.default_rng(5)
+    n, d = 3000, 24
+    vectors = rng.normal(size=(n, d)).astype(np.float32)
+    phash = rng.integers(0, 2 ** 64, n, dtype=np.uint64)
+    dhash = rng.integers(0, 2 ** 64, n, dtype=np.uint64)
+    for copy in range(2000, n, 3):  # near copies of earlier images: a small step in the embedding, close hashes
+        original = int(rng.integers(0, 2000))
+        vectors[copy] = vectors[original] + rng.normal(scale=0.05 if copy % 2 else 0.2, size=d)
+        phash[copy], dhash[copy] = phash[original] ^ np.uint64(0b101), dhash[original]
+    for copy in range(2001, 2100, 10):  # many copies of one image: the cap decides across chunks
+        vectors[copy] = vectors[7] + rng.normal(scale=0.01, size=d)
+    vectors = _unit_rows(vectors)
+    ids = [f"{i:064x}" for i in rng.permutation(10 * n)[:n]]
+    hashes = pd.DataFrame({"image_id": ids, "pixel_hash": [f"p{i}" for i in range(n)], "phash": phash,
+                           "dhash": dhash})
+    for settings in (EmbeddingDuplicateSettings(), EmbeddingDuplicateSettings(max_neighbors=2)):
+        whole = find_embedding_pairs(ids[2000:], vectors[2000:], ids, vectors, hashes, settings)
+        chunks = [(np.array(ids[s:s + 700], dtype="S"), vectors[s:s + 700]) for s in range(0, n, 700)]
+        chunked = find_embedding_pairs_in_chunks(np.array(ids[2000:], dtype="S"), vectors[2000:], chunks,
+                                                 HashCodes.from_frame(hashes), settings)
+        assert chunked == whole and len(whole) > 100
+
+
+def test_find_pairs_on_compact_codes_equals_find_pairs_on_frames(cifar_variants):
+    from cv_dataops.duplicates.index import HashCodes
+
+    images = cifar_variants
+    new = images.sample(frac=0.3, random_state=1)
+    assert find_pairs(HashCodes.from_frame(new), HashCodes.from_frame(images)) == find_pairs(new, images)

@@ -1,5 +1,6 @@
-"""The incremental duplicate update, without Dagster: batch by batch equals all at once, the state names batches
-(never images), blocked batches are left out, and quality rows and vectors are read only for what is new."""
+"""The incremental duplicate update, without Dagster: batch by batch equals all at once, the states name batches
+(never images), blocked batches are left out, quality rows are read only for what is new and vectors one batch
+file at a time, and the hash and embedding passes each keep their state when the other does not run."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pandas as pd
 from cv_dataops.core.storage import LocalStorage
 from cv_dataops.duplicates.incremental import (
     HASH_COLUMNS,
+    STATE_KEY,
     DuplicateState,
     EmbeddingSource,
     HashRowStore,
@@ -37,6 +39,7 @@ def _hashes(seed: int = 3, batches: int = 3, per_batch: int = 60) -> pd.DataFram
         "batch_id": [f"{i // per_batch + 1:08d}" for i in range(n)],
         "pixel_hash": pixel, "phash": phash, "dhash": dhash,
         "width": rng.integers(16, 64, n).astype(np.int32), "height": np.full(n, 32, np.int32),
+        "jpeg_quality": np.where(rng.random(n) < 0.5, np.nan, rng.integers(50, 96, n)).astype(np.float32),
         "blurry_score": rng.random(n), "is_unusable": np.zeros(n, bool), "quality_version": "1-abc"})
 
 
@@ -129,20 +132,24 @@ def test_vectors_are_read_only_for_new_embedding_batches_and_a_new_embedder_star
                               embeddings=source("emb-1", ["00000001"]))
     assert reads == [["00000001"]] and first.images_looked_up_by_embedding == 20
     both = {"00000001": "v1", "00000002": "v1"}
-    second = update_duplicates(first.state, hashes, both, previous_pairs=first.pairs, previous_groups=first.groups,
+    second = update_duplicates(first.state, hashes, both, embedding_state=first.embedding_state,
+                               previous_pairs=first.pairs, previous_groups=first.groups,
                                embeddings=source("emb-1", ["00000001", "00000002"]))
-    assert reads[-1] == ["00000001", "00000002"] and second.images_looked_up_by_embedding == 20
+    # the new batch's vectors are the queries; the catalog's are read one batch file at a time, each once
+    assert reads[1:] == [["00000002"], ["00000001"]] and second.images_looked_up_by_embedding == 20
     (pair,) = [p for p in second.pairs if p.found_by == "embedding"]
     assert {pair.a, pair.b} == {hashes.image_id[3], hashes.image_id[25]}
     assert second.images_without_embedding == 0
 
     calls = len(reads)
-    same = update_duplicates(second.state, hashes, both, previous_pairs=second.pairs, previous_groups=second.groups,
+    same = update_duplicates(second.state, hashes, both, embedding_state=second.embedding_state,
+                             previous_pairs=second.pairs, previous_groups=second.groups,
                              embeddings=source("emb-1", ["00000001", "00000002"]))
     assert len(reads) == calls and same.pairs == second.pairs  # nothing new: no vector read
     # a new embedder whose vectors exist for batch 1 only: embedding pairs dropped, batch 1 looked up again
-    other = update_duplicates(second.state, hashes, both, previous_pairs=second.pairs,
-                              previous_groups=second.groups, embeddings=source("emb-2", ["00000001"]))
+    other = update_duplicates(second.state, hashes, both, embedding_state=second.embedding_state,
+                              previous_pairs=second.pairs, previous_groups=second.groups,
+                              embeddings=source("emb-2", ["00000001"]))
     assert not other.full_rebuild and other.images_looked_up == 0 and other.images_looked_up_by_embedding == 20
     assert all(p.found_by == "hash" for p in other.pairs) and other.images_without_embedding == 20
 
@@ -157,14 +164,18 @@ def test_the_store_reads_a_batch_of_quality_rows_only_when_it_changed(tmp_path):
         return hashes[hashes.batch_id == batch_id].assign(extra_column=1)
 
     rows, refreshed = store.rows({"00000001": "a", "00000002": "a"}, read_quality)
-    assert refreshed == read == ["00000001", "00000002"] and list(rows.columns) == HASH_COLUMNS
-    pd.testing.assert_frame_equal(rows, hashes[HASH_COLUMNS])
+    assert refreshed == read == ["00000001", "00000002"] and list(rows.frame().columns) == HASH_COLUMNS
+    pd.testing.assert_frame_equal(rows.frame(), hashes[HASH_COLUMNS])
     rows, refreshed = store.rows({"00000001": "a", "00000002": "b"}, read_quality)
     assert refreshed == ["00000002"] and read == ["00000001", "00000002", "00000002"]
-    pd.testing.assert_frame_equal(rows, hashes[HASH_COLUMNS])
-    assert store.state() is None
+    pd.testing.assert_frame_equal(rows.frame(), hashes[HASH_COLUMNS])
+    assert store.state() is None and store.embedding_state() is None
     store.save_state(DuplicateState(("1",), "s", {"00000001": "a"}))
     assert store.state().looked_up == {"00000001": "a"}
+    # a state of the kind that held both passes (before they were split) still reads, as the hash pass's
+    store.storage.write_text(STATE_KEY, '{"embedding": {}, "embedding_looked_up": {}, "embedding_vectors": {}, '
+                                        '"looked_up": {"00000001": "a"}, "quality_versions": ["1"], "settings": "s"}')
+    assert store.state() == DuplicateState(("1",), "s", {"00000001": "a"}) and store.embedding_state() is None
 
 
 def test_images_measured_after_their_vectors_were_read_are_looked_up_by_embedding_then():
@@ -185,6 +196,98 @@ def test_images_measured_after_their_vectors_were_read_are_looked_up_by_embeddin
     first = update_duplicates(None, unmeasured, {"00000001": "v1", "00000002": "v1"}, embeddings=source)
     assert not [p for p in first.pairs if p.found_by == "embedding"] and first.images_without_embedding == 0
     remeasured = update_duplicates(first.state, hashes, {"00000001": "v1", "00000002": "v2"},
-                                   previous_pairs=first.pairs, previous_groups=first.groups, embeddings=source)
+                                   embedding_state=first.embedding_state, previous_pairs=first.pairs,
+                                   previous_groups=first.groups, embeddings=source)
     (pair,) = [p for p in remeasured.pairs if p.found_by == "embedding"]
     assert {pair.a, pair.b} == {hashes.image_id[2], hashes.image_id[15]}
+
+
+FLIPS = ((3, 40), (10, 70), (35, 80))
+
+
+def _assert_same_groups(ours: pd.DataFrame, theirs: pd.DataFrame) -> None:
+    """The same members, kinds, kept images and distances, and the same partition into groups."""
+    def by_image(groups):
+        return groups.sort_values("image_id").reset_index(drop=True)
+
+    pd.testing.assert_frame_equal(by_image(ours).drop(columns="group_id"), by_image(theirs).drop(columns="group_id"))
+    assert set(ours.groupby("group_id").image_id.apply(frozenset)) == \
+        set(theirs.groupby("group_id").image_id.apply(frozenset))
+
+
+def _flip_catalog():
+    """Three batches of hash rows and vectors; a few pairs only the embeddings find (far hashes, same vector)."""
+    hashes = _hashes(batches=3, per_batch=30)
+    rng = np.random.default_rng(4)
+    vectors = rng.normal(size=(len(hashes), 8)).astype(np.float32)
+    for original, copy in FLIPS:
+        vectors[copy] = vectors[original]
+        for column in ("phash", "dhash"):  # every bit differs: the hashes miss it
+            hashes.loc[copy, column] = ~np.uint64(hashes.loc[original, column])
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    def source(batches):
+        def read(wanted):
+            rows = hashes.batch_id.isin(wanted).to_numpy()
+            return _Vectors(hashes.image_id[rows].tolist(), hashes.batch_id[rows].tolist(), vectors[rows])
+        return EmbeddingSource("emb-1", {b: "e1" for b in batches}, read)
+
+    return hashes, source
+
+
+def test_the_hash_and_embedding_passes_run_apart_in_any_order_and_after_a_kill_agree_with_both_at_once():
+    from cv_dataops.duplicates.incremental import (
+        group_pairs,
+        update_embedding_duplicates,
+        update_hash_duplicates,
+    )
+
+    hashes, source = _flip_catalog()
+    batches = sorted(set(hashes.batch_id))
+    everything = update_duplicates(None, hashes, {b: "v1" for b in batches}, embeddings=source(batches))
+    assert sum(p.found_by == "embedding" for p in everything.pairs) == 3
+
+    # batch by batch, the hash pass every time, the embedding pass only after the last batch (embeddings late)
+    state, hash_pairs, groups = None, [], None
+    for last in batches:
+        seen = hashes[hashes.batch_id <= last]
+        update = update_hash_duplicates(state, seen, {b: "v1" for b in set(seen.batch_id)}, previous_pairs=hash_pairs)
+        state, hash_pairs = update.state, update.pairs
+        _, groups = group_pairs(hash_pairs, [], update.rows, groups)
+        flips = {frozenset((hashes.image_id[o], hashes.image_id[c])) for o, c in FLIPS}
+        assert not flips & {frozenset((p.a, p.b)) for p in hash_pairs}  # no embedding pairs yet
+    fingerprints = {b: "v1" for b in batches}
+    by_embedding = update_embedding_duplicates(None, hashes, fingerprints, source(batches))
+    # killed after writing its pairs, before saving its state: the next run looks the same batches up again
+    again = update_embedding_duplicates(None, hashes, fingerprints, source(batches), previous_pairs=by_embedding.pairs)
+    assert again.pairs == by_embedding.pairs and again.images_looked_up == len(hashes)
+    # the hash pass then groups both kinds; nothing is looked up again by hash
+    final = update_hash_duplicates(state, hashes, fingerprints, previous_pairs=hash_pairs)
+    assert final.images_looked_up == 0
+    pairs, groups = group_pairs(final.pairs, again.pairs, final.rows, groups)
+    assert pairs == everything.pairs
+    _assert_same_groups(groups, everything.groups)  # group names may differ: grown batch by batch
+
+    # the other order: the embedding pass batch by batch first, the hash pass once at the end
+    emb_state, emb_pairs = None, []
+    for last in batches:
+        seen = hashes[hashes.batch_id <= last]
+        seen_batches = sorted(set(seen.batch_id))
+        update = update_embedding_duplicates(emb_state, seen, {b: "v1" for b in seen_batches}, source(seen_batches),
+                                             previous_pairs=emb_pairs)
+        assert update.images_looked_up == 30  # only the new batch's vectors are queries
+        emb_state, emb_pairs = update.state, update.pairs
+    assert emb_pairs == again.pairs
+    by_hash = update_hash_duplicates(None, hashes, fingerprints)
+    pairs, groups = group_pairs(by_hash.pairs, emb_pairs, by_hash.rows)
+    assert pairs == everything.pairs
+    pd.testing.assert_frame_equal(groups, everything.groups)
+
+    # a batch that becomes blocked leaves both passes' pairs and the groups
+    blocked = hashes.assign(is_unusable=hashes.batch_id == batches[1])
+    emb = update_embedding_duplicates(emb_state, blocked, fingerprints, source(batches), previous_pairs=emb_pairs)
+    hashed = update_hash_duplicates(by_hash.state, blocked, fingerprints, previous_pairs=by_hash.pairs)
+    pairs, groups = group_pairs(hashed.pairs, emb.pairs, hashed.rows)
+    gone = set(hashes.image_id[hashes.batch_id == batches[1]])
+    assert hashed.batches_left_out == [batches[1]] and not {i for p in pairs for i in (p.a, p.b)} & gone
+    assert not set(groups.image_id) & gone

@@ -2,12 +2,12 @@
 
 import dagster as dg
 
-from cv_dataops.defs.duplicates.assets import image_duplicates
+from cv_dataops.defs.duplicates.assets import IMAGE_DUPLICATES
 from cv_dataops.duplicates.tables import DUPLICATES
 from cv_dataops.resources import CatalogResource
 
 
-@dg.asset_check(asset=image_duplicates, blocking=True)
+@dg.asset_check(asset=IMAGE_DUPLICATES, blocking=True)
 def duplicates_one_kept_per_group(catalog: CatalogResource) -> dg.AssetCheckResult:
     """Every duplicate group has at least two members and exactly one image to keep."""
     frame = catalog.catalog().read(DUPLICATES).to_pandas()
