@@ -76,6 +76,7 @@ def test_bad_rows_fail_and_say_what_was_observed():
     summary = validate_frame(good, "quality", "good")
     assert summary.success and summary.successful == summary.evaluated == len(suite_expectations("quality"))
     assert summary.rows == 5 and summary.batch_id == "good"
+    assert validate_frame(QUALITY.empty().to_pandas(), "quality", "empty").success  # every file was quarantined
 
     bad = good.assign(dark_score=[0.5, 1.7, 0.5, 0.5, 0.5], entropy=9.0)
     bad.loc[2, "image_id"] = None
