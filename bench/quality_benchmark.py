@@ -29,11 +29,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from quality_dataset import (  # noqa: E402
     CIFAR,
+    HELD_OUT_GRAY_SOURCES,
+    HELD_OUT_SOURCES,
     ISSUES,
     build,
     cifar_photos,
+    digit_images,
+    photo_crops,
+    photos_needed,
     skimage_photos,
-    skimage_tiles,
 )
 from report import update_section  # noqa: E402
 
@@ -62,6 +66,7 @@ def run_ours(paths: list[str], workers: int) -> dict:
     groups = group_duplicates(pairs, frame)
     seconds = time.perf_counter() - start
     flags = {issue: list(frame.image_id[frame[f"is_{issue}"]]) for issue in ISSUES}
+    flags["unusable"] = list(frame.image_id[frame.is_unusable])
     sets = [list(members.image_id) for _, members in groups.groupby("group_id")] if len(groups) else []
     exact = {tuple(sorted((p.a, p.b))) for p in pairs if p.kind == "exact"}
     return {"seconds": seconds, "flags": flags, "groups": sets, "exact_pairs": exact}
@@ -92,12 +97,40 @@ def _prf(predicted: set, truth: set) -> tuple[float, float, float]:
     return precision, recall, f1
 
 
-def score(result: dict, samples, directory: Path) -> dict[str, tuple[float, float, float]]:
+def score(result: dict, samples, directory: Path) -> dict:
+    """Per issue (P, R, F1) against the injected ground truth; grayscale also split by kind (recall); the share of
+    clean photos flagged per issue; duplicates."""
     path = {s.name: str(directory / s.name) for s in samples}
-    scores = {}
+    flags = {name: set(values) for name, values in result["flags"].items()}
+    scores: dict = {"prf": {}, "clean_flagged": {}, "gray_recall": {}}
+    issue_samples = [s for s in samples if not s.duplicate_of]
     for issue in ISSUES:
-        truth = {path[s.name] for s in samples if issue in s.issues}
-        scores[issue] = _prf(set(result["flags"].get(issue, [])), truth)
+        truth = {path[s.name] for s in issue_samples if issue in s.issues}
+        predicted = flags.get(issue, set()) & {path[s.name] for s in issue_samples}
+        scores["prf"][issue] = _prf(predicted, truth)
+    clean = [path[s.name] for s in issue_samples if not (s.issues - {"grayscale"} if s.strength == "digit"
+                                                          else s.issues)]
+    scores["clean"] = len(clean)
+    for issue in (*ISSUES, "unusable"):
+        if issue in flags and not (issue == "grayscale" and any(s.strength == "digit" for s in samples)):
+            scores["clean_flagged"][issue] = sum(p in flags[issue] for p in clean) / max(1, len(clean))
+    for kind in ("single-channel", "rgb-equal"):
+        members = [path[s.name] for s in issue_samples if s.grayscale_kind == kind]
+        if members:
+            scores["gray_recall"][kind] = (sum(p in flags.get("grayscale", set()) for p in members), len(members))
+    if "unusable" in flags:
+        truly = [path[s.name] for s in issue_samples if s.unusable]
+        flag_level = [path[s.name] for s in issue_samples
+                      if s.issues and not s.unusable and s.strength not in ("photo", "digit")]
+        scores["unusable"] = (sum(p in flags["unusable"] for p in truly), len(truly),
+                              sum(p in flags["unusable"] for p in flag_level), len(flag_level))
+        by_kind: dict[str, list[int]] = {}
+        for s in issue_samples:
+            if s.unusable:
+                counts = by_kind.setdefault(s.unusable_kind, [0, 0])
+                counts[0] += path[s.name] in flags["unusable"]
+                counts[1] += 1
+        scores["unusable_by_kind"] = by_kind
     true_groups: dict[str, list[str]] = {}
     for s in samples:
         if s.duplicate_of:
@@ -105,34 +138,104 @@ def score(result: dict, samples, directory: Path) -> dict[str, tuple[float, floa
     true_exact = {tuple(sorted((path[s.name], path[s.duplicate_of]))) for s in samples if s.duplicate_kind == "exact"}
     true_near = _pairs(list(true_groups.values())) - true_exact
     found = _pairs(result["groups"])
-    scores["exact duplicates"] = _prf(result["exact_pairs"], true_exact)
-    scores["near duplicates"] = _prf(found - result["exact_pairs"], true_near)
+    scores["prf"]["exact duplicates"] = _prf(result["exact_pairs"], true_exact)
+    scores["prf"]["near duplicates"] = _prf(found - result["exact_pairs"], true_near)
     return scores
 
 
-def accuracy(args) -> None:
-    root = Path(tempfile.mkdtemp(prefix="cv-dataops-quality-bench-"))
-    sets = {"photo tiles 128x96 (scikit-image and scikit-learn sample photos)": (root / "skimage", skimage_tiles(args.photos))}
+def held_out_sets(root: Path) -> list[tuple[str, Path, list]]:
+    """The held-out sets: none of these photographs (or CIFAR-10 test, or digits) was seen by
+    bench/fit_quality_thresholds.py."""
+    sets = []
+    for side in (1024, 256, 64):
+        directory = root / f"photos_{side}"
+        photos = photo_crops(HELD_OUT_SOURCES, photos_needed(60), side, seed=1000 + side)
+        gray = [] if side == 64 else [crop for name in HELD_OUT_GRAY_SOURCES
+                                      for crop in photo_crops((name,), 1, side, seed=side + 7)]
+        sets.append((f"held-out photos, long side ~{side} px", directory,
+                     build(directory, photos, f"h{side}", clean=60, gray_photos=gray)))
     if (CIFAR / "test").is_dir():
-        sets["CIFAR-10 sample 32x32"] = (root / "cifar", cifar_photos(args.photos))
-    lines = []
-    for title, (directory, photos) in sets.items():
-        samples = build(directory, photos, directory.name[:2])
+        directory = root / "cifar"
+        sets.append(("CIFAR-10 test, 32x32", directory,
+                     build(directory, cifar_photos(photos_needed(120), "test"), "ct", clean=120)))
+    directory = root / "digits"
+    samples = build(directory, digit_images(photos_needed(60)), "dg", clean=60)
+    for sample in samples:   # every digit file is single-channel: all of them are grayscale by construction
+        if not sample.duplicate_of:
+            sample.issues = sample.issues | {"grayscale"}
+            sample.grayscale_kind = sample.grayscale_kind or "single-channel"
+            sample.strength = "digit" if sample.issues == {"grayscale"} else sample.strength
+    sets.append(("scikit-learn digits, 64x64 single-channel", directory, samples))
+    return sets
+
+
+def _cell(values: tuple[float, float, float]) -> str:
+    return f"{values[0]:.2f} / {values[1]:.2f} / **{values[2]:.2f}**"
+
+
+def _verdict(ours: float, theirs: float) -> str:
+    if abs(ours - theirs) < 0.005:
+        return "tie"
+    return "better" if ours > theirs else "**worse**"
+
+
+def accuracy(args) -> None:
+    root = Path(args.work or tempfile.mkdtemp(prefix="cv-dataops-quality-bench-"))
+    lines = ["Held-out sets only (`bench/quality_dataset.py`): photographs, CIFAR-10 images and digits that "
+             "`bench/fit_quality_thresholds.py` never saw. Ground truth comes from the transforms, never from a "
+             "score: each issue is injected with a known parameter (blur: a Gaussian or motion blur of 1%, 2% or "
+             "4% of the longer side, at least 1.5 px); clean photos are plain, soft (Gaussian of 0.25% of the "
+             "side), upscaled (bicubic 2x, 1.5x under 256 px) or heavily compressed (JPEG quality 15). Both tools "
+             f"run with their default thresholds and {args.workers} workers on the same files. A difference in "
+             "F1 under 0.005 is a tie.", ""]
+    summary = {}
+    for title, directory, samples in held_out_sets(root):
         paths = sorted(str(directory / s.name) for s in samples)
         ours = score(run_ours(paths, args.workers), samples, directory)
-        reference = score(run_cleanvision(args.reference_python, paths, args.workers), samples, directory)
-        lines += [f"### {title}: {len(samples)} files ({sum(1 for s in samples if s.issues)} with an injected issue, "
+        theirs = score(run_cleanvision(args.reference_python, paths, args.workers), samples, directory)
+        summary[title] = (ours, theirs)
+        injected = sum(1 for s in samples if s.issues and s.strength != "digit")
+        lines += [f"### {title}: {len(samples)} files ({ours['clean']} clean, {injected} with an injected issue, "
                   f"{sum(1 for s in samples if s.duplicate_of)} duplicates)", "",
-                  "| issue | cv-dataops P / R / F1 | CleanVision P / R / F1 | F1 at least CleanVision's |",
-                  "|---|---|---|---|"]
-        for issue in ours:
-            a, b = ours[issue], reference[issue]
-            lines.append(f"| {issue} | {a[0]:.2f} / {a[1]:.2f} / **{a[2]:.2f}** | {b[0]:.2f} / {b[1]:.2f} / "
-                         f"**{b[2]:.2f}** | {'yes' if a[2] >= b[2] - 1e-9 else 'NO'} |")
-        lines.append("")
-    lines.append("Issues injected at three strengths each (see `bench/quality_dataset.py`); near duplicates are a "
-                 "half-size resize, JPEG quality 40, a 5% crop, +20% brightness and +50% saturation. Both tools run "
-                 f"with their default thresholds and {args.workers} workers on the same files.")
+                  "| issue | cv-dataops P / R / F1 | CleanVision P / R / F1 | F1 vs CleanVision | F1 >= 0.8 |",
+                  "|---|---|---|---|---|"]
+        for issue, values in ours["prf"].items():
+            other = theirs["prf"][issue]
+            lines.append(f"| {issue} | {_cell(values)} | {_cell(other)} | {_verdict(values[2], other[2])} | "
+                         f"{'yes' if values[2] >= 0.8 else '**no**'} |")
+        gray = "; ".join(f"{kind} files {hit}/{n} (CleanVision {theirs['gray_recall'][kind][0]}/{n})"
+                         for kind, (hit, n) in ours["gray_recall"].items())
+        lines += ["", f"Grayscale found, by kind: {gray}. "
+                  "CleanVision flags only single-channel files, by definition."]
+        flagged = ", ".join(f"{issue} {rate:.0%}" + (f" ({theirs['clean_flagged'][issue]:.0%})"
+                                                    if issue in theirs["clean_flagged"] else "")
+                            for issue, rate in ours["clean_flagged"].items())
+        lines.append(f"Clean photos flagged, cv-dataops (CleanVision): {flagged}.")
+        hit, n, wrong, m = ours["unusable"]
+        kinds = {"dark": "near-black", "light": "blown out", "low_information": "blank", "blurry": "blurred by 8%"}
+        found = ", ".join(f"{kinds[k]} {a}/{b}" for k, (a, b) in ours["unusable_by_kind"].items())
+        lines += [f"Unusable (cv-dataops; CleanVision has no such verdict): {hit}/{n} of the unusable injections "
+                  f"({found}) and {wrong}/{m} of the flag-level injections are called unusable.", ""]
+    lines += ["### Goals on the held-out sets", "", "| set | issue types with F1 >= 0.8 | F1 at least CleanVision's "
+              "(ties) | worst clean-photo flag rate (issue) | clean photos unusable |", "|---|---|---|---|---|"]
+    for title, (ours, theirs) in summary.items():
+        issues = [i for i in ISSUES if not (i == "grayscale" and title.startswith("scikit-learn digits"))]
+        good = sum(ours["prf"][i][2] >= 0.8 for i in issues)
+        at_least = sum(ours["prf"][i][2] >= theirs["prf"][i][2] - 0.005 for i in issues)
+        ties = sum(abs(ours["prf"][i][2] - theirs["prf"][i][2]) < 0.005 for i in issues)
+        rates = {i: r for i, r in ours["clean_flagged"].items() if i != "unusable"}
+        worst = max(rates, key=rates.get)
+        lines.append(f"| {title} | {good}/{len(issues)} | {at_least}/{len(issues)} ({ties} ties) | "
+                     f"{rates[worst]:.0%} ({worst}) | {ours['clean_flagged']['unusable']:.0%} |")
+    lines += ["", "Not met, said plainly: where a row above says **no** (F1 under 0.8) or **worse**, the goal is not met "
+              "on that set. The duplicates rows use the duplicate stage's settings as they are (another part of "
+              "issue 10) and are here to stay honest, with two caveats: the photo sets are crops of six "
+              "photographs, so overlapping crops are real near duplicates that the ground truth does not list "
+              "(near-duplicate precision there understates); and an exact copy is a PNG of a decoded JPEG, which "
+              "the pixel hash of JPEG draft-mode decoding at 1024 px does not see as identical.",
+              "", "Commands: `python bench/fit_quality_thresholds.py` (fits and prints the constants, on the fit "
+              "half only), then `python bench/quality_benchmark.py accuracy --reference-python "
+              "\"$(bench/setup_reference.sh)\"` (CleanVision 0.3.7 in its own venv)."]
     update_section("quality-accuracy", "Quality and duplicates: accuracy against CleanVision", "\n".join(lines))
 
 
@@ -222,7 +325,7 @@ def main() -> None:
     parser.add_argument("what", choices=("accuracy", "speed", "memory", "_memory-one"))
     parser.add_argument("--reference-python", required=True, help="a Python with cleanvision installed")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--photos", type=int, default=240, help="accuracy: base photos per set")
+    parser.add_argument("--work", default=None, help="accuracy: where to write the held-out files (default: temp)")
     parser.add_argument("--count", type=int, default=400, help="speed: number of 1024x768 JPEGs")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sizes", type=int, nargs="+", default=[200, 800, 3200], help="memory: batch sizes")

@@ -1,5 +1,9 @@
 """The one rule for an unusable batch: most of its images are unusable. The blocking quality check fails on it and
-every spanning stage leaves it out."""
+every spanning stage leaves it out.
+
+"Unusable" is ``is_unusable`` of the `quality` table: near-black, blown out, blank or blurred beyond recognition
+(each issue type's strict unusable threshold). A flagged image (a night scene is ``dark``, a foggy one may be
+``blurry`` or ``light``) is not unusable, so a batch of night or fog scenes is never blocked for being one."""
 
 from __future__ import annotations
 

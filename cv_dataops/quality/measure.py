@@ -72,35 +72,54 @@ ANALYSIS_SIDE = 256
 CLIP_LEVELS = 4
 
 # Bump when the metrics change: the quality rows of every batch then carry an out-of-date quality_version.
-QUALITY_VERSION = "1"
+QUALITY_VERSION = "2"
+
+# ``<issue>_unusable`` names an issue type's unusable threshold in QualityThresholds and in configuration.
+UNUSABLE_SUFFIX = "_unusable"
 
 
 @dataclass(frozen=True, init=False)
 class QualityThresholds:
-    """An image has issue T when ``T_score < T`` (the threshold for T); ``unusable_issues`` are the issue types that
-    make it unusable. Unset values take each issue type's defaults (its ``threshold`` and ``unusable``; each module
-    of :mod:`cv_dataops.quality.issues` says how its default relates to CleanVision's).
+    """An image has issue T (is flagged) when ``T_score < T`` (the threshold for T). It is unusable when, for an
+    issue type T in ``unusable_issues``, ``T_score < T_unusable`` (a stricter threshold: near-black, blown out,
+    blank, blurred beyond recognition). Unset values take each issue type's defaults (its ``threshold``,
+    ``unusable_threshold`` and ``unusable``; each module of :mod:`cv_dataops.quality.issues` says how its
+    default relates to CleanVision's).
 
-    ``QualityThresholds(dark=0.4)`` or ``QualityThresholds({"dark": 0.4})`` override one threshold, and
-    ``thresholds.dark`` reads one; ``dataclasses.replace(thresholds, dark=0.4)`` works too. An unknown issue type
-    or a non-finite threshold raises ValueError naming the known ones.
+    ``QualityThresholds(dark=0.4, dark_unusable=0.05)`` or ``QualityThresholds({"dark": 0.4})`` override
+    thresholds, and ``thresholds.dark`` reads one; ``dataclasses.replace(thresholds, dark=0.4)`` works too. An
+    unusable threshold is never above its flag threshold (it is lowered to it). An unknown issue type or a
+    non-finite threshold raises ValueError naming the known ones.
     """
 
     by_issue: Mapping[str, float]
     unusable_issues: tuple[str, ...]
+    unusable_by_issue: Mapping[str, float]
 
     def __init__(self, by_issue: Mapping[str, float] | None = None, unusable_issues: Iterable[str] | None = None,
-                 **thresholds: float) -> None:
+                 unusable_by_issue: Mapping[str, float] | None = None, **thresholds: float) -> None:
         known = issue_types()
         names = [issue.name for issue in known]
-        overrides = {**(by_issue or {}), **thresholds}
-        unknown = sorted(set(overrides) - set(names))
+        overrides = {**(by_issue or {}), **{k: v for k, v in thresholds.items() if not k.endswith(UNUSABLE_SUFFIX)}}
+        unusable_overrides = {**(unusable_by_issue or {}),
+                              **{k[: -len(UNUSABLE_SUFFIX)]: v for k, v in thresholds.items()
+                                 if k.endswith(UNUSABLE_SUFFIX)}}
+        unknown = sorted(set(overrides) - set(names)) + sorted(
+            f"{name}{UNUSABLE_SUFFIX}" for name in set(unusable_overrides) - set(names))
         if unknown:
-            raise ValueError(f"unknown issue types {unknown} in the quality thresholds; known: {names}")
+            raise ValueError(f"unknown issue types {unknown} in the quality thresholds; known: {names} (and "
+                             f"<name>{UNUSABLE_SUFFIX} for their unusable thresholds)")
         values = {issue.name: overrides.get(issue.name, issue.threshold) for issue in known}
-        for name, value in values.items():
+        unusable_values = {}
+        for issue in known:
+            default = issue.threshold if issue.unusable_threshold is None else issue.unusable_threshold
+            # never above the flag threshold (an unusable image is always flagged too): a flag threshold lowered
+            # below the unusable one takes the unusable one down with it
+            unusable_values[issue.name] = unusable_overrides.get(issue.name, default)
+        for name, value in [*values.items(), *((f"{n}{UNUSABLE_SUFFIX}", v) for n, v in unusable_values.items())]:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"threshold {name} must be a finite number, got {value!r}")
+        unusable_values = {name: min(value, values[name]) for name, value in unusable_values.items()}
         unusable = (tuple(issue.name for issue in known if issue.unusable) if unusable_issues is None
                     else tuple(unusable_issues))
         unknown = [name for name in unusable if name not in values]
@@ -108,19 +127,24 @@ class QualityThresholds:
             raise ValueError(f"unusable_issues has unknown issue types {unknown}; known: {names}")
         object.__setattr__(self, "by_issue", values)
         object.__setattr__(self, "unusable_issues", unusable)
+        object.__setattr__(self, "unusable_by_issue", unusable_values)
 
     def __getattr__(self, name: str) -> float:
-        # Only called when ordinary lookup fails: an issue type's threshold, as an attribute.
+        # Only called when ordinary lookup fails: an issue type's threshold (or <name>_unusable), as an attribute.
         try:
+            if name.endswith(UNUSABLE_SUFFIX):
+                return self.__dict__["unusable_by_issue"][name[: -len(UNUSABLE_SUFFIX)]]
             return self.__dict__["by_issue"][name]
         except KeyError:
             raise AttributeError(f"{type(self).__name__!r} has no threshold {name!r}") from None
 
     def __hash__(self) -> int:
-        return hash((tuple(self.by_issue.items()), self.unusable_issues))
+        return hash((tuple(self.by_issue.items()), self.unusable_issues, tuple(self.unusable_by_issue.items())))
 
     def as_dict(self) -> dict[str, Any]:
-        return {**self.by_issue, "unusable_issues": list(self.unusable_issues)}
+        return {**self.by_issue, **{f"{name}{UNUSABLE_SUFFIX}": self.unusable_by_issue[name]
+                                    for name in self.unusable_issues},
+                "unusable_issues": list(self.unusable_issues)}
 
 
 def quality_version(thresholds: QualityThresholds) -> str:
@@ -155,10 +179,12 @@ class ImageStatistics:
     luma_p02: float
     luma_p98: float
     luma_p99: float
-    pooled_entropy: float                   # luma entropy (bits) after 2x2 averaging, which removes pixel noise
+    pooled_entropy: float                   # luma entropy (bits) after 4x4 averaging, which removes pixel noise
     chroma_p99: float                       # 99th percentile of max - min of R, G, B (0 for single-channel files)
     octave_ratio: float | None              # blur features (see _blur_features); None: no structure to judge
     edge_steepness: float | None
+    edge_width: float | None = None         # blur sigma of the strongest edges, analysis px (_edge_width)
+    blur_unit: float = 1.0                  # the blur that counts as "blurry", analysis px (_blur_unit)
 
 # ---------------------------------------------------------------------------------------------------------------
 # JPEG quality from the quantization tables
@@ -299,6 +325,92 @@ def _blur_features(g: np.ndarray, pooled: np.ndarray, noise: float, lo: float, h
     return octave, steepness
 
 
+# Edge-width estimate: Hu and de Haan (2006), "Low cost robust blur estimator". An ideal step blurred by s, re-blurred
+# by Gaussians of _REBLUR_A and _REBLUR_B pixels, has peak gradients in the ratio r = sqrt((s^2 + b^2) / (s^2 + a^2)),
+# whatever its contrast; so s = sqrt((b^2 - r^2 a^2) / (r^2 - 1)) at each edge maximum. The ratio is sensitive for s
+# up to ~2 px, so wider blur is measured on 2x-pooled copies (up to _EDGE_LEVELS levels).
+_REBLUR_A, _REBLUR_B = 1.0, 2.0
+_EDGE_LEVELS = 3
+_EDGE_STRONGEST = 0.1       # the share of edge maxima (by strength) that are measured
+_EDGE_PERCENTILE = 30       # per direction: the sharper part, so a blurred background does not count as blur
+_EDGE_SENSITIVE = 1.6       # px: above this the next (coarser) level is measured too
+
+
+def _pool2(g: np.ndarray) -> np.ndarray:
+    h, w = g.shape[0] // 2 * 2, g.shape[1] // 2 * 2
+    c = g[:h, :w]
+    return 0.25 * (c[0::2, 0::2] + c[1::2, 0::2] + c[0::2, 1::2] + c[1::2, 1::2])
+
+
+def _edge_sigmas(g: np.ndarray, noise: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """(blur sigma, direction 0..3) at the strongest edge maxima of ``g``; None with fewer than 8 edges."""
+    from scipy import ndimage
+
+    a = ndimage.gaussian_filter(g, _REBLUR_A, mode="reflect", truncate=3.0)
+    b = ndimage.gaussian_filter(g, _REBLUR_B, mode="reflect", truncate=3.0)
+    h, w = g.shape
+    core = (slice(2, h - 2), slice(2, w - 2))
+    ax, ay = 0.5 * (a[:, 2:] - a[:, :-2])[2:-2, 1:-1], 0.5 * (a[2:] - a[:-2])[1:-1, 2:-2]
+    bx, by = 0.5 * (b[:, 2:] - b[:, :-2])[2:-2, 1:-1], 0.5 * (b[2:] - b[:-2])[1:-1, 2:-2]
+    magnitude = np.zeros_like(a)
+    magnitude[core] = np.hypot(ax, ay)
+    m = magnitude[core]
+    direction = (np.round(np.arctan2(ay, ax) / (np.pi / 4)) % 4).astype(np.int8)
+    maxima = np.zeros(m.shape, dtype=bool)
+    for k, (dy, dx) in enumerate(((0, 1), (1, 1), (1, 0), (1, -1))):  # non-maximum suppression across the edge
+        ahead = magnitude[2 + dy:h - 2 + dy, 2 + dx:w - 2 + dx]
+        behind = magnitude[2 - dy:h - 2 - dy, 2 - dx:w - 2 - dx]
+        maxima |= (direction == k) & (m >= ahead) & (m > behind)
+    maxima &= m > noise / (math.sqrt(math.pi) * _REBLUR_A) + 1.0   # above what the noise alone gives
+    count = int(maxima.sum())
+    if count < 8:
+        return None
+    strength = m[maxima]
+    ratio = strength / np.maximum(np.hypot(bx, by)[maxima], 1e-6)
+    strongest = strength >= (np.quantile(strength, 1 - _EDGE_STRONGEST) if count > 80 else 0.0)
+    r2 = np.clip(ratio[strongest], 1.0 + 1e-4, _REBLUR_B / _REBLUR_A - 1e-4) ** 2
+    sigma = np.sqrt(np.maximum((_REBLUR_B ** 2 - r2 * _REBLUR_A ** 2) / (r2 - 1.0), 0.0))
+    return sigma, direction[maxima][strongest]
+
+
+def _edge_width(g: np.ndarray, noise: float) -> float | None:
+    """The blur sigma of an image's sharper edges, in analysis pixels (None: no edges to measure).
+
+    Per edge direction, the _EDGE_PERCENTILE-th percentile of the edge maxima's sigmas; the image's is the largest
+    of the four, so motion blur (which leaves edges along the motion sharp) counts. Wide blur is measured on
+    pooled copies, and the widest measurement of the levels visited wins."""
+    width = None
+    scale = 1.0
+    for _ in range(_EDGE_LEVELS):
+        if min(g.shape) < 12:
+            break
+        measured = _edge_sigmas(g, noise / scale)
+        if measured is None:
+            break
+        sigma, direction = measured
+        enough = max(8, 0.08 * sigma.size)
+        by_direction = [float(np.percentile(sigma[direction == k], _EDGE_PERCENTILE)) for k in range(4)
+                        if (direction == k).sum() >= enough]
+        level = max(by_direction) if by_direction else float(np.percentile(sigma, _EDGE_PERCENTILE))
+        width = level * scale if width is None else max(width, level * scale)
+        if level < _EDGE_SENSITIVE or min(g.shape) < 24:
+            break
+        g = _pool2(g)
+        scale *= 2.0
+    return width
+
+
+# What counts as blurry is relative to the image: a blur of 1% of its longer side, but never under 1.5 of its own
+# pixels (less is the softness of an ordinary resample); in analysis pixels.
+BLUR_UNIT_FRACTION = 0.01
+BLUR_UNIT_MIN_PIXELS = 1.5
+
+
+def _blur_unit(width: int, height: int, analysis_width: int, analysis_height: int) -> float:
+    analysis_side, side = max(analysis_width, analysis_height), max(width, height, 1)
+    return max(BLUR_UNIT_FRACTION * analysis_side, BLUR_UNIT_MIN_PIXELS * analysis_side / side)
+
+
 def measure(data: bytes, analysis_side: int = ANALYSIS_SIDE) -> dict:
     """Decode ``data`` once at the analysis size and compute every per-image metric.
 
@@ -409,8 +521,12 @@ def image_statistics(decoded: DecodedImage, rgb: np.ndarray | None = None) -> Im
         sharpness = 0.0
     pooled = _box2(g) if min(aw, ah) >= 2 else g
     octave, steepness = _blur_features(g, pooled, noise_sigma, p02, p98)
-    # Entropy after 2x2 averaging when the image is large enough (averages away pixel noise).
+    # Entropy after 4x4 averaging when the image is large enough (averages pixel noise down 4x, so a flat image
+    # with sensor noise is still flat; content survives it), else after 2x2, else none.
     if min(aw, ah) >= 32:
+        coarse = _box2(pooled)
+        pooled_entropy = _entropy_bits(np.bincount((coarse + 0.5).astype(np.uint8).ravel(), minlength=256))
+    elif min(aw, ah) >= 16:
         pooled_entropy = _entropy_bits(np.bincount((pooled + 0.5).astype(np.uint8).ravel(), minlength=256))
     else:
         pooled_entropy = entropy
@@ -426,7 +542,9 @@ def image_statistics(decoded: DecodedImage, rgb: np.ndarray | None = None) -> Im
         jpeg_quality=estimate_jpeg_quality(decoded.quantization),
         perceived_brightness_p05=p05, perceived_brightness_p99=p99,
         luma_p01=p01, luma_p02=p02, luma_p98=p98, luma_p99=p99l,
-        pooled_entropy=pooled_entropy, chroma_p99=chroma_p99, octave_ratio=octave, edge_steepness=steepness)
+        pooled_entropy=pooled_entropy, chroma_p99=chroma_p99, octave_ratio=octave, edge_steepness=steepness,
+        edge_width=_edge_width(g, noise_sigma) if octave is not None else None,
+        blur_unit=_blur_unit(decoded.width, decoded.height, aw, ah))
 
 
 def _image_hashes(decoded: DecodedImage, rgb: np.ndarray) -> dict:
@@ -459,8 +577,9 @@ def catalog_scores(rows: Any, catalog: Any | None = None) -> dict[str, np.ndarra
 
 
 def flag_issues(rows: Any, thresholds: QualityThresholds | None = None) -> dict[str, np.ndarray]:
-    """Boolean ``is_<T>`` arrays for every issue type T (``T_score < thresholds.T``) and ``is_unusable`` (any of
-    ``thresholds.unusable_issues``).
+    """Boolean ``is_<T>`` arrays for every issue type T (``T_score < thresholds.T``: flagged), ``is_unusable``
+    (``T_score < thresholds.T_unusable`` for some T of ``thresholds.unusable_issues``) and ``unusable_reason``
+    (object array: the unusable issue types of each row joined by "," in registration order, None when usable).
 
     ``rows`` is a mapping of column name to array (or a pandas DataFrame) holding the ``<T>_score`` columns that
     :func:`measure` returns. A catalog-relative score (``odd_size_score``) is used when present; otherwise it is
@@ -477,6 +596,7 @@ def flag_issues(rows: Any, thresholds: QualityThresholds | None = None) -> dict[
     if length is None:
         raise ValueError("rows has none of the score columns measure() returns")
     flags: dict[str, np.ndarray] = {}
+    reasons: list[list[str]] = [[] for _ in range(length)]
     for issue in issue_types():
         score = column(rows, f"{issue.name}_score")
         if score is None and issue.catalog_score is not None and all(
@@ -487,10 +607,11 @@ def flag_issues(rows: Any, thresholds: QualityThresholds | None = None) -> dict[
         with np.errstate(invalid="ignore"):
             flags[f"is_{issue.name}"] = (np.asarray(score < thresholds.by_issue[issue.name], dtype=bool)
                                          & np.isfinite(score))
-    unusable = np.zeros(length, dtype=bool)
-    for name in thresholds.unusable_issues:
-        unusable |= flags[f"is_{name}"]
-    flags["is_unusable"] = unusable
+            if issue.name in thresholds.unusable_issues:
+                for index in np.flatnonzero((score < thresholds.unusable_by_issue[issue.name]) & np.isfinite(score)):
+                    reasons[index].append(issue.name)
+    flags["is_unusable"] = np.fromiter((bool(r) for r in reasons), dtype=bool, count=length)
+    flags["unusable_reason"] = np.array([",".join(r) if r else None for r in reasons], dtype=object)
     return flags
 
 

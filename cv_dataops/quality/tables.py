@@ -11,7 +11,8 @@ def _issue_columns() -> tuple[Column, ...]:
     columns: list[Column] = []
     for issue in issue_types():
         columns.append(Column(f"{issue.name}_score", pa.float32(), f"0..1, lower is worse: {issue.meaning}.", False))
-        columns.append(Column(f"is_{issue.name}", pa.bool_(), f"{issue.name}_score is below its threshold.", False))
+        columns.append(Column(f"is_{issue.name}", pa.bool_(), f"Flagged (worth a look): {issue.name}_score is below "
+                                                             "its threshold.", False))
     return tuple(columns)
 
 
@@ -27,8 +28,13 @@ QUALITY = TableDefinition(
         Column("image_id", pa.string(), "The image (see `images`).", False),
         Column("batch_id", pa.string(), "The batch that brought it.", False),
         *_issue_columns(),
-        Column("is_unusable", pa.bool_(), "Has one of the issues configured as unusable (by default "
-                                          f"{_DEFAULT_UNUSABLE}).", False),
+        Column("is_unusable", pa.bool_(), "No model should train on it: the score of an issue type that can make "
+                                          f"an image unusable (by default {_DEFAULT_UNUSABLE}) is below that "
+                                          "type's unusable threshold, far stricter than its flag (near-black, "
+                                          "blown out, blank, blurred beyond recognition). A flagged image (a night "
+                                          "scene is dark) is not unusable.", False),
+        Column("unusable_reason", pa.string(), "The issue types that make the image unusable, joined by ','; null "
+                                               "when it is usable."),
         Column("width", pa.int32(), "Width in pixels (after EXIF orientation).", False),
         Column("height", pa.int32(), "Height in pixels (after EXIF orientation).", False),
         Column("brightness", pa.float32(), "Mean luma, 0..1.", False),

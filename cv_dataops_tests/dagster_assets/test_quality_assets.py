@@ -92,8 +92,21 @@ def test_quality_flags_known_issues_and_passes_its_suite(tmp_path):
     assert "data:image/png;base64," in materialization.metadata["worst_images"].value
 
 
+def test_a_batch_of_dim_night_photos_is_flagged_dark_but_passes_the_blocking_check(tmp_path):
+    night = {f"night/{i}.jpg": encode(ImageEnhance.Brightness(real_photo(i)).enhance(0.22), "JPEG") for i in range(6)}
+    instance = dg.DagsterInstance.ephemeral()
+    batch_id = _land_and_plan(tmp_path, night, instance)
+    result = dg.materialize(PER_BATCH, partition_key=batch_id, instance=instance, resources=_resources(tmp_path))
+    assert result.success
+    checks = _checks(result)
+    assert checks["quality_batch_usable"].passed   # the blocking check uses the unusable rule only
+    assert not checks["quality_issue_rates"].passed   # the flags are shown (WARN)
+    quality = Catalog(LocalStorage(tmp_path / "data")).read("quality", [batch_id]).to_pandas()
+    assert quality.is_dark.all() and not quality.is_unusable.any() and quality.unusable_reason.isna().all()
+
+
 def test_a_mostly_unusable_batch_is_an_error_that_blocks_downstream(tmp_path):
-    dark = {f"night/{i}.jpg": encode(ImageEnhance.Brightness(real_photo(i)).enhance(0.03), "JPEG") for i in range(6)}
+    dark = {f"black/{i}.jpg": encode(ImageEnhance.Brightness(real_photo(i)).enhance(0.03), "JPEG") for i in range(6)}
     dark["day/ok.jpg"] = encode(real_photo(9), "JPEG")
     instance = dg.DagsterInstance.ephemeral()
     batch_id = _land_and_plan(tmp_path, dark, instance)

@@ -169,7 +169,28 @@ def test_issue_types_are_checked_when_registered():
         IssueType(name="not a name", meaning="x", threshold=0.5, unusable=False, score=_small_score)
     with pytest.raises(ValueError, match="already registered"):
         register(IssueType(name="dark", meaning="x", threshold=0.5, unusable=False, score=_small_score))
+    with pytest.raises(ValueError, match="unusable_threshold must not exceed threshold"):
+        IssueType(name="odd", meaning="x", threshold=0.2, unusable=True, unusable_threshold=0.5, score=_small_score)
     assert issue_names() == BUILTIN
+
+
+def test_an_issue_types_unusable_threshold_is_a_setting_and_stricter_than_its_flag(real_images):
+    before = q.QualityThresholds()
+    issue = register(IssueType(name="small", meaning="fewer than 64 pixels on a side", threshold=0.5,
+                               unusable=True, unusable_threshold=0.1, score=_small_score))
+    try:
+        defaults = q.QualityThresholds()
+        assert defaults.as_dict()["small_unusable"] == 0.1 and defaults.small_unusable == 0.1
+        assert q.quality_version(defaults) != q.quality_version(before)
+        rows = {"small_score": np.array([0.05, 0.3, 0.9]), **{f"{n}_score": np.ones(3) for n in BUILTIN}}
+        flags = q.flag_issues(rows, defaults)
+        assert flags["is_small"].tolist() == [True, True, False]   # flagged: worth a look
+        assert flags["is_unusable"].tolist() == [True, False, False]  # unusable: only below 0.1
+        assert flags["unusable_reason"].tolist() == ["small", None, None]
+        assert q.flag_issues(rows, q.QualityThresholds(small_unusable=0.5))["is_unusable"].tolist() == [
+            True, True, False]
+    finally:
+        unregister(issue.name)
 
 
 def test_thresholds_reject_bad_values_naming_the_known_issue_types():

@@ -1,7 +1,10 @@
 """The issue types the quality stage knows, one module each, in the style of CleanVision's issue managers.
 
-An issue type turns measurements into a 0..1 score (lower is worse); an image has the issue when its score is
-below the issue's threshold. Everything that lists issue types (``QualityThresholds``, ``flag_issues``, the
+An issue type turns measurements into a 0..1 score (lower is worse); an image has the issue (is *flagged*: worth a
+look, shown and counted) when its score is below the issue's threshold. Flagged is not unusable: a night scene is
+dark, a foggy street low in contrast, and both are scenarios to keep. An image is *unusable* (no model should train
+on it: near-black, blown out, blank, blurred beyond recognition) only when the score of an issue type that can make
+it so is below that type's much stricter ``unusable_threshold``. Everything that lists issue types (``QualityThresholds``, ``flag_issues``, the
 ``quality`` table's columns, the quality assets' metadata and checks) reads them from here.
 
 Adding an issue type: write ``issues/<name>.py`` that calls :func:`register` with an :class:`IssueType` and add
@@ -37,17 +40,22 @@ class IssueType:
 
     name: str
     meaning: str                    # what having the issue means, for people (the table's column descriptions)
-    threshold: float                # the default: an image has the issue when its score is below it
-    unusable: bool                  # whether, by default, having the issue makes an image unusable
+    threshold: float                # the default: an image has the issue (is flagged) when its score is below it
+    unusable: bool                  # whether, by default, this issue can make an image unusable
     score: Callable[[ImageStatistics], float] | None = None
     catalog_score: Callable[[Any, Any | None], np.ndarray] | None = None
     catalog_columns: tuple[str, ...] = ()   # what catalog_score reads from the rows and from `images`
+    # the default score below which the issue makes an image unusable (None: the flag threshold itself)
+    unusable_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
             raise ValueError(f"issue type name {self.name!r} must be an identifier (it names columns)")
         if (self.score is None) == (self.catalog_score is None):
             raise ValueError(f"issue type {self.name!r} needs exactly one of score and catalog_score")
+        if self.unusable_threshold is not None and self.unusable_threshold > self.threshold:
+            raise ValueError(f"issue type {self.name!r}: unusable_threshold must not exceed threshold (an unusable "
+                             "image is always flagged too)")
 
 
 _REGISTRY: dict[str, IssueType] = {}

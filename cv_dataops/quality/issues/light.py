@@ -1,7 +1,10 @@
-"""light: even the darkest pixels are bright.
+"""light: over-exposed or washed out.
 
-The score is 1 - the 5th percentile of perceived pixel brightness (HSP model, 0..1), so with the default threshold
-0.05 "light" means even the darkest 5% of pixels are above 95% brightness. Same as CleanVision (0.3.x).
+The score is the smaller of 1 - the 5th percentile of perceived pixel brightness (HSP model, 0..1; CleanVision's
+score) and 1 - the fraction of pixels blown to white (luma within 4 levels of 255). So an image is light when
+even its darkest pixels are bright (washed out), or when most of it is clipped to white (over-exposed), which
+CleanVision's score alone misses while the remaining pixels are still dark. Unusable ("blown out") below
+``unusable_threshold``: nearly everything is white. Thresholds fitted by ``bench/fit_quality_thresholds.py``.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ if TYPE_CHECKING:
 
 
 def score(statistics: ImageStatistics) -> float:
-    return max(0.0, 1.0 - statistics.perceived_brightness_p05)
+    return max(0.0, min(1.0 - statistics.perceived_brightness_p05, 1.0 - statistics.light_clipped_fraction))
 
 
-ISSUE = register(IssueType(name="light", meaning="too bright (dark pixels are rare)", threshold=0.05, unusable=True,
-                           score=score))
+ISSUE = register(IssueType(name="light", meaning="too bright (washed out, or most pixels blown to white)",
+                           threshold=0.41, unusable=True, unusable_threshold=0.01, score=score))

@@ -1,8 +1,9 @@
 """low_information: blank, flat or nearly constant.
 
-The score is the luma entropy in bits / 8, measured after 2x2 averaging (``pooled_entropy``, which removes pixel
+The score is the luma entropy in bits / 8, measured after 4x4 averaging (``pooled_entropy``, which removes pixel
 noise, so "flat + sensor noise" is still flat). CleanVision uses 0.1 x the entropy of the 768-bin RGB histogram
-(threshold 0.3: < 3 bits, which is ~1.4-3 bits of luma entropy); with the same threshold 0.3 this flags < 2.4 bits.
+(threshold 0.3: < 3 bits, which is ~1.4-3 bits of luma entropy); the default threshold 0.31 flags < 2.5 bits, and
+below 0.11 (< 0.9 bits) the image is unusable ("blank"). Both fitted by ``bench/fit_quality_thresholds.py``.
 """
 
 from __future__ import annotations
@@ -21,4 +22,4 @@ def score(statistics: ImageStatistics) -> float:
 
 ISSUE = register(IssueType(
     name="low_information", meaning="little content (low entropy: blank, flat or nearly constant)",
-    threshold=0.3, unusable=True, score=score))
+    threshold=0.31, unusable=True, unusable_threshold=0.11, score=score))
