@@ -3,10 +3,13 @@ its severity and what it saw; a failed ERROR check exits 3, a failed WARN check 
 
 from __future__ import annotations
 
-import pytest
-from PIL import Image
+import json
 
-from cv_dataops_tests.conftest import encode, photo, write_files
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from cv_dataops_tests.conftest import TINY_EMBEDDER_SPEC, encode, photo, write_files
 from cv_dataops_tests.end_to_end.test_cli import cli
 
 
@@ -51,3 +54,33 @@ def test_a_failed_warn_check_is_listed_and_exits_0_a_failed_error_check_exits_3(
     assert len(failed.stderr.strip().splitlines()) == 1, failed.stderr
     assert "blocking check failed: image_quality: quality_batch_usable" in failed.stderr, failed.stderr
     assert "Traceback" not in failed.stderr
+
+
+def _sharp_scene(seed: int, size=(320, 240)) -> Image.Image:
+    """Coloured rectangles on a mid-grey ground: sharp, neither dark nor light, plenty of information."""
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", size, tuple(int(v) for v in rng.integers(60, 200, 3)))
+    draw = ImageDraw.Draw(image)
+    for _ in range(40):
+        x, y = int(rng.integers(0, size[0])), int(rng.integers(0, size[1]))
+        draw.rectangle([x, y, x + int(rng.integers(5, 80)), y + int(rng.integers(5, 60))],
+                       fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    return image
+
+
+@pytest.mark.slow  # the whole pipeline in a subprocess
+def test_a_failed_non_blocking_error_check_exits_3_after_a_run_that_worked(tmp_path, dagster_home):
+    """Every run succeeds, but class `b` has one image, so the curated set cannot hold one per split: the ERROR
+    check curated_min_per_class_and_split fails, is listed with what it saw, and the command exits 3."""
+    landing, root = tmp_path / "landing", tmp_path / "data"
+    write_files(landing, {**{f"a/{i}.png": encode(_sharp_scene(i), "PNG") for i in range(8)},
+                          "b/0.png": encode(_sharp_scene(100), "PNG")})
+    result = cli("run", "--landing", str(landing), "--data-root", str(root),
+                 env={"CV_DATAOPS_EMBEDDER": json.dumps(TINY_EMBEDDER_SPEC)})
+    assert result.returncode == 3, (result.stdout, result.stderr)
+    assert "batches run: 1; downstream assets refreshed: " in result.stdout, result.stdout  # nothing failed to run
+    (line,) = [line for line in _failed_check_lines(result.stdout) if "curated_min_per_class_and_split" in line]
+    assert line.startswith("curated_dataset: curated_min_per_class_and_split (ERROR): "), line
+    assert "b" in line.split("(ERROR): ")[1], line  # what it saw names the short class
+    assert result.stderr.strip().splitlines() == [
+        "cv-dataops: error: 1 ERROR check(s) failed: curated_min_per_class_and_split (listed above)"], result.stderr
