@@ -229,7 +229,7 @@ def _run(defs: dg.Definitions, instance: dg.DagsterInstance, select: Sequence[st
     summary = RunSummary()
     tags = {**CLI_TAGS, DATA_ROOT_TAG: resources["catalog"].storage().uri}
     ledger = resources["catalog"].ledger()
-    summary.new_batches = [m.batch_id for m in resources["landing"].plan(ledger)]  # min_age_seconds 0: see above
+    summary.new_batches = [m.batch_id for m in resources["landing"].plan(ledger)]  # min age 0: run_pipeline
     summary.orphaned_runs = fail_orphaned_runs(instance, tags)  # we hold the lease: their processes are gone
     batch_ids = ledger.batch_ids()
     known = set(instance.get_dynamic_partitions(batch_partitions.name))
@@ -243,7 +243,7 @@ def _run(defs: dg.Definitions, instance: dg.DagsterInstance, select: Sequence[st
     batch_keys = per_batch if wanted is None else per_batch & wanted
     spanning_keys = sorted((set(graph.get_all_asset_keys()) if wanted is None else wanted) - per_batch)
 
-    before = pipeline_status(instance, graph, batch_ids, spanning_keys, deferred=deferred_counts(ledger))
+    before = pipeline_status(instance, graph, batch_ids, spanning_keys)
     todo = [(batch, stages_to_run(batch, graph, batch_keys)) for batch in before.batches]
     todo = [(batch, stages) for batch, stages in todo if stages]
     failures, blocked = [], False  # blocked: a batch was not ingested, so nothing after it is up to date
