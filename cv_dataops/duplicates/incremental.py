@@ -45,7 +45,7 @@ from cv_dataops.duplicates.index import (
     find_pairs,
     group_duplicates,
 )
-from cv_dataops.quality.gating import blocked_batches
+from cv_dataops.quality.gating import batch_is_usable
 
 # The quality columns the duplicates stage needs: hashes to find pairs; size, JPEG quality, batch and sharpness to
 # choose the member to keep; the unusable flag for the one "unusable batch" rule; the version for a full rebuild
@@ -129,6 +129,10 @@ class HashRows:
     def image_id(self) -> np.ndarray:
         return self.codes.image_id
 
+    @property
+    def lookup(self) -> IdLookup:
+        return self.codes.lookup
+
     @classmethod
     def from_frame(cls, frame: pd.DataFrame) -> HashRows:
         if frame.empty:
@@ -205,13 +209,13 @@ def _as_rows(hashes: pd.DataFrame | HashRows) -> HashRows:
 def _usable(rows: HashRows, fingerprints: Mapping[str, str], max_unusable_rate: float
             ) -> tuple[HashRows, set[str], list[str]]:
     """The rows of the batches the one unusable-batch rule lets in, the blocked batches, the batches present."""
+    blocked = set()
     if len(rows):
-        codes, names = pd.factorize(pd.Series(rows.batch_id))
-        per_row = pd.DataFrame({"batch_id": pd.Categorical.from_codes(codes, [as_text(n) for n in names]),
-                                "is_unusable": rows.is_unusable})
-        blocked = blocked_batches(per_row, max_unusable_rate)
-    else:
-        blocked = set()
+        order = np.argsort(rows.batch_id, kind="stable")
+        names, starts = np.unique(rows.batch_id[order], return_index=True)
+        for name, flags in zip(names.tolist(), np.split(rows.is_unusable[order], starts[1:])):
+            if not batch_is_usable(pd.Series(flags), max_unusable_rate):
+                blocked.add(as_text(name))
     usable = rows.take(~rows.in_batches(blocked)) if blocked else rows
     return usable, blocked, sorted(b for b in fingerprints if b not in blocked)
 
@@ -322,7 +326,7 @@ def update_embedding_duplicates(state: EmbeddingDuplicateState | None, hashes: p
     pairs = {(p.a, p.b): p for p in previous}
     images_looked_up, batches_read = 0, 0
     if new_batches:
-        known = IdLookup(rows.image_id)
+        known = rows.lookup
         new_vectors = {b: _known_vectors(embeddings.read([b]), known) for b in new_batches}
         batches_read = len(new_batches)
         with_vectors = [v for v in new_vectors.values() if len(v[0])]  # (a batch may hold another version's only)
@@ -392,7 +396,7 @@ def _between(rows: HashRows, pairs: list[DuplicatePair]) -> list[DuplicatePair]:
     """The pairs whose two images both have (usable) rows."""
     if not pairs:
         return []
-    known = IdLookup(rows.image_id)
+    known = rows.lookup
     ok = (known.positions([p.a for p in pairs]) >= 0) & (known.positions([p.b for p in pairs]) >= 0)
     return [p for p, keep in zip(pairs, ok.tolist()) if keep]
 
@@ -406,7 +410,7 @@ def group_pairs(hash_pairs: Sequence[DuplicatePair], embedding_pairs: Sequence[D
         pairs.setdefault((pair.a, pair.b), pair)
     kept = _between(rows, [p for _, p in sorted(pairs.items())])
     members = sorted({i for p in kept for i in (p.a, p.b)})
-    positions = IdLookup(rows.image_id).positions(members)
+    positions = rows.lookup.positions(members)
     groups = group_duplicates(kept, rows.take(positions[positions >= 0]).frame(), previous=previous_groups)
     return kept, groups[GROUP_COLUMNS]
 

@@ -15,6 +15,7 @@ into groups (union-find) with one image to keep per group.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -432,6 +433,11 @@ class HashCodes:
     def __len__(self) -> int:
         return len(self.image_id)
 
+    @functools.cached_property
+    def lookup(self) -> IdLookup:
+        """Positions of ids in these rows (built once)."""
+        return IdLookup(self.image_id)
+
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, what: str = "hashes") -> HashCodes:
         """From a frame with columns ``image_id, pixel_hash, phash, dhash`` (hashes as unsigned or signed 64-bit
@@ -813,21 +819,22 @@ def find_embedding_pairs_in_chunks(new_ids: Sequence[str] | np.ndarray, new_vect
     if not settings.enabled or not len(new_ids):
         return []
     codes = hashes if isinstance(hashes, HashCodes) else HashCodes.from_frame(hashes, "hashes")
-    known = IdLookup(codes.image_id)
+    known = codes.lookup
     radius = max(settings.identical_radius, settings.near_radius if settings.hash_total > 0 else 0.0)
     new_at = known.positions(new_ids)
     queries = np.flatnonzero(new_at >= 0)  # an image without hash rows is no one's pair
+    query_vectors = new_vectors[queries]
     found_q, found_r, found_e = [], [], []
     for chunk_ids, chunk_vectors in chunks:
         chunk_ids = as_ids(chunk_ids)
         chunk_vectors = np.asarray(chunk_vectors, dtype=np.float32)
         if not len(chunk_ids) or not len(queries):
             continue
-        if new_vectors.shape[1] != chunk_vectors.shape[1]:
-            raise ValueError(f"new vectors have {new_vectors.shape[1]} dimensions, the catalog's "
+        if query_vectors.shape[1] != chunk_vectors.shape[1]:
+            raise ValueError(f"new vectors have {query_vectors.shape[1]} dimensions, the catalog's "
                              f"{chunk_vectors.shape[1]}")
         chunk_at = known.positions(chunk_ids)
-        q, r, e = NeighborIndex(chunk_vectors, block=EMBEDDING_BLOCK).query_radius(new_vectors[queries], radius)
+        q, r, e = NeighborIndex(chunk_vectors, block=EMBEDDING_BLOCK).query_radius(query_vectors, radius)
         q = new_at[queries[q]]
         r = chunk_at[r]
         keep = (r >= 0) & (q != r)

@@ -142,10 +142,10 @@ def _hash_pass(tables, store: HashRowStore, rows, fingerprints, refreshed, quali
 def _example_groups(tables, groups: pd.DataFrame, rows, read, limit: int = 5) -> str:
     """Thumbnails of every member of the first groups, reading the `images` rows of only the batches that hold
     them."""
-    from cv_dataops.duplicates.index import IdLookup, as_text
+    from cv_dataops.duplicates.index import as_text
 
     shown = groups[groups.group_id.isin(sorted(set(groups.group_id))[:limit])]
-    positions = IdLookup(rows.image_id).positions(shown.image_id.tolist())
+    positions = rows.lookup.positions(shown.image_id.tolist())
     batches = sorted({as_text(b) for b in rows.batch_id[positions[positions >= 0]].tolist()})
     images = tables.read(IMAGES, batches, columns=["image_id", "uri"]).to_pandas()
     return _duplicate_groups_grid(shown, dict(zip(images.image_id, images.uri)), read, limit)
