@@ -10,10 +10,11 @@ decoder or size, :func:`batch_sources` hands out the image's URI instead and the
 the same decoder. So the cache changes how often a file is decoded, never what a stage sees: a cached image equals
 a fresh :func:`decode` bit for bit. Deleting ``cache/`` is always safe.
 
-Storage cost: pixels are stored lossless, LZ4-compressed (nearly free to write and read: the cache is there to save
-time), about 130 KB for a 256x192 colour photo, a third of that for a gray one: about a quality-90 JPEG of 1024x768,
-3 % of a 12-megapixel camera JPEG, 3x a 32x32 CIFAR JPEG. Stronger codecs were measured and cost more time than
-the decode they save: zstd on row differences stores 88 KB but takes 0.5 ms to write and 0.3 ms to read per image.
+Storage cost: pixels are stored as they are, uncompressed: 147 KB for a 256x192 colour photo, a third of that for a
+gray one: about a quality-90 JPEG of 1024x768, 3 % of a 12-megapixel camera JPEG, 3x a 32x32 CIFAR JPEG. The cache is
+there to save time, and codecs were measured to cost more of it than they save space: LZ4 stored photos at 91 % of
+their size for 0.2 ms to write and 0.1 ms to read per image (a tenth of a JPEG's whole ingest), and zstd on row
+differences 60 % for 0.5 ms and 0.3 ms.
 """
 
 from __future__ import annotations
@@ -37,10 +38,9 @@ ANALYSIS_SIDE = 256
 CACHE_PREFIX = "cache/analysis"
 
 # Bump when the decoder's output changes: caches made by another version are ignored (and rewritten at ingest).
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: pixels uncompressed (1: LZ4 frames)
 
 _ROWS_PER_GROUP = 64
-_CODEC = "lz4"
 _SCHEMA = pa.schema([
     pa.field("image_id", pa.string(), nullable=False),
     pa.field("mode", pa.string(), nullable=False),              # "RGB" or "L": the image decode() produced
@@ -50,7 +50,7 @@ _SCHEMA = pa.schema([
     pa.field("height", pa.int32(), nullable=False),
     pa.field("source_gray", pa.bool_(), nullable=False),
     pa.field("quantization", pa.string()),                      # JSON [[table id, [64 values]], ...]; JPEG only
-    pa.field("pixels", pa.binary(), nullable=False),            # LZ4 frame of the uint8 pixels, row-major
+    pa.field("pixels", pa.binary(), nullable=False),            # the uint8 pixels, row-major
 ])
 
 
@@ -64,24 +64,26 @@ class AnalysisImage:
     height: int
     source_gray: bool
     quantization: tuple[tuple[int, tuple[int, ...]], ...] | None = field(repr=False)
-    pixels: bytes = field(repr=False)  # LZ4 frame of the uint8 pixels, row-major
+    pixels: bytes = field(repr=False)  # the uint8 pixels, row-major
 
     @classmethod
     def from_decoded(cls, decoded: DecodedImage) -> AnalysisImage:
-        image = decoded.gray if _replicated_gray(decoded) else decoded.rgb
+        pixels = decoded.rgb.tobytes()
+        image = decoded.rgb
+        if _replicated_gray(pixels, decoded):
+            image = decoded.gray
+            pixels = image.tobytes()
         quantization = None
         if decoded.quantization:
             quantization = tuple((int(k), tuple(int(v) for v in decoded.quantization[k]))
                                  for k in sorted(decoded.quantization))
         return cls(image.mode, image.size, decoded.width, decoded.height, bool(decoded.source_gray), quantization,
-                   pa.compress(image.tobytes(), codec=_CODEC, asbytes=True))
+                   pixels)
 
     def decoded(self) -> DecodedImage:
         """The :class:`DecodedImage` that :func:`decode` returned, exactly (the other image of the pair is derived
         the way decode derives it)."""
-        width, height = self.size
-        size = width * height * (1 if self.mode == "L" else 3)
-        image = Image.frombytes(self.mode, self.size, pa.decompress(self.pixels, size, codec=_CODEC))
+        image = Image.frombytes(self.mode, self.size, self.pixels)
         if self.mode == "L":
             gray, rgb = image, image.convert("RGB")
         else:
@@ -91,10 +93,12 @@ class AnalysisImage:
                             quantization=quantization)
 
 
-def _replicated_gray(decoded: DecodedImage) -> bool:
-    """True when the RGB image is the gray one in three equal channels: then storing the gray image alone is
-    exact either way (decode() made one from the other, and Pillow's L of equal channels is that channel)."""
-    rgb = np.asarray(decoded.rgb)
+def _replicated_gray(rgb_pixels: bytes, decoded: DecodedImage) -> bool:
+    """True when the RGB image (``rgb_pixels``, its bytes) is the gray one in three equal channels: then storing
+    the gray image alone is exact either way (decode() made one from the other, and Pillow's L of equal channels is
+    that channel)."""
+    width, height = decoded.rgb.size
+    rgb = np.frombuffer(rgb_pixels, dtype=np.uint8).reshape(height, width, 3)
     if not (rgb[0, :, 0] == rgb[0, :, 1]).all():
         return False  # a colour image, seen from its first row
     gray = np.asarray(decoded.gray)
@@ -145,7 +149,7 @@ def write_analysis_cache(storage: Storage, batch_id: str, images: Iterable[tuple
     Memory: the compressed file, plus one row group."""
     buffer = io.BytesIO()
     schema = _SCHEMA.with_metadata(_metadata(analysis_side))
-    with pq.ParquetWriter(buffer, schema, compression="none") as writer:  # pixels are compressed already
+    with pq.ParquetWriter(buffer, schema, compression="none") as writer:  # see "Storage cost" above
         rows: list[tuple[str, AnalysisImage]] = []
         for item in images:
             rows.append(item)
@@ -212,6 +216,15 @@ def read_analysis_cache(storage: Storage, batch_id: str,
         return {}
     return {image_id: image for group in range(parquet.num_row_groups) for image_id, image in
             _group_rows(parquet, group)}
+
+
+def cached_image_ids(storage: Storage, batch_id: str, analysis_side: int = ANALYSIS_SIDE) -> set[str]:
+    """The ids of the batch's images its usable cache holds (reads the id column only): the images a stage will
+    not fetch from their files."""
+    parquet = _open(storage, batch_id, analysis_side)
+    if parquet is None:
+        return set()
+    return set(parquet.read(columns=["image_id"]).column("image_id").to_pylist())
 
 
 def batch_sources(storage: Storage, batch_id: str, items: Iterable[tuple[str, str]],

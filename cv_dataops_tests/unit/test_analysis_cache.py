@@ -17,6 +17,7 @@ from cv_dataops.images.analysis_cache import (
     analysis_side_for,
     batch_sources,
     cache_key,
+    cached_image_ids,
     model_pixels,
     read_analysis_cache,
     write_analysis_cache,
@@ -122,7 +123,7 @@ def test_a_cache_of_another_decoder_version_is_ignored(tmp_path, monkeypatch):
 
     storage = LocalStorage(tmp_path)
     write_analysis_cache(storage, "b1", [("a", analysis_image(encode(photo(1), "PNG")))])
-    monkeypatch.setattr(analysis_cache, "CACHE_VERSION", "2")
+    monkeypatch.setattr(analysis_cache, "CACHE_VERSION", analysis_cache.CACHE_VERSION + ".next")
     assert read_analysis_cache(storage, "b1") == {}
     assert list(batch_sources(storage, "b1", [("a", "/x.png")])) == [("a", "/x.png")]
 
@@ -175,3 +176,12 @@ def test_decoding_at_the_analysis_size_still_catches_truncated_pngs(fraction):
     with pytest.raises(OSError) as analysis:
         decode_image(Image.open(io.BytesIO(cut)), ANALYSIS_SIDE)
     assert type(full.value) is type(analysis.value) and str(full.value) == str(analysis.value)
+
+
+def test_cached_image_ids_are_the_images_the_cache_holds(tmp_path):
+    storage = LocalStorage(tmp_path)
+    assert cached_image_ids(storage, "b1") == set()  # no cache yet
+    write_analysis_cache(storage, "b1", [("a", analysis_image(encode(photo(1), "PNG"))),
+                                         ("b", analysis_image(encode(photo(2), "JPEG")))])
+    assert cached_image_ids(storage, "b1") == {"a", "b"}
+    assert cached_image_ids(storage, "b1", analysis_side=128) == set()  # made at another size: not usable

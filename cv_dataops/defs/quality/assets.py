@@ -11,7 +11,11 @@ from cv_dataops.defs.shared.partitions import (
     batch_partitions,
     table_metadata,
 )
-from cv_dataops.images.analysis_cache import AnalysisImage, batch_sources
+from cv_dataops.images.analysis_cache import (
+    AnalysisImage,
+    batch_sources,
+    cached_image_ids,
+)
 from cv_dataops.images.thumbnails import catalog_thumbnail, markdown_grid
 from cv_dataops.images.verified import ContentChanged, VerifiedReader
 from cv_dataops.ingest.tables import IMAGES
@@ -61,8 +65,12 @@ def image_quality(context: dg.AssetExecutionContext, catalog: CatalogResource,
     images = tables.read(IMAGES, [batch_id], columns=["image_id", "uri"]).to_pandas()
     thresholds = quality.quality_thresholds()
     rows, unmeasured, changed = [], {}, 0
-    # an image whose file changed since ingest is left unmeasured (ContentChanged), never measured as the old image
-    read = VerifiedReader(catalog.uri_reader(), dict(zip(images.uri, images.image_id)))
+    # an image whose file changed since ingest is left unmeasured (ContentChanged), never measured as the old image.
+    # The reader knows only the images the cache lacks (the ones it will read): it is pickled to every worker at
+    # start, and a whole batch's URIs there would hold up each worker's start-up (measured: seconds a worker).
+    in_cache = cached_image_ids(tables.storage, batch_id, quality_measure.ANALYSIS_SIDE)
+    read = VerifiedReader(catalog.uri_reader(), {uri: image_id for image_id, uri in zip(images.image_id, images.uri)
+                                                 if image_id not in in_cache})
     cached = [0]
 
     def sources():  # each image as ingestion decoded it, from the batch's cache; its URI where the cache has none
