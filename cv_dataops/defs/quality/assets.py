@@ -66,8 +66,7 @@ def image_quality(context: dg.AssetExecutionContext, catalog: CatalogResource,
     thresholds = quality.quality_thresholds()
     rows, unmeasured, changed = [], {}, 0
     # an image whose file changed since ingest is left unmeasured (ContentChanged), never measured as the old image.
-    # The reader knows only the images the cache lacks (the ones it will read): it is pickled to every worker at
-    # start, and a whole batch's URIs there would hold up each worker's start-up (measured: seconds a worker).
+    # The reader knows only the images the cache lacks (the ones it will read): it is pickled to every worker.
     in_cache = cached_image_ids(tables.storage, batch_id, quality_measure.ANALYSIS_SIDE)
     read = VerifiedReader(catalog.uri_reader(), {uri: image_id for image_id, uri in zip(images.image_id, images.uri)
                                                  if image_id not in in_cache})
