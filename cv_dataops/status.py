@@ -65,6 +65,7 @@ class PipelineStatus:
     batches: list[BatchStatus] = field(default_factory=list)
     spanning: dict[str, StageState] = field(default_factory=dict)
     newest_batch_change: int = 0  # storage id of the latest materialization of any batch's per-batch asset
+    newest_batch_change_key: dg.AssetKey | None = None  # and its asset
 
     def unfinished_batches(self) -> list[BatchStatus]:
         return [b for b in self.batches if b.unfinished()]
@@ -189,6 +190,8 @@ def pipeline_status(instance: dg.DagsterInstance, graph, batch_ids: Sequence[str
     newest_batch_change = max((sid for by_partition in latest.values() for sid, _ in by_partition.values()),
                               default=0)
     status.newest_batch_change = newest_batch_change
+    status.newest_batch_change_key = next((key for key, by_partition in latest.items() for sid, _ in
+                                           by_partition.values() if sid == newest_batch_change), None)
     for key in spanning_keys:
         name = key.to_user_string()
         materialized = _latest_materializations(instance, key, None).get(None)
@@ -202,6 +205,15 @@ def pipeline_status(instance: dg.DagsterInstance, graph, batch_ids: Sequence[str
         else:
             status.spanning[name] = StageState("fresh")
     return status
+
+
+def newest_batch_change_time(instance: dg.DagsterInstance, status: PipelineStatus) -> float | None:
+    """When the newest per-batch materialization happened (None: there is none)."""
+    if status.newest_batch_change_key is None:
+        return None
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(
+        asset_key=status.newest_batch_change_key, storage_ids=[status.newest_batch_change]), limit=1).records
+    return records[0].timestamp if records else None
 
 
 def _materialized_state(graph, key, batch_id, materialized, latest, per_batch) -> StageState:

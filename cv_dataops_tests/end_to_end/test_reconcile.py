@@ -359,6 +359,9 @@ def test_the_reconcile_sensor_re_requests_failed_or_outdated_spanning_assets_onc
     assert not tick(fixed_defs).run_requests
     execute_job(fixed_defs.resolve_job_def("ingest_batch"), instance, partition_key=manifest.batch_id,
                 asset_selection=[dg.AssetKey("image_embeddings")])
+    waiting = tick(fixed_defs)  # outdated: the automation sensor has the first go
+    assert not waiting.run_requests and "left to the automation sensor" in waiting.skip_reason.skip_message
+    monkeypatch.setattr(reconcile, "OUTDATED_GRACE_SECONDS", 0.0)  # it did not pick them up
     (request,) = tick(fixed_defs).run_requests
     assert request.run_key.endswith(":-") and request.run_key not in keys  # outdated, not failed
     assert request.asset_selection == spanning  # each has a per-batch ancestor, so each is older than the change

@@ -11,10 +11,12 @@ automation sensor, batches never run to the landing sensor.
 
 The spanning assets get at most one request per tick (one run of ``refresh_spanning`` holding every failed or
 outdated spanning asset and the spanning assets downstream of them), and only once no batch is running or about to
-be retried (a batch that changes would outdate them again). Its run key names what it answers, ``spanning:<newest
-batch change>:<failed run ids>``, and the cursor keeps the last one requested, so the same situation is requested
-once however many ticks see it. Failed refreshes back off and are capped like batches. The tick's text (in the
-UI) says where batches and spanning assets stand.
+be retried (a batch that changes would outdate them again). Outdated ones are left ``OUTDATED_GRACE_SECONDS`` to the
+automation sensor, whose eager condition refreshes them after a batch changes: only what it did not pick up (a
+dependency missing somewhere, a refresh that failed) is requested here. Its run key names what it answers,
+``spanning:<newest batch change>:<failed run ids>``, and the cursor keeps the last one requested, so the same
+situation is requested once however many ticks see it. Failed refreshes back off and are capped like batches. The
+tick's text (in the UI) says where batches and spanning assets stand.
 """
 
 from __future__ import annotations
@@ -33,12 +35,14 @@ from cv_dataops.status import (
     DATA_ROOT_TAG,
     PipelineStatus,
     fail_orphaned_runs,
+    newest_batch_change_time,
     pipeline_status,
     stages_to_run,
 )
 
 MAX_ATTEMPTS = 4
 BACKOFF_SECONDS = 60.0
+OUTDATED_GRACE_SECONDS = 600.0  # what the automation sensor has to refresh outdated spanning assets first
 SPANNING_TAG = "cv_dataops/reconcile"  # = "spanning" on the refresh runs this sensor requests
 REFRESH_STATES = ("failed", "outdated")
 
@@ -63,14 +67,17 @@ def _spanning_failures(instance: dg.DagsterInstance) -> tuple[int, float]:
 
 
 def spanning_request(status: PipelineStatus, graph, last_key: str | None, now: float,
-                     failures: tuple[int, float]) -> tuple[dg.RunRequest | None, str]:
-    """The one refresh of the spanning assets this tick should request (or None), and a few words on why."""
+                     failures: tuple[int, float], changed_at: float | None) -> tuple[dg.RunRequest | None, str]:
+    """The one refresh of the spanning assets this tick should request (or None), and a few words on why;
+    ``changed_at``: when the newest batch change happened."""
     if any(s.state == "running" for s in status.spanning.values()):
         return None, "spanning assets: a refresh is running"
     wanted = sorted(name for name, s in status.spanning.items() if s.state in REFRESH_STATES)
     if not wanted:
         return None, ""
     failed_runs = sorted({s.run_id for s in status.spanning.values() if s.state == "failed" and s.run_id})
+    if not failed_runs and changed_at is not None and now < changed_at + OUTDATED_GRACE_SECONDS:
+        return None, f"spanning assets: outdated, left to the automation sensor for now ({', '.join(wanted)})"
     key = f"spanning:{status.newest_batch_change}:" + (
         hashlib.sha256(",".join(failed_runs).encode()).hexdigest()[:12] if failed_runs else "-")
     if key == last_key:
@@ -143,7 +150,8 @@ def reconcile_sensor(context: dg.SensorEvaluationContext, catalog: CatalogResour
             s.state in REFRESH_STATES for s in status.spanning.values()) else ""
     else:
         refresh, spanning_note = spanning_request(status, graph, cursor.get("spanning_key"), now,
-                                                  _spanning_failures(instance))
+                                                  _spanning_failures(instance),
+                                                  newest_batch_change_time(instance, status))
         if refresh is not None:
             requests.append(refresh)
             cursor["spanning_key"] = refresh.run_key
