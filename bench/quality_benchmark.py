@@ -143,23 +143,27 @@ def score(result: dict, samples, directory: Path) -> dict:
     return scores
 
 
+CLEAN, PER_ISSUE = 120, 12   # clean photos per set (twice that for CIFAR-10), injected images per issue type
+
+
 def held_out_sets(root: Path) -> list[tuple[str, Path, list]]:
     """The held-out sets: none of these photographs (or CIFAR-10 test, or digits) was seen by
     bench/fit_quality_thresholds.py."""
     sets = []
     for side in (1024, 256, 64):
         directory = root / f"photos_{side}"
-        photos = photo_crops(HELD_OUT_SOURCES, photos_needed(60), side, seed=1000 + side)
+        photos = photo_crops(HELD_OUT_SOURCES, photos_needed(CLEAN, PER_ISSUE), side, seed=1000 + side)
         gray = [] if side == 64 else [crop for name in HELD_OUT_GRAY_SOURCES
                                       for crop in photo_crops((name,), 1, side, seed=side + 7)]
         sets.append((f"held-out photos, long side ~{side} px", directory,
-                     build(directory, photos, f"h{side}", clean=60, gray_photos=gray)))
+                     build(directory, photos, f"h{side}", clean=CLEAN, per_issue=PER_ISSUE, gray_photos=gray)))
     if (CIFAR / "test").is_dir():
         directory = root / "cifar"
         sets.append(("CIFAR-10 test, 32x32", directory,
-                     build(directory, cifar_photos(photos_needed(120), "test"), "ct", clean=120)))
+                     build(directory, cifar_photos(photos_needed(2 * CLEAN, PER_ISSUE), "test"), "ct",
+                           clean=2 * CLEAN, per_issue=PER_ISSUE)))
     directory = root / "digits"
-    samples = build(directory, digit_images(photos_needed(60)), "dg", clean=60)
+    samples = build(directory, digit_images(photos_needed(CLEAN, PER_ISSUE)), "dg", clean=CLEAN, per_issue=PER_ISSUE)
     for sample in samples:   # every digit file is single-channel: all of them are grayscale by construction
         if not sample.duplicate_of:
             sample.issues = sample.issues | {"grayscale"}
@@ -193,7 +197,7 @@ def accuracy(args) -> None:
         paths = sorted(str(directory / s.name) for s in samples)
         ours = score(run_ours(paths, args.workers), samples, directory)
         theirs = score(run_cleanvision(args.reference_python, paths, args.workers), samples, directory)
-        summary[title] = (ours, theirs)
+        summary[title] = (ours, theirs, samples, directory)
         injected = sum(1 for s in samples if s.issues and s.strength != "digit")
         lines += [f"### {title}: {len(samples)} files ({ours['clean']} clean, {injected} with an injected issue, "
                   f"{sum(1 for s in samples if s.duplicate_of)} duplicates)", "",
@@ -218,7 +222,7 @@ def accuracy(args) -> None:
                   f"({found}) and {wrong}/{m} of the flag-level injections are called unusable.", ""]
     lines += ["### Goals on the held-out sets", "", "| set | issue types with F1 >= 0.8 | F1 at least CleanVision's "
               "(ties) | worst clean-photo flag rate (issue) | clean photos unusable |", "|---|---|---|---|---|"]
-    for title, (ours, theirs) in summary.items():
+    for title, (ours, theirs, _, _) in summary.items():
         issues = [i for i in ISSUES if not (i == "grayscale" and title.startswith("scikit-learn digits"))]
         good = sum(ours["prf"][i][2] >= 0.8 for i in issues)
         at_least = sum(ours["prf"][i][2] >= theirs["prf"][i][2] - 0.005 for i in issues)
@@ -227,6 +231,16 @@ def accuracy(args) -> None:
         worst = max(rates, key=rates.get)
         lines.append(f"| {title} | {good}/{len(issues)} | {at_least}/{len(issues)} ({ties} ties) | "
                      f"{rates[worst]:.0%} ({worst}) | {ours['clean_flagged']['unusable']:.0%} |")
+    flagged_count: dict[str, float] = {}
+    clean_count: dict[str, int] = {}
+    for ours, _, _, _ in summary.values():
+        for issue, rate in ours["clean_flagged"].items():
+            flagged_count[issue] = flagged_count.get(issue, 0) + rate * ours["clean"]
+            clean_count[issue] = clean_count.get(issue, 0) + ours["clean"]
+    rates = ", ".join(f"{issue} {round(n)}/{clean_count[issue]} ({n / clean_count[issue]:.1%})"
+                      for issue, n in flagged_count.items())
+    lines += ["", f"All held-out clean photos pooled, flagged by cv-dataops: {rates} (grayscale not counted on "
+              "digits, which are gray by construction). Goals: at most 5% for any one issue, at most 2% unusable."]
     lines += ["", "Not met, said plainly: where a row above says **no** (F1 under 0.8) or **worse**, the goal is not met "
               "on that set. The duplicates rows use the duplicate stage's settings as they are (another part of "
               "issue 10) and are here to stay honest, with two caveats: the photo sets are crops of six "

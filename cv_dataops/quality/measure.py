@@ -10,12 +10,15 @@ Design
   resized once. Images smaller than the analysis size are analysed at their own size (never upscaled).
 * **Shared statistics, then one score per issue type.** Histograms, percentiles, gradients and the blur features are
   computed once, vectorised with numpy, into :class:`ImageStatistics`; each registered issue type turns them into
-  its score. Pixel-level scores are therefore defined *at the analysis size*: the blur score answers "does it look
-  blurry at ~``ANALYSIS_SIDE`` px", whatever the file size.
+  its score. Pixel-level scores are measured at the analysis size, and blur is judged relative to the image: its
+  edges' width against 1% of the longer side (never under 1.5 of the file's own pixels), so a soft 4000 px photo
+  and a sharp 32 px thumbnail both pass.
+* **Flagged is not unusable.** ``is_<T>`` flags an image worth a look; ``is_unusable`` (with ``unusable_reason``)
+  uses each issue type's far stricter unusable threshold (:class:`QualityThresholds`).
 * **Scores mean what CleanVision's mean**: one ``<issue>_score`` per issue type in 0..1, lower is worse, and an
   image has issue T when ``T_score < threshold[T]`` (:class:`QualityThresholds`). Catalog-relative issue types
   (``odd_size``) are scored over a batch by :func:`catalog_scores` rather than by :func:`measure`.
-* **Plain Python** (numpy, Pillow, imagehash): no orchestration imports, so it runs in worker processes cheaply.
+* **Plain Python** (numpy, scipy, Pillow, imagehash): no orchestration imports, so it runs in worker processes cheaply.
   :func:`measure_stream` fans the work out over a process pool with a bounded number of tasks in flight.
 """
 
