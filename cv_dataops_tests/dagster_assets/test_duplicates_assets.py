@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import dagster as dg
+import pytest
 from PIL import ImageEnhance, ImageOps
 
 from cv_dataops.core.catalog import Catalog
@@ -71,6 +72,7 @@ def test_duplicates_across_batches_are_found_incrementally(tmp_path):
     assert kept["first/2.png"] and not kept["second/resized.jpg"] and not kept["second/brighter.png"]
 
 
+@pytest.mark.slow  # fits a tiny embedder and runs the duplicates step five times
 def test_hash_duplicates_do_not_wait_for_embeddings_and_the_groups_take_the_flips_once_both_ran(tmp_path,
                                                                                                 monkeypatch):
     from cv_dataops.definitions import load_definitions
