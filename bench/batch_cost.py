@@ -549,7 +549,7 @@ def _duplicates_notes(results: dict, args) -> list[str]:
                                                                     "embedding_batches_read")}))
         lines += ["", f"{stage}, per catalog: " + "; ".join(parts) + "."]
     lines += ["", "Where a duplicates run's cost goes, and what still grows with the catalog: each run writes the "
-                  "new batch's compact hash file (about 170 bytes an image, uncompressed numpy) and two state files "
+                  "new batch's compact hash file (about 210 bytes an image, uncompressed numpy) and two state files "
                   "that name batches, never images; the pair and group tables are rewritten whole (their size is "
                   "the number of duplicates, not of images). The hash pass reads every batch's compact hash file "
                   "(the multi-index Hamming index is built over every image's two 64-bit hashes: exact lookups need "

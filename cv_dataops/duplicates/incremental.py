@@ -12,7 +12,7 @@ it found before, and has its own state (:class:`DuplicateState`, :class:`Embeddi
 hash pairs (a pair both found stays the hashes').
 
 :class:`HashRowStore` keeps, per batch, the few quality columns duplicates need (:data:`HASH_COLUMNS`) beside the
-catalog as one uncompressed numpy file (about 170 bytes an image, read without decoding or a Python object per
+catalog as one uncompressed numpy file (about 210 bytes an image, read without decoding or a Python object per
 image), tagged with the fingerprint of the quality file it came from: a run reads the new batches' quality rows
 once. What a run still reads for the whole catalog is what exact lookups need: the hash rows (for the Hamming
 index over every image's two 64-bit hashes) and, in the embedding pass, every vector of the current embedder,
@@ -255,7 +255,7 @@ def update_hash_duplicates(state: DuplicateState | None, hashes: pd.DataFrame | 
     rows, blocked, present_batches = _usable(_as_rows(hashes), fingerprints, max_unusable_rate)
     versions = _versions(rows)
     fresh_start = state.quality_versions != versions or state.settings != repr(settings)
-    previous = [] if fresh_start else [p for p in _pairs_from(previous_pairs) if p.found_by == "hash"]
+    previous = [] if fresh_start else [p for p in pairs_from(previous_pairs) if p.found_by == "hash"]
     looked_up = {} if fresh_start else state.looked_up
     new_batches = {b for b in present_batches if looked_up.get(b) != fingerprints[b]}
     new = rows.take(rows.in_batches(new_batches))
@@ -316,7 +316,7 @@ def update_embedding_duplicates(state: EmbeddingDuplicateState | None, hashes: p
     version = embeddings.embedder_version if embeddings is not None else None
     key = {"embedder_version": version, "settings": repr(settings), "quality_versions": list(_versions(rows))}
     fresh_start = state.key != key
-    previous = [] if fresh_start else [p for p in _pairs_from(previous_pairs) if p.found_by == "embedding"]
+    previous = [] if fresh_start else [p for p in pairs_from(previous_pairs) if p.found_by == "embedding"]
     looked_up = {} if fresh_start else dict(state.looked_up)
     vectors = {} if fresh_start else dict(state.vectors)
     embedded = sorted(b for b in (embeddings.fingerprints if embeddings and version else {})
@@ -369,7 +369,8 @@ def _known_vectors(vectors: VectorRows, known: IdLookup) -> tuple[np.ndarray, np
 # ------------------------------------------------------------------------------------------------------------
 # Both passes' pairs, and the groups.
 
-def _pairs_from(previous: pd.DataFrame | Sequence[DuplicatePair] | None) -> list[DuplicatePair]:
+def pairs_from(previous: pd.DataFrame | Sequence[DuplicatePair] | None) -> list[DuplicatePair]:
+    """DuplicatePairs from a ``duplicate_pairs`` frame (or a list of them)."""
     if previous is None:
         return []
     if isinstance(previous, pd.DataFrame):
@@ -385,7 +386,7 @@ def _pairs_from(previous: pd.DataFrame | Sequence[DuplicatePair] | None) -> list
     return list(previous)
 
 
-def embedding_pairs_from(table: pd.DataFrame) -> list[DuplicatePair]:
+def embeddingpairs_from(table: pd.DataFrame) -> list[DuplicatePair]:
     """The pairs of the ``embedding_duplicate_pairs`` table as DuplicatePairs."""
     return [DuplicatePair(a, b, "near", int(d), "embedding", float(e)) for a, b, d, e in
             zip(table.image_id_a.tolist(), table.image_id_b.tolist(), table.distance.tolist(),
@@ -440,7 +441,7 @@ def update_duplicates(state: DuplicateState | None, hashes: pd.DataFrame | HashR
     """Both passes and the groups, as when ``image_duplicates`` and ``embedding_duplicates`` run together:
     ``previous_pairs`` (as in ``duplicate_pairs``) is split by ``found_by`` between the passes."""
     rows = _as_rows(hashes)
-    previous = _pairs_from(previous_pairs)
+    previous = pairs_from(previous_pairs)
     by_embedding = update_embedding_duplicates(embedding_state, rows, fingerprints, embeddings,
                                                previous_pairs=previous, settings=embedding_settings,
                                                max_unusable_rate=max_unusable_rate)

@@ -10,7 +10,9 @@ for the rule and the measurements behind it). A new batch is looked up, image by
 index (:class:`HammingIndex`) built over the whole catalog: adding ``k`` images to a catalog of ``n`` costs a build
 in O(n) plus ``k`` queries that each touch a small fraction of the catalog, never the ``(n + k)^2 / 2`` pairs of an
 all-pairs comparison. The pairs found are kept by the caller; :func:`group_duplicates` turns all pairs found so far
-into groups (union-find) with one image to keep per group.
+into groups (union-find) with one image to keep per group, the original as far as the files tell (:data:`KEEP_RULE`).
+:func:`find_embedding_pairs_in_chunks` adds the pairs the hashes miss, by embedding distance, reading the catalog's
+vectors one chunk at a time.
 """
 
 from __future__ import annotations

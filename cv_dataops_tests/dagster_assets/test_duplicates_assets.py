@@ -139,6 +139,13 @@ def test_hash_duplicates_do_not_wait_for_embeddings_and_the_groups_take_the_flip
     assert _by_key(both)["embedding_duplicates"]["images_looked_up_by_embedding"] == 0
     assert catalog.read("duplicates").equals(before)
 
+    # a data root from before embedding_duplicates had its own table: its embedding pairs stay in the groups
+    (tmp_path / "data" / "catalog" / "embedding_duplicate_pairs" / "all.parquet").unlink()
+    (tmp_path / "data" / "state" / "embedding_duplicates.json").unlink()
+    assert dg.materialize([image_duplicates], instance=instance, resources=resources,
+                          selection=[IMAGE_DUPLICATES]).success
+    assert catalog.read("duplicates").equals(before)
+
 
 def test_image_duplicates_regroups_when_embedding_pairs_arrive_after_it_ran(tmp_path):
     """The automation: embedding_duplicates updated after image_duplicates requests image_duplicates (without

@@ -15,8 +15,9 @@ from cv_dataops.duplicates.incremental import (
     HASH_COLUMNS,
     EmbeddingSource,
     HashRowStore,
-    embedding_pairs_from,
+    embeddingpairs_from,
     group_pairs,
+    pairs_from,
     partition_fingerprints,
     update_embedding_duplicates,
     update_hash_duplicates,
@@ -91,7 +92,7 @@ def image_duplicates(context: dg.AssetExecutionContext, catalog: CatalogResource
 def _embedding_pass(tables, store: HashRowStore, rows, fingerprints, quality: QualityResource,
                     embedding: EmbeddingResource):
     version = current_embedder_version(tables, store.storage, embedding.spec)  # the rule of every spanning stage
-    previous = embedding_pairs_from(tables.read(EMBEDDING_DUPLICATE_PAIRS).to_pandas())
+    previous = embeddingpairs_from(tables.read(EMBEDDING_DUPLICATE_PAIRS).to_pandas())
     update = update_embedding_duplicates(
         store.embedding_state(), rows, fingerprints,
         EmbeddingSource(version, partition_fingerprints(tables, EMBEDDINGS),
@@ -111,11 +112,14 @@ def _embedding_pass(tables, store: HashRowStore, rows, fingerprints, quality: Qu
 
 def _hash_pass(tables, store: HashRowStore, rows, fingerprints, refreshed, quality: QualityResource,
                embedding_pairs, read) -> dg.MaterializeResult:
-    update = update_hash_duplicates(store.state(), rows, fingerprints,
-                                    previous_pairs=tables.read(DUPLICATE_PAIRS).to_pandas(),
+    previous = tables.read(DUPLICATE_PAIRS).to_pandas()
+    update = update_hash_duplicates(store.state(), rows, fingerprints, previous_pairs=previous,
                                     settings=quality.duplicate_settings(), max_unusable_rate=quality.max_unusable_rate)
     if embedding_pairs is None:  # embedding_duplicates did not run now: the pairs it recorded so far
-        embedding_pairs = embedding_pairs_from(tables.read(EMBEDDING_DUPLICATE_PAIRS).to_pandas())
+        if tables.storage.exists(tables.key(EMBEDDING_DUPLICATE_PAIRS)):
+            embedding_pairs = embeddingpairs_from(tables.read(EMBEDDING_DUPLICATE_PAIRS).to_pandas())
+        else:  # a data root from before the split: its embedding pairs stay until embedding_duplicates runs
+            embedding_pairs = [p for p in pairs_from(previous) if p.found_by == "embedding"]
     pairs, groups = group_pairs(update.pairs, embedding_pairs, update.rows,
                                 None if update.full_rebuild else tables.read(DUPLICATES).to_pandas())
     tables.write(DUPLICATE_PAIRS, DUPLICATE_PAIRS.from_rows(
