@@ -6,9 +6,18 @@ import os
 import time
 from datetime import UTC, datetime, timedelta
 
-from cv_dataops.core.storage import LocalStorage
+import boto3
+import pytest
+
+from cv_dataops.core.storage import (
+    LocalStorage,
+    S3ClientSettings,
+    StorageError,
+    open_storage,
+)
 from cv_dataops.ingest.landing import INDEX_KEY, BatchLedger, BatchManifest
 from cv_dataops_tests.conftest import encode, photo, write_files
+from cv_dataops_tests.fault_proxy import FaultProxy
 
 
 def test_new_objects_become_one_batch_then_nothing(tmp_path):
@@ -174,3 +183,24 @@ def test_a_folder_that_vanishes_while_listed_is_an_entry_not_silence(tmp_path):
     write_files(tmp_path / "in", {"gone/b.jpg": b"2"})  # back: what it holds is listed now
     (later,) = ledger.plan(LocalStorage(tmp_path / "in"))
     assert [o.key for o in later.objects] == ["gone/b.jpg"]
+
+
+def test_an_s3_listing_that_fails_plans_nothing_and_says_why(tmp_path, s3_bucket, s3_endpoint):
+    """No batch is made from a partial or failed listing: planning raises a one-line error naming S3, writes no
+    manifest, and the next planning once S3 answers takes everything in."""
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    for index in range(3):
+        client.put_object(Bucket=s3_bucket, Key=f"in/{index}.jpg", Body=bytes([index]))
+    proxy = FaultProxy(s3_endpoint)
+    try:
+        landing = open_storage(f"s3://{s3_bucket}/in", S3ClientSettings(endpoint_url=proxy.url, max_attempts=1).client)
+        ledger = BatchLedger(LocalStorage(tmp_path / "root"))
+        proxy.outage("503")
+        with pytest.raises(StorageError, match="S3 answered 503"):
+            ledger.plan(landing)
+        assert ledger.batch_ids() == []
+        proxy.heal()
+        (batch,) = ledger.plan(landing)
+        assert sorted(o.key for o in batch.objects) == ["0.jpg", "1.jpg", "2.jpg"]
+    finally:
+        proxy.close()
