@@ -51,8 +51,44 @@ def write_set(name: str, count: int, directory: Path) -> int:
     return len(files)
 
 
+STEPS = ("ingest", "ingest checks", "quality", "GX suite", "other quality checks", "outside the run")
+
+
+def step_seconds(home: Path, process_seconds: float) -> dict[str, float]:
+    """Where the process's time went, from the Dagster event log of its runs: each step's start to its end,
+    grouped (ingest = ``raw_images``; GX suite = the ``quality_expectations`` check), and *outside the run* =
+    the process's time before its runs' first event and after their last (interpreter start, imports, the fresh
+    instance's databases, planning, the summary)."""
+    import dagster as dg
+
+    instance = dg.DagsterInstance.from_config(str(home))
+    groups = dict.fromkeys(STEPS, 0.0)
+    spanned = 0.0
+    for run in instance.get_runs():
+        logs = instance.all_logs(run.run_id)
+        spanned += logs[-1].timestamp - logs[0].timestamp
+        started = {}
+        for entry in logs:
+            event = entry.dagster_event
+            if event is None:
+                continue
+            if event.event_type == dg.DagsterEventType.STEP_START:
+                started[entry.step_key] = entry.timestamp
+            elif event.event_type in (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE):
+                key, seconds = entry.step_key, entry.timestamp - started.pop(entry.step_key)
+                group = ("ingest" if key == "raw_images" else "ingest checks" if key.startswith("raw_images_")
+                         else "quality" if key == "image_quality" else "GX suite" if key.endswith("expectations")
+                         else "other quality checks" if key.startswith("image_quality_") else None)
+                if group:
+                    groups[group] += seconds
+    instance.dispose()
+    groups["outside the run"] = process_seconds - spanned
+    return groups
+
+
 def run_ours(landing: Path, work: Path) -> dict:
-    """One ``cv-dataops run --select image_quality`` on a fresh data root and Dagster home; wall seconds."""
+    """One ``cv-dataops run --select image_quality`` on a fresh data root and Dagster home; wall seconds, and
+    :func:`step_seconds`."""
     data_root = work / "data"
     shutil.rmtree(data_root, ignore_errors=True)
     home = work / "home"
@@ -67,7 +103,7 @@ def run_ours(landing: Path, work: Path) -> dict:
     seconds = time.perf_counter() - start
     if done.returncode not in (0,):
         raise SystemExit(f"cv-dataops run failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    return {"seconds": seconds, "stdout": done.stdout}
+    return {"seconds": seconds, "stdout": done.stdout, "steps": step_seconds(home, seconds)}
 
 
 def run_theirs(python: str, landing: Path, work: Path, jobs: int) -> dict:
@@ -97,6 +133,7 @@ def measure(name: str, count: int, repeats: int, python: str, jobs: int, work: P
             "ours_seconds": median(r["seconds"] for r in ours),
             "theirs_seconds": median(r["seconds"] for r in theirs),
             "theirs_call_seconds": median(r["call_seconds"] for r in theirs),
+            "steps": {name: median(r["steps"][name] for r in ours) for name in STEPS},
             "ours_all": [round(r["seconds"], 2) for r in ours],
             "theirs_all": [round(r["seconds"], 2) for r in theirs]}
 
@@ -120,6 +157,13 @@ def markdown(results: list[dict], command: str, jobs: int) -> str:
         lines.append(f"| {LABELS[r['set']]} | {r['files']} | {r['ours_seconds']:.1f} | {r['theirs_seconds']:.1f} | "
                      f"{r['theirs_call_seconds']:.1f} | {r['theirs_seconds'] / r['ours_seconds']:.2f}x | "
                      f"{r['theirs_call_seconds'] / r['ours_seconds']:.2f}x |")
+    lines += ["", "Where cv-dataops's time went (medians of the runs, seconds, from the Dagster event log: each "
+              "step's start to end; *outside the run*: interpreter start, imports, creating the fresh instance's "
+              "databases, planning, the summary; the remainder is Dagster's own bookkeeping between steps):", "",
+              "| set | " + " | ".join(STEPS) + " | process |", "|---|" + "---|" * (len(STEPS) + 1)]
+    for r in results:
+        lines.append(f"| {LABELS[r['set']]} | " + " | ".join(f"{r['steps'][name]:.2f}" for name in STEPS)
+                     + f" | {r['ours_seconds']:.2f} |")
     lines += ["", "Every run: " + "; ".join(f"{LABELS[r['set']]}: ours {r['ours_all']}, CleanVision "
                                              f"{r['theirs_all']}" for r in results), f"<!-- END {SECTION} -->"]
     return "\n".join(lines) + "\n"
