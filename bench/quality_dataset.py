@@ -225,6 +225,8 @@ def is_blank(image: Image.Image) -> bool:
     """At least BLANK_SHARE of the pixels share one value: whatever transform did it (a near-black or blown-out
     frame clips nearly everything), the image is also blank, so low_information is part of its ground truth."""
     array = np.asarray(image.convert("RGB")).reshape(-1, 3)
+    if np.bincount(array[:, 1]).max() < BLANK_SHARE * len(array):   # pixels sharing a colour share its green too
+        return False
     _, counts = np.unique(array, axis=0, return_counts=True)
     return counts.max() >= BLANK_SHARE * len(array)
 

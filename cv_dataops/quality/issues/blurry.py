@@ -29,10 +29,10 @@ if TYPE_CHECKING:
 
 # logit(blur) = _W_WIDTH * ln(edge_width / blur_unit + 0.05) + _W_OCTAVE * ln(octave_ratio)
 #               + _W_STEEP * ln(edge_steepness) + _BIAS                (bench/fit_quality_thresholds.py)
-_W_WIDTH = 2.34
-_W_OCTAVE = -1.86
-_W_STEEP = -2.34
-_BIAS = -4.80
+_W_WIDTH = 1.60
+_W_OCTAVE = -3.25
+_W_STEEP = -2.44
+_BIAS = -6.64
 
 
 def score(statistics: ImageStatistics) -> float:
@@ -46,4 +46,4 @@ def score(statistics: ImageStatistics) -> float:
 
 ISSUE = register(IssueType(
     name="blurry", meaning="out of focus or motion-blurred (edges wide for the image's size)",
-    threshold=0.77, unusable=True, unusable_threshold=0.0001, score=score))
+    threshold=0.68, unusable=True, unusable_threshold=0.01, score=score))

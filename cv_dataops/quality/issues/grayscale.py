@@ -1,8 +1,8 @@
 """grayscale: no colour.
 
 The score is min(1, 2 x the 99th percentile of per-pixel chroma (max - min of R, G, B) / the 1..99 percentile luma
-range (at least 16 levels)); 0 for single-channel files. With the default threshold 0.12, "grayscale" means 99% of
-pixels have channels within 6% of the image's contrast of each other (~15 levels for a full-range image).
+range (at least 16 levels)); 0 for single-channel files. With the default threshold 0.11, "grayscale" means 99% of
+pixels have channels within 5.5% of the image's contrast of each other (~14 levels for a full-range image).
 CleanVision flags only mode "L" files (its score is 0 or 1); this also catches RGB files with (nearly) equal
 channels, and, being relative to contrast, does not mistake a dark or washed-out colour photo for a gray one.
 """
@@ -27,4 +27,4 @@ def score(statistics: ImageStatistics) -> float:
 
 ISSUE = register(IssueType(
     name="grayscale", meaning="no colour: a grayscale mode, or RGB whose three channels are (nearly) equal",
-    threshold=0.12, unusable=False, score=score))
+    threshold=0.11, unusable=False, score=score))

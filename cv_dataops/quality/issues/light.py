@@ -22,4 +22,4 @@ def score(statistics: ImageStatistics) -> float:
 
 
 ISSUE = register(IssueType(name="light", meaning="too bright (washed out, or most pixels blown to white)",
-                           threshold=0.41, unusable=True, unusable_threshold=0.01, score=score))
+                           threshold=0.42, unusable=True, unusable_threshold=0.005, score=score))
