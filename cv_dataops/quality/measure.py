@@ -345,6 +345,10 @@ def _pool2(g: np.ndarray) -> np.ndarray:
     return 0.25 * (c[0::2, 0::2] + c[1::2, 0::2] + c[0::2, 1::2] + c[1::2, 1::2])
 
 
+_TAN_22_5 = math.tan(math.pi / 8)
+_NEIGHBOURS = ((0, 1), (1, 1), (1, 0), (1, -1))   # across an edge whose gradient points at 0, 45, 90, 135 degrees
+
+
 def _edge_sigmas(g: np.ndarray, noise: float) -> tuple[np.ndarray, np.ndarray] | None:
     """(blur sigma, direction 0..3) at the strongest edge maxima of ``g``; None with fewer than 8 edges."""
     from scipy import ndimage
@@ -352,28 +356,31 @@ def _edge_sigmas(g: np.ndarray, noise: float) -> tuple[np.ndarray, np.ndarray] |
     a = ndimage.gaussian_filter(g, _REBLUR_A, mode="reflect", truncate=3.0)
     b = ndimage.gaussian_filter(g, _REBLUR_B, mode="reflect", truncate=3.0)
     h, w = g.shape
-    core = (slice(2, h - 2), slice(2, w - 2))
-    ax, ay = 0.5 * (a[:, 2:] - a[:, :-2])[2:-2, 1:-1], 0.5 * (a[2:] - a[:-2])[1:-1, 2:-2]
-    bx, by = 0.5 * (b[:, 2:] - b[:, :-2])[2:-2, 1:-1], 0.5 * (b[2:] - b[:-2])[1:-1, 2:-2]
+    ax, ay = 0.5 * (a[2:-2, 3:-1] - a[2:-2, 1:-3]), 0.5 * (a[3:-1, 2:-2] - a[1:-3, 2:-2])
     magnitude = np.zeros_like(a)
-    magnitude[core] = np.hypot(ax, ay)
-    m = magnitude[core]
-    direction = (np.round(np.arctan2(ay, ax) / (np.pi / 4)) % 4).astype(np.int8)
-    maxima = np.zeros(m.shape, dtype=bool)
-    for k, (dy, dx) in enumerate(((0, 1), (1, 1), (1, 0), (1, -1))):  # non-maximum suppression across the edge
+    m = magnitude[2:-2, 2:-2]
+    np.sqrt(ax * ax + ay * ay, out=m)
+    # the gradient's direction to the nearest 45 degrees (0: horizontal, 2: vertical, 1 and 3: the diagonals)
+    abs_x, abs_y = np.abs(ax), np.abs(ay)
+    direction = np.where(abs_y <= _TAN_22_5 * abs_x, 0,
+                         np.where(abs_x <= _TAN_22_5 * abs_y, 2, np.where((ax > 0) == (ay > 0), 1, 3)))
+    maxima = m > noise / (math.sqrt(math.pi) * _REBLUR_A) + 1.0   # above what the noise alone gives
+    for k, (dy, dx) in enumerate(_NEIGHBOURS):   # non-maximum suppression across the edge
         ahead = magnitude[2 + dy:h - 2 + dy, 2 + dx:w - 2 + dx]
         behind = magnitude[2 - dy:h - 2 - dy, 2 - dx:w - 2 - dx]
-        maxima |= (direction == k) & (m >= ahead) & (m > behind)
-    maxima &= m > noise / (math.sqrt(math.pi) * _REBLUR_A) + 1.0   # above what the noise alone gives
-    count = int(maxima.sum())
-    if count < 8:
+        maxima &= (direction != k) | ((m >= ahead) & (m > behind))
+    ys, xs = np.nonzero(maxima)
+    if ys.size < 8:
         return None
-    strength = m[maxima]
-    ratio = strength / np.maximum(np.hypot(bx, by)[maxima], 1e-6)
-    strongest = strength >= (np.quantile(strength, 1 - _EDGE_STRONGEST) if count > 80 else 0.0)
+    strength = m[ys, xs]
+    ys, xs = ys + 2, xs + 2
+    bx = 0.5 * (b[ys, xs + 1] - b[ys, xs - 1])
+    by = 0.5 * (b[ys + 1, xs] - b[ys - 1, xs])
+    ratio = strength / np.maximum(np.sqrt(bx * bx + by * by), 1e-6)
+    strongest = strength >= (np.quantile(strength, 1 - _EDGE_STRONGEST) if ys.size > 80 else 0.0)
     r2 = np.clip(ratio[strongest], 1.0 + 1e-4, _REBLUR_B / _REBLUR_A - 1e-4) ** 2
     sigma = np.sqrt(np.maximum((_REBLUR_B ** 2 - r2 * _REBLUR_A ** 2) / (r2 - 1.0), 0.0))
-    return sigma, direction[maxima][strongest]
+    return sigma, direction[maxima][strongest].astype(np.int8)
 
 
 def _edge_width(g: np.ndarray, noise: float) -> float | None:
