@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -271,6 +272,7 @@ def speed(args) -> None:
         for index, photo in enumerate(skimage_photos(args.count, seed=7, size=(1024, 768))):
             photo.save(directory / f"photo_{index:04d}.jpg", "JPEG", quality=90)
     paths = sorted(str(p) for p in directory.glob("*.jpg"))
+    load_before = os.getloadavg()[0]
     times = {"decode": [], "ours": [], "cleanvision": []}
     for _ in range(args.repeats):
         start = time.perf_counter()
@@ -283,7 +285,8 @@ def speed(args) -> None:
     rate = {name: len(paths) / seconds for name, seconds in median.items()}
     body = "\n".join([
         f"{len(paths)} JPEGs of 1024x768 (quality 90, cut from scikit-image's photos), {args.workers} workers, "
-        f"median of {args.repeats} alternating runs.", "",
+        f"median of {args.repeats} alternating runs; machine load average {load_before:.1f} before and "
+        f"{os.getloadavg()[0]:.1f} after (2 cores, shared: other work slows every row, the ratio less so).", "",
         "| what | seconds | images/s |", "|---|---|---|",
         f"| plain full-size decode (Pillow, the floor) | {median['decode']:.2f} | {rate['decode']:.0f} |",
         f"| cv-dataops quality + duplicates | {median['ours']:.2f} | {rate['ours']:.0f} |",
