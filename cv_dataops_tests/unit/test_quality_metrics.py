@@ -518,9 +518,12 @@ def test_measure_stream_survives_a_worker_that_dies(tmp_path, monkeypatch):
     assert all(isinstance(results[f"id{i}"], dict) for i in range(8))
 
 
-def test_measure_stream_reads_s3_uris(s3_bucket, tmp_path):
-    """Workers read s3://bucket/key themselves, with a client built from the environment (moto on loopback)."""
+def test_measure_stream_reads_s3_uris(s3_endpoint, s3_bucket, tmp_path):
+    """Workers read s3://bucket/key themselves, each with its own client built from the reader's S3 settings
+    (moto on loopback), not from whatever environment a long-lived fork server started with."""
     import boto3
+
+    from cv_dataops.core.storage import S3ClientSettings, UriReader
 
     client = boto3.client("s3")
     items = []
@@ -531,10 +534,12 @@ def test_measure_stream_reads_s3_uris(s3_bucket, tmp_path):
     local = tmp_path / "local.png"
     local.write_bytes(encode(procedural_photo(9, (80, 60))))
     items.append(("local", str(local)))
-    results = dict(q.measure_stream(items, workers=2))
+    read = UriReader(S3ClientSettings(endpoint_url=s3_endpoint, aws_access_key_id="testing",
+                                      aws_secret_access_key="testing", region_name="us-east-1"))
+    results = dict(q.measure_stream(items, workers=2, read=read))
     assert set(results) == {image_id for image_id, _ in items}
     assert all(isinstance(results[f"s3-{i}"], dict) and results[f"s3-{i}"]["width"] == 80 for i in range(5))
     assert isinstance(results["absent"], Exception)
     assert isinstance(results["local"], dict)
-    inline = dict(q.measure_stream(items[:1], workers=1))
+    inline = dict(q.measure_stream(items[:1], workers=1, read=read))
     assert inline["s3-0"]["pixel_hash"] == results["s3-0"]["pixel_hash"]
