@@ -6,14 +6,16 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from cv_dataops_tests.end_to_end.test_cli import assert_listed_under_the_code_locations_jobs, cli
+from cv_dataops_tests.end_to_end.test_cli import SMALL_CORPUS, assert_listed_under_the_code_locations_jobs, cli
 
 pytestmark = pytest.mark.slow  # the whole demo pipeline in subprocesses
 
 
 def test_demo_generates_runs_and_every_file_ends_where_the_ground_truth_says(tmp_path, monkeypatch):
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
-    result = cli("demo", "--count", "24", cwd=tmp_path)
+    # 24 scenes leave some shapes without a val or test image: the ERROR check curated_min_per_class_and_split
+    # would rightly fail (exit 3); this test is about where every file ends, so it asks for no minimum
+    result = cli("demo", "--count", "24", cwd=tmp_path, env=SMALL_CORPUS)
     assert result.returncode == 0, result.stderr
     assert "dagster dev" in result.stdout and "24 images" not in result.stderr
     data = tmp_path / "data"
@@ -74,7 +76,38 @@ def assert_the_webserver_shows_them_under_the_job(instance):
 def test_demo_on_real_handwritten_digits(tmp_path, monkeypatch):
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     result = cli("demo", "--dataset", "digits", "--count", "40", "--data-dir", "digits-data", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    # 4 digits a class are too few for a val and a test image each: the ERROR check says so and the exit is 3
+    assert result.returncode == 3, result.stderr
+    assert "curated_min_per_class_and_split (ERROR)" in result.stdout, result.stdout
     images = pq.read_table(tmp_path / "digits-data" / "catalog" / "images").to_pandas()
     assert len(images) == 40 and set(images.label) <= {str(d) for d in range(10)}
     assert set(images["format"]) == {"PNG"} and set(images["mode"]) == {"L"}
+
+
+def test_default_demos_keep_night_and_fog_and_group_only_real_duplicates(tmp_path, monkeypatch):
+    """Issue 10's acceptance, at the demos' default size: the scenes snapshot holds its night and fog scenes in
+    proportion (they are scenarios, not junk) and every check passes; the digits demo groups only near-identical
+    digits of one class (absolute radii grouped 200 of these 240 distinct digits) and its curated set passes its
+    checks, so the command exits 0."""
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    result = cli("demo", "--data-dir", "scenes", cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "checks: all" in result.stdout, result.stdout
+    data = tmp_path / "scenes"
+    truth = pd.read_csv(data / "demo_ground_truth.csv")
+    scenes = truth[truth.kind == "scene"]
+    curated = pq.read_table(data / "catalog" / "curated").to_pandas()
+    images = pq.read_table(data / "catalog" / "images").to_pandas().set_index("image_id")
+    chosen = scenes.set_index("relative_path").loc[images.loc[curated.image_id].relative_path]
+    for column, value in (("lighting", "night"), ("weather", "fog")):
+        in_catalog, in_snapshot = (scenes[column] == value).mean(), (chosen[column] == value).mean()
+        assert (scenes[column] == value).sum() > 10 and in_snapshot >= 0.5 * in_catalog, (value, in_catalog,
+                                                                                            in_snapshot)
+
+    result = cli("demo", "--dataset", "digits", "--data-dir", "digits", cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = tmp_path / "digits"
+    groups = pq.read_table(data / "catalog" / "duplicates").to_pandas()
+    digits = pq.read_table(data / "catalog" / "images").to_pandas().set_index("image_id")
+    assert groups.image_id.nunique() <= 12, groups  # a few pairs of near-identical digits, not 200 images
+    assert all(digits.loc[members.image_id].label.nunique() == 1 for _, members in groups.groupby("group_id"))
