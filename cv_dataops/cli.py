@@ -39,6 +39,28 @@ def _error(message: str, code: int = EXIT_FAILED) -> int:
     return code
 
 
+# Messages of a database or file system that ran out of room (SQLite says "disk I/O error" when its journal
+# cannot grow).
+_DISK_FULL_SIGNS = ("disk i/o error", "database or disk is full", "no space left on device")
+
+
+def cause_line(error: BaseException, folder: str | None = None) -> str:
+    """An exception as the one line the user reads: its message's first line (SQLAlchemy appends the SQL and a
+    link), and, where the message points at a full disk, how much room ``folder``'s file system has left."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    message = lines[0] if lines else type(error).__name__
+    if any(sign in message.lower() for sign in _DISK_FULL_SIGNS) and folder and not folder.startswith("s3://"):
+        place = os.path.abspath(folder)
+        while place and not os.path.exists(place):
+            place = os.path.dirname(place)
+        try:
+            free = shutil.disk_usage(place).free
+            message += f" ({free // 1024} KB free on the disk holding {os.path.abspath(folder)}: is it full?)"
+        except OSError:
+            pass
+    return message
+
+
 def _progress(total: int, description: str):
     from tqdm import tqdm
 
@@ -411,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")
         return 0
     except Exception as error:  # PipelineFailed and anything a step raised: one line, the run log has the rest
-        return _error(str(error) or type(error).__name__)
+        return _error(cause_line(error, getattr(args, "data_root", None) or getattr(args, "data_dir", None)))
     except KeyboardInterrupt:
         return _error("interrupted", 130)
 
