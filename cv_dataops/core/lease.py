@@ -12,6 +12,7 @@ sharing a data root are assumed to agree to well within the lease's time to live
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
@@ -176,9 +177,14 @@ class Lease:
         if self._renewer is not None:
             self._renewer.join(timeout=self.ttl_seconds)
             self._renewer = None
-        current = self.current()
-        if current is not None and current.token == self.token:
-            self.storage.delete(self.key)
+        try:
+            current = self.current()
+            if current is not None and current.token == self.token:
+                self.storage.delete(self.key)
+        except Exception as error:  # noqa: BLE001 - storage unreachable: the lease expires by itself in ttl_seconds
+            # and must not hide whatever ended the holder's work (raising here replaced a step's own error)
+            logging.getLogger(__name__).warning("could not release the lease %s (%s); it expires in %.0f s",
+                                                self.key, error, self.ttl_seconds)
 
     def __enter__(self) -> Lease:
         return self.acquire()

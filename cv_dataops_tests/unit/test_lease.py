@@ -107,3 +107,26 @@ def test_contenders_for_an_expired_lease_never_both_win(storage):
         assert current.token == winners[0].token
     else:  # all lost the race to a breaker that then lost the create: the next attempt wins
         assert Lease(storage, "late").try_acquire() is None
+
+
+def test_releasing_while_the_storage_is_down_leaves_the_lease_to_expire(s3_endpoint, s3_bucket, caplog):
+    """An S3 outage at the end of a run must not replace what ended the run with an error about the lease: the
+    release gives up with a warning, and the lease expires by itself."""
+    from cv_dataops.core.storage import S3ClientSettings, S3Storage
+    from cv_dataops_tests.fault_proxy import FaultProxy
+
+    proxy = FaultProxy(s3_endpoint)
+    try:
+        settings = S3ClientSettings(endpoint_url=proxy.url, max_attempts=1, aws_access_key_id="testing",
+                                    aws_secret_access_key="testing", region_name="us-east-1")
+        storage = S3Storage(f"s3://{s3_bucket}/root", settings.client())
+        lease = Lease(storage, "run", ttl_seconds=3).acquire()
+        proxy.outage("refuse")
+        lease.release()  # does not raise
+        assert "could not release the lease" in caplog.text
+        proxy.heal()
+        assert storage.exists(LEASE_KEY)  # still there, ...
+        time.sleep(3.5)
+        Lease(storage, "next", ttl_seconds=3).acquire().release()  # ... and expired: the next holder gets it
+    finally:
+        proxy.close()
