@@ -108,9 +108,9 @@ def _assert_accounting(root: Path, landed: set[str]) -> None:
     "outside",  # Dagster's instance elsewhere (as deployed: Postgres), only the catalog on the full disk
     pytest.param("inside", marks=pytest.mark.xfail(
         strict=True, reason="issue 9 (docs/robustness.md, full_disk): with the CLI's default instance inside the "
-                            "data root, Dagster's sqlite fails first (creating the instance or writing events) "
-                            "and the CLI prints a 3-line sqlite error ('disk I/O error', '[SQL: PRAGMA ...]') that "
-                            "names no batch, step or full disk")),
+                            "data root, Dagster's sqlite fails first (creating the instance or writing events), "
+                            "outside any step: the CLI prints one line ('(sqlite3.OperationalError) disk I/O error "
+                            "(N KB free on the disk holding ...: is it full?)') that names no batch or step")),
 ])
 def test_a_run_that_fills_the_disk_fails_in_one_line_and_the_next_run_finishes_everything(tmp_path, small_disk,
                                                                                           instance):
