@@ -551,6 +551,11 @@ class Case:
             if found:
                 categories.setdefault(category, []).extend(found)
         result.categories = categories
+        for inv in self.invocations:
+            noise = [line for line in inv.stderr.splitlines()
+                     if line.strip() and not line.startswith(("cv-dataops: error:", "cv-dataops: warning:"))]
+            if noise and not inv.killed_at:
+                self.notes.append(f"{inv.label}: stderr also had {len(noise)} other line(s), e.g. {noise[0][:120]!r}")
         result.notes = self.notes
         result.exits = ", ".join(inv.short() for inv in self.invocations if inv.label != "status")
         causes = [f"{inv.label}: {inv.cause}" for inv in self.invocations if inv.cause]
@@ -766,9 +771,10 @@ def _hostile(name: str, what: str, make: Callable[[Case], None]):
         c.land_cifar(SMALL_IMAGES)
         make(c)
         c.steps.append(what)
-        c.run("run")
+        first = c.run("run")
         c.run("rerun")
         c.status()
+        c.notes.append(f"the first run's peak memory (max RSS): {first.max_rss_mb:.0f} MB")
 
 
 def _fifo(c: Case) -> None:
@@ -943,6 +949,7 @@ def _s3_case(c: Case, images: int, mode: str, seconds: float, step: str, catalog
         c.skipped = "moto is not installed"
         return
     bucket = c.s3.bucket(c.name)
+    c.s3.proxy.counts = {"pass": 0, "503": 0, "drop": 0}
     c.landing_uri = f"s3://{bucket}/landing"
     if catalog_on_s3:
         c.root_uri = f"s3://{bucket}/data"
