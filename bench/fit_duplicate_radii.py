@@ -45,7 +45,11 @@ sys.path.insert(0, str(HERE))
 
 from report import update_section  # noqa: E402
 
-from cv_dataops.duplicates.index import DuplicateSettings, EmbeddingDuplicateSettings  # noqa: E402
+from cv_dataops.duplicates.index import (  # noqa: E402
+    DuplicateSettings,
+    EmbeddingDuplicateSettings,
+    kth_smallest,
+)
 from cv_dataops.embeddings.embedders import OnnxEmbedder, PatchKMeansEmbedder  # noqa: E402
 from cv_dataops.embeddings.neighbors import NeighborIndex  # noqa: E402
 from cv_dataops.quality.measure import measure  # noqa: E402
@@ -244,10 +248,11 @@ def _build(collection: Collection, seed: int = 0) -> Catalog:
 
 
 def kth_neighbour(distances: np.ndarray, k: int) -> np.ndarray:
-    """Each row's distance to its ``k``-th nearest other row: the image's local scale."""
-    m = distances.astype(np.float32).copy()
+    """Each row's distance to its ``k``-th nearest other row: the image's local scale (the library's
+    :func:`~cv_dataops.duplicates.index.kth_smallest`, on the dense matrix with the diagonal left out)."""
+    m = distances.astype(np.float64)
     np.fill_diagonal(m, np.inf)
-    return np.partition(m, k - 1, axis=1)[:, k - 1]
+    return kth_smallest(m, k)
 
 
 @dataclass(frozen=True)

@@ -159,18 +159,19 @@ def kth_smallest(distances: np.ndarray, k: int) -> np.ndarray:
     return np.partition(distances, k - 1, axis=1)[:, k - 1]
 
 
-def hash_scales(codes: HashCodes, rows: np.ndarray, reference: int, k: int) -> np.ndarray:
-    """The local hash scale of ``codes``' rows ``rows``: the ``k``-th smallest ``phash + dhash`` distance to the
-    first ``reference`` rows, the row itself left out (see :class:`DuplicateSettings`). O(len(rows) x reference)."""
+def hash_scales(phash: np.ndarray, dhash: np.ndarray, rows: np.ndarray, reference: int, k: int) -> np.ndarray:
+    """The local hash scale of rows ``rows`` (of the aligned ``phash``/``dhash`` codes): the ``k``-th smallest
+    ``phash + dhash`` distance to the first ``reference`` rows, the row itself left out (see
+    :class:`DuplicateSettings`). O(len(rows) x reference)."""
     rows = np.asarray(rows, dtype=np.int64)
     out = np.full(len(rows), np.inf)
-    ref = np.arange(min(reference, len(codes)))
+    ref = np.arange(min(reference, len(phash)))
     if len(ref) <= k or not len(rows):
         return out
     for start in range(0, len(rows), 1024):
         block = rows[start:start + 1024]
-        total = (popcount(codes.phash[block, None] ^ codes.phash[None, ref]).astype(np.float64)
-                 + popcount(codes.dhash[block, None] ^ codes.dhash[None, ref]))
+        total = (popcount(phash[block, None] ^ phash[None, ref]).astype(np.float64)
+                 + popcount(dhash[block, None] ^ dhash[None, ref]))
         total[block[:, None] == ref[None, :]] = np.inf  # not its own neighbour
         out[start:start + 1024] = kth_smallest(total, k)
     return out
@@ -613,9 +614,8 @@ def find_pairs(new: pd.DataFrame | HashCodes, catalog: pd.DataFrame | HashCodes,
         keep = (q != r) & settings.is_near(dp, dd)
         q, r, dp, dd = q[keep], r[keep], dp[keep], dd[keep]
         if settings.scale_ratio is not None and len(q):
-            both = HashCodes.concat([old_rows, new_rows])
             involved, at = np.unique(np.concatenate([q, r]), return_inverse=True)
-            scale = hash_scales(both, involved, settings.scale_reference, settings.scale_neighbours)
+            scale = hash_scales(phash, dhash, involved, settings.scale_reference, settings.scale_neighbours)
             local = np.minimum(scale[at[:len(q)]], scale[at[len(q):]])
             keep = (dp + dd) <= settings.scale_ratio * local
             q, r, dp, dd = q[keep], r[keep], dp[keep], dd[keep]
@@ -979,15 +979,13 @@ def find_embedding_pairs_in_chunks(new_ids: Sequence[str] | np.ndarray, new_vect
 def cosine_scales(vectors: np.ndarray, rows: np.ndarray, reference_rows: np.ndarray, reference: np.ndarray,
                   k: int) -> np.ndarray:
     """The local cosine scale of ``vectors`` (hash rows ``rows``): the ``k``-th smallest cosine distance to the
-    ``reference`` vectors (hash rows ``reference_rows``), the image itself left out."""
-    out = np.full(len(vectors), np.inf)
+    ``reference`` vectors (hash rows ``reference_rows``), the image itself left out; from the shared neighbour
+    engine's k-nearest search (asked for one more, in case the image is among the reference)."""
     if len(reference) <= k or not len(vectors):
-        return out
-    for start in range(0, len(vectors), 1024):
-        distances = 1.0 - np.asarray(vectors[start:start + 1024], np.float64) @ np.asarray(reference, np.float64).T
-        distances[rows[start:start + 1024, None] == reference_rows[None, :]] = np.inf
-        out[start:start + 1024] = kth_smallest(np.maximum(distances, 0.0), k)
-    return out
+        return np.full(len(vectors), np.inf)
+    distances, neighbours = NeighborIndex(reference).kneighbors(vectors, k + 1)
+    distances = np.where(reference_rows[neighbours] == np.asarray(rows)[:, None], np.inf, distances)
+    return np.sort(distances, axis=1)[:, k - 1]
 
 
 def _pair_scales(q: np.ndarray, r: np.ndarray, query_vectors: np.ndarray, query_rows: np.ndarray,
@@ -1008,5 +1006,5 @@ def _pair_scales(q: np.ndarray, r: np.ndarray, query_vectors: np.ndarray, query_
                                                           reference_vectors, k).tolist()))
     cosine = np.minimum([query_scale[i] for i in q.tolist()], [other_scale[i] for i in r.tolist()])
     involved, at = np.unique(np.concatenate([q, r]), return_inverse=True)
-    hashed = hash_scales(codes, involved, settings.scale_reference, k)
+    hashed = hash_scales(codes.phash, codes.dhash, involved, settings.scale_reference, k)
     return cosine, np.minimum(hashed[at[:len(q)]], hashed[at[len(q):]])
