@@ -21,11 +21,25 @@ from cv_dataops.ingest.tables import (
     QUARANTINE,
     QUARANTINE_REASONS,
 )
+from cv_dataops.labels.tables import (
+    AUDIT_STATUSES,
+    AUDITED_LABELS,
+    LABEL_ISSUES,
+    LABEL_SOURCES,
+    LABELS,
+)
 from cv_dataops.quality.tables import QUALITY
 
 TABLES: dict[str, TableDefinition] = {table.name: table for table in
                                       (IMAGES, QUARANTINE, OBJECTS, QUALITY, DUPLICATES, DUPLICATE_PAIRS,
-                                       EMBEDDING_DUPLICATE_PAIRS, EMBEDDINGS, SCENARIOS, CURATED)}
+                                       EMBEDDING_DUPLICATE_PAIRS, EMBEDDINGS, SCENARIOS, CURATED, LABELS,
+                                       AUDITED_LABELS, LABEL_ISSUES)}
+
+# Tables stored one file per something other than a batch (the catalog treats them alike: one file per name).
+LAYOUTS: dict[str, str] = {
+    LABELS.name: "one Parquet file per appended version, never rewritten: `catalog/labels/<version>.parquet` "
+                 "(the version zero-padded to 8 digits)",
+}
 
 
 def table_definition(name: str) -> TableDefinition:
@@ -39,8 +53,9 @@ def render_markdown() -> str:
     """The generated part of docs/data-model.md (a test keeps the file in step with the code)."""
     lines = []
     for table in TABLES.values():
-        layout = ("one Parquet file per batch: `catalog/{0}/<batch_id>.parquet`" if table.partitioned_by_batch
-                  else "one Parquet file: `catalog/{0}/all.parquet`").format(table.name)
+        layout = LAYOUTS.get(table.name) or (
+            "one Parquet file per batch: `catalog/{0}/<batch_id>.parquet`" if table.partitioned_by_batch
+            else "one Parquet file: `catalog/{0}/all.parquet`").format(table.name)
         lines += [f"### `{table.name}`", "", table.description, "",
                   f"Written by `{table.written_by}`; {layout}.", "",
                   "| column | type | nullable | meaning |", "|---|---|---|---|"]
@@ -50,4 +65,8 @@ def render_markdown() -> str:
     lines += [f"| `{reason}` | {text} |" for reason, text in QUARANTINE_REASONS.items()]
     lines += ["", "### Object outcomes", "", "| outcome | meaning |", "|---|---|"]
     lines += [f"| `{outcome}` | {text} |" for outcome, text in OBJECT_OUTCOMES.items()]
+    lines += ["", "### Label sources", "", "| source | meaning |", "|---|---|"]
+    lines += [f"| `{source}` | {text} |" for source, text in LABEL_SOURCES.items()]
+    lines += ["", "### Audit statuses", "", "| status | meaning |", "|---|---|"]
+    lines += [f"| `{status}` | {text} |" for status, text in AUDIT_STATUSES.items()]
     return "\n".join(lines) + "\n"
