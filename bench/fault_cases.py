@@ -236,8 +236,9 @@ class Invocation:
                 found["hidden"] = f"{self.label}: the error goes on over {len(noise)} more line(s)"
             elif any(g in self.cause for g in GENERIC_CAUSES):
                 found["hidden"] = f"{self.label}: generic cause"
-            elif self.cause_words and not all(w.lower() in self.cause.lower() for w in self.cause_words):
-                found["hidden"] = f"{self.label}: the line does not say {' / '.join(self.cause_words)!r}"
+            elif self.cause_words and not all(_says(self.cause, w) for w in self.cause_words):
+                found["hidden"] = f"{self.label}: the line does not say " + " and ".join(
+                    repr(" or ".join(w) if isinstance(w, tuple) else w) for w in self.cause_words)
             if not self.expect_error and not CHECKS_FAILED.search(self.cause):
                 found["unexpected_error"] = f"{self.label}: {self.cause or 'failed'}"
         elif self.rc == 0 and self.expect_error:
@@ -1006,6 +1007,16 @@ def mount_tmpfs(where: Path, size: str) -> str:
     return "" if done.returncode == 0 else f"mount -t tmpfs failed: {done.stderr.strip()}"
 
 
+def _says(line: str, words: str | tuple[str, ...]) -> bool:
+    """Whether ``line`` holds ``words`` (a tuple: any one of them), ignoring case."""
+    return any(w.lower() in line.lower() for w in ((words,) if isinstance(words, str) else words))
+
+
+# A full disk's line names where it happened (a batch, the downstream run, or Dagster's instance when no step was
+# running) and that the disk is full.
+FULL_DISK_WORDS = (("batch ", "downstream assets", "Dagster's instance"), "space left")
+
+
 def _full_disk(c: Case, size: str, instance_elsewhere: bool = False) -> None:
     disk = c.dir / "disk"
     why = mount_tmpfs(disk, size)
@@ -1019,7 +1030,7 @@ def _full_disk(c: Case, size: str, instance_elsewhere: bool = False) -> None:
     c.land_cifar(KILL_IMAGES)
     c.steps.append(f"mount -t tmpfs -o size={size}; data root on it"
                    + ("; DAGSTER_HOME on another disk" if instance_elsewhere else "") + "; run")
-    c.run("run", expect_error=True, cause_words=("batch", "space left"))
+    c.run("run", expect_error=True, cause_words=FULL_DISK_WORDS)
     subprocess.run(["mount", "-o", "remount,size=256m", str(disk)], check=True)
     c.steps.append("mount -o remount,size=256m; run again")
     c.run("rerun")

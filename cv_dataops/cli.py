@@ -42,6 +42,7 @@ def _error(message: str, code: int = EXIT_FAILED) -> int:
 # Messages of a database or file system that ran out of room (SQLite says "disk I/O error" when its journal
 # cannot grow).
 _DISK_FULL_SIGNS = ("disk i/o error", "database or disk is full", "no space left on device")
+_ALMOST_FULL_BYTES = 1 << 20  # less free than this after a failed write: the disk is what is full
 
 
 def cause_line(error: BaseException, folder: str | None = None) -> str:
@@ -55,9 +56,12 @@ def cause_line(error: BaseException, folder: str | None = None) -> str:
             place = os.path.dirname(place)
         try:
             free = shutil.disk_usage(place).free
-            message += f" ({free // 1024} KB free on the disk holding {os.path.abspath(folder)}: is it full?)"
         except OSError:
-            pass
+            return message
+        if free < _ALMOST_FULL_BYTES:  # measured, so say it: the error's own words hide it (sqlite's "disk I/O")
+            message += f" (no space left on the disk holding {os.path.abspath(folder)}: {free // 1024} KB free)"
+        else:
+            message += f" ({free // 1024} KB free on the disk holding {os.path.abspath(folder)}: is it full?)"
     return message
 
 

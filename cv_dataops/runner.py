@@ -78,9 +78,34 @@ def dagster_home(data_root: str) -> Path:
     return home
 
 
+class InstanceUnavailable(RuntimeError):
+    """Dagster's instance could not be opened or could not record a run (e.g. its sqlite files' disk is full):
+    the message says where, since no step is running to name."""
+
+
 def open_instance(data_root: str) -> dg.DagsterInstance:
-    """The persistent instance for this data root (see :func:`dagster_home`)."""
-    return dg.DagsterInstance.from_config(str(dagster_home(data_root)))
+    """The persistent instance for this data root (see :func:`dagster_home`), or :class:`InstanceUnavailable`."""
+    home = dagster_home(data_root)
+    try:
+        return dg.DagsterInstance.from_config(str(home))
+    except Exception as error:  # sqlite cannot create its files, a dagster.yaml that does not parse, ...
+        raise InstanceUnavailable(f"Dagster's instance in {home}: {_first_line(error)}") from error
+
+
+def _first_line(error: BaseException) -> str:
+    """An exception's message without what SQLAlchemy appends (the SQL and a link) on later lines."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _execute_for(what: str, job_def: dg.JobDefinition, instance: dg.DagsterInstance, **kwargs):
+    """:func:`execute_job`, with an error that escapes the run (the instance failing to record it: steps' own
+    errors are events, not exceptions) named after what was being run, as step failures are."""
+    try:
+        return execute_job(job_def, instance, **kwargs)
+    except Exception as error:
+        raise InstanceUnavailable(f"{what}: Dagster's instance could not record the run: {_first_line(error)}") \
+            from error
 
 
 CHECK_FAILED_ERROR = "DagsterAssetCheckFailedError"  # what a step raises when a blocking check of it failed
@@ -253,7 +278,8 @@ def _run(defs: dg.Definitions, instance: dg.DagsterInstance, select: Sequence[st
         for position, (batch, stages) in enumerate(todo, start=1):
             if on_batch:
                 on_batch(batch.batch_id, position, len(todo))
-            result = execute_job(job, instance, partition_key=batch.batch_id, asset_selection=stages, tags=tags)
+            result = _execute_for(f"batch {batch.batch_id}", job, instance, partition_key=batch.batch_id,
+                                  asset_selection=stages, tags=tags)
             summary.run_ids.append(result.run_id)
             if result.success:
                 summary.ingested_batches.append(batch.batch_id)
@@ -270,7 +296,7 @@ def _run(defs: dg.Definitions, instance: dg.DagsterInstance, select: Sequence[st
     summary.status = pipeline_status(instance, graph, batch_ids, spanning_keys, deferred=deferred)
     if spanning_keys and (summary.ingested_batches or not blocked and summary.status.spanning_needs_refresh()):
         job = defs.resolve_implicit_global_asset_job_def()
-        result = execute_job(job, instance, asset_selection=spanning_keys, tags=tags)
+        result = _execute_for("downstream assets", job, instance, asset_selection=spanning_keys, tags=tags)
         summary.run_ids.append(result.run_id)
         if result.success:
             summary.downstream_assets = [k.to_user_string() for k in spanning_keys]
