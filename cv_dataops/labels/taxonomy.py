@@ -112,5 +112,7 @@ class Taxonomy:
 
     def describe_unknown(self, text: str) -> str:
         """One line for a label the taxonomy does not know."""
+        if self.is_open:
+            return f"not a label: {text!r}"  # an open taxonomy refuses only empty labels
         shown = ", ".join(self.classes[:20]) + (", ..." if len(self.classes) > 20 else "")
         return f"unknown class {text!r} (classes: {shown})"

@@ -18,6 +18,7 @@ def test_classes_and_aliases_resolve_ignoring_case_and_spaces():
     assert taxonomy.resolve("truck") is None
     assert taxonomy.resolve("") is None and taxonomy.resolve("   ") is None and taxonomy.resolve(None) is None
     assert "car" in taxonomy and "automobile" not in taxonomy and "CAR" not in taxonomy
+    assert taxonomy.describe_unknown("truck") == "unknown class 'truck' (classes: car, Traffic Light)"
     assert not taxonomy.is_open
 
 
@@ -32,6 +33,7 @@ def test_open_taxonomy_accepts_every_label_as_written():
         assert taxonomy.resolve("cat") == "cat" and taxonomy.resolve("Cat") == "Cat"
         assert taxonomy.resolve("") is None
         assert "cat" in taxonomy
+        assert taxonomy.describe_unknown(" ") == "not a label: ' '"
     assert Taxonomy.from_config({"aliases": {"kitty": "cat"}}).resolve("KITTY") == "cat"
 
 
