@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import pandas as pd
@@ -23,11 +24,35 @@ import pyarrow.parquet as pq
 
 from cv_dataops.core.catalog import Catalog
 from cv_dataops.core.storage import Storage
-from cv_dataops.labels.sources import LabelEvent
+from cv_dataops.labels.sources import (
+    ImageLookup,
+    LabelEvent,
+    SourceProblem,
+    content_digest,
+    read_label_file,
+)
 from cv_dataops.labels.tables import LABEL_SOURCES, LABELS
+from cv_dataops.labels.taxonomy import Taxonomy
 
 VERSION_DIGITS = 8
 _ATTEMPTS = 20  # versions tried when other appenders keep publishing first
+
+
+@dataclass(frozen=True)
+class FileImport:
+    """What appending one label file did: for the run's metadata and the review sensor."""
+
+    name: str
+    source_digest: str
+    version: int  # the version holding the file's events (the latest, when nothing was appended)
+    appended: int  # events appended by this call (0 when the file was stored before or had no good row)
+    already_stored: bool
+    problems: list[SourceProblem] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "source_digest": self.source_digest, "version": self.version,
+                "appended": self.appended, "already_stored": self.already_stored,
+                "problems": [str(problem) for problem in self.problems]}
 
 
 def version_name(version: int) -> str:
@@ -85,6 +110,19 @@ class LabelStore:
                 return latest + 1
         raise RuntimeError(f"labels: could not append after {_ATTEMPTS} attempts; other appenders kept publishing "
                            f"first at {self.catalog.uri(LABELS, version_name(self.latest_version()))}")
+
+    def append_file(self, data: bytes, name: str, *, taxonomy: Taxonomy, images: ImageLookup,
+                    source: str = "import", now: datetime | None = None) -> FileImport:
+        """Read a label file (:func:`cv_dataops.labels.sources.read_label_file`) and append its good rows. A file
+        stored before is not read again (its problems were reported when it was)."""
+        digest = content_digest(data)
+        if digest in self.source_digests():
+            return FileImport(name, digest, self.latest_version(), 0, True)
+        events, problems = read_label_file(data, name, taxonomy=taxonomy, images=images, source=source)
+        before = self.latest_version()
+        version = self.append(events, now=now)
+        return FileImport(name, digest, version, len({e.event_id for e in events}) if version != before else 0,
+                          False, problems)
 
     def read(self, as_of: int | None = None) -> pd.DataFrame:
         """Every event stored up to version ``as_of`` (default: the latest), in the order appended."""

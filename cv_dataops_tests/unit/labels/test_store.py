@@ -100,3 +100,17 @@ def test_auto_events_keep_their_model_and_confidence(tmp_path):
     store.append([auto])
     row = store.read().iloc[0]
     assert (row["source"], row["model_version"], row["confidence"]) == ("auto", "m1", 0.97)
+
+
+def test_append_file_reports_what_it_did(tmp_path):
+    store = LabelStore(LocalStorage(tmp_path / "data"))
+    data = f"image_id,label,annotator\n{A},cat,ann\n{'c' * 64},cat,ann\n".encode()
+    first = store.append_file(data, "reviews/r1.csv", taxonomy=Taxonomy(), images=LOOKUP, source="review")
+    assert (first.version, first.appended, first.already_stored) == (1, 1, False)
+    assert [str(problem) for problem in first.problems] == [f"reviews/r1.csv:3: unknown image {'c' * 64!r}"]
+    again = store.append_file(data, "reviews/r1-again.csv", taxonomy=Taxonomy(), images=LOOKUP, source="review")
+    assert (again.version, again.appended, again.already_stored, again.problems) == (1, 0, True, [])
+    broken = store.append_file(b"\xff\xfe", "reviews/bad.csv", taxonomy=Taxonomy(), images=LOOKUP, source="review")
+    assert (broken.version, broken.appended) == (1, 0) and "UTF-16" in broken.problems[0].reason
+    assert store.read()["source"].tolist() == ["review"]
+    assert first.as_dict()["problems"] == [str(first.problems[0])]
