@@ -1,7 +1,8 @@
 """Auto-label acceptance: the confidence above which a model's label is taken without a human (``source = auto``).
 
 The threshold is chosen on verified labels only, from *out-of-sample* probabilities (each verified image scored
-by a model that did not see it, :func:`out_of_sample_probabilities`): the lowest confidence at which the accepted
+by a model that did not see it: the label model's cross-validation,
+:func:`cv_dataops.labels.model.out_of_sample_probabilities`): the lowest confidence at which the accepted
 images' accuracy still reaches the configured precision, which is the largest coverage at that precision
 (:func:`choose_threshold`). The accuracy-coverage curve it was read from goes into the asset's metadata. Applied
 to an unlabelled image (:func:`apply_threshold`), a confidence at or above the threshold is accepted, anything
@@ -12,14 +13,13 @@ line. Any classifier with ``fit``/``predict_proba``/``classes_`` works (scikit-l
 
 from __future__ import annotations
 
-import copy
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator, ClassifierMixin
 
 AUTO = "auto"
 REVIEW = "review"
@@ -73,40 +73,24 @@ class AcceptanceThreshold:
                 "accuracy_coverage": self.curve_points()}
 
 
-def _fresh(estimator: Any) -> Any:
-    """An unfitted copy: scikit-learn's ``clone`` where the estimator supports it, else a deep copy."""
-    from sklearn.base import clone
+class _AnyClassifier(ClassifierMixin, BaseEstimator):
+    """Lends scikit-learn's ``clone`` (which the label model's cross-validation uses) to any object with ``fit``,
+    ``predict_proba`` and ``classes_``: the wrapped estimator is cloned where it supports ``get_params``, deep-copied
+    otherwise."""
 
-    try:
-        return clone(estimator)
-    except (TypeError, RuntimeError, AttributeError):
-        return copy.deepcopy(estimator)
+    def __init__(self, estimator: Any):
+        self.estimator = estimator
 
+    def fit(self, X: np.ndarray, y: np.ndarray) -> _AnyClassifier:
+        self.estimator.fit(X, y)
+        self.classes_ = np.asarray(self.estimator.classes_)
+        return self
 
-def out_of_sample_probabilities(estimator: Any, vectors: np.ndarray, labels: Any, *, folds: int = 5,
-                                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``(probabilities, classes)``: each row's ``predict_proba`` from a copy of ``estimator`` fitted on the
-    other folds (stratified; fewer folds when the rarest class has fewer members), columns aligned to
-    ``classes`` (the sorted distinct labels; a class a fold's model never saw gets 0)."""
-    from sklearn.model_selection import StratifiedKFold
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return self.estimator.predict_proba(X)
 
-    x = np.asarray(vectors)
-    y = np.asarray(labels)
-    if len(x) != len(y):
-        raise ValueError(f"{len(x)} vectors but {len(y)} labels")
-    classes, counts = np.unique(y, return_counts=True)
-    if len(classes) < 2:
-        raise ValueError(f"out-of-sample probabilities need at least two classes, got {len(classes)}")
-    splits = max(2, min(int(folds), int(counts.max())))
-    probabilities = np.zeros((len(x), len(classes)))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The least populated class")
-        fold_rows = list(StratifiedKFold(splits, shuffle=True, random_state=seed).split(x, y))
-    for train, test in fold_rows:
-        model = _fresh(estimator).fit(x[train], y[train])
-        columns = np.searchsorted(classes, np.asarray(model.classes_))
-        probabilities[np.ix_(test, columns)] = model.predict_proba(x[test])
-    return probabilities, classes
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
 
 def accuracy_coverage(confidences: np.ndarray, correct: np.ndarray) -> pd.DataFrame:
@@ -152,9 +136,24 @@ def choose_threshold(confidences: np.ndarray, correct: np.ndarray,
                                f"{verified} verified labels (out of sample), target {target:g}", curve)
 
 
+def threshold_from_probabilities(probabilities: np.ndarray, classes: Any, labels: Any,
+                                 settings: AcceptanceSettings | None = None) -> AcceptanceThreshold:
+    """:func:`choose_threshold` from out-of-sample ``probabilities`` (columns ``classes``) of the verified
+    ``labels``: what the label model's cross-validation computed already."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    names, y = np.asarray(classes), np.asarray(labels)
+    if p.ndim != 2 or p.shape != (len(y), len(names)):
+        raise ValueError(f"probabilities have shape {p.shape}, expected ({len(y)} labels, {len(names)} classes)")
+    return choose_threshold(p.max(axis=1), names[np.argmax(p, axis=1)] == y, settings)
+
+
 def acceptance_threshold(estimator: Any, vectors: np.ndarray, labels: Any,
                          settings: AcceptanceSettings | None = None) -> AcceptanceThreshold:
-    """Cross-validate ``estimator`` on the verified ``vectors``/``labels`` and :func:`choose_threshold`."""
+    """Cross-validate ``estimator`` (anything with ``fit``/``predict_proba``/``classes_``) on the verified
+    ``vectors``/``labels`` with the label model's :func:`~cv_dataops.labels.model.out_of_sample_probabilities`
+    (stratified folds; a class with one member is scored in sample) and :func:`choose_threshold`."""
+    from cv_dataops.labels.model import out_of_sample_probabilities
+
     settings = settings or AcceptanceSettings()
     y = np.asarray(labels)
     empty = accuracy_coverage(np.zeros(0), np.zeros(0, dtype=bool))
@@ -162,13 +161,13 @@ def acceptance_threshold(estimator: Any, vectors: np.ndarray, labels: Any,
         return AcceptanceThreshold(None, None, 0.0, settings.precision, len(y), f"accepting nothing: {len(y)} "
                                    f"verified labels, fewer than the {settings.min_verified} needed to estimate "
                                    f"precision", empty)
-    if len(np.unique(y)) < 2:
+    classes = np.unique(y)
+    if len(classes) < 2:
         return AcceptanceThreshold(None, None, 0.0, settings.precision, len(y), "accepting nothing: the verified "
                                    "labels hold fewer than two classes, nothing to cross-validate", empty)
-    probabilities, classes = out_of_sample_probabilities(estimator, vectors, y, folds=settings.folds,
-                                                         seed=settings.seed)
-    predicted = classes[np.argmax(probabilities, axis=1)]
-    return choose_threshold(probabilities.max(axis=1), predicted == y, settings)
+    probabilities = out_of_sample_probabilities(_AnyClassifier(estimator), vectors, y, folds=settings.folds,
+                                                seed=settings.seed)
+    return threshold_from_probabilities(probabilities, classes, y, settings)
 
 
 def apply_threshold(probabilities: np.ndarray, classes: Any, threshold: AcceptanceThreshold | float | None,

@@ -13,7 +13,7 @@ from cv_dataops.labels.acceptance import (
     accuracy_coverage,
     apply_threshold,
     choose_threshold,
-    out_of_sample_probabilities,
+    threshold_from_probabilities,
 )
 
 
@@ -77,16 +77,12 @@ class Nearest:
         return e / e.sum(axis=1, keepdims=True)
 
 
-def test_any_estimator_with_fit_and_predict_proba_and_missing_classes_in_a_fold():
-    x, y = make_blobs(n_samples=60, centers=3, random_state=0)
+def test_any_estimator_with_fit_and_predict_proba_plugs_in():
+    x, y = make_blobs(n_samples=200, centers=3, cluster_std=3.0, random_state=0)
     labels = np.array(["a", "b", "c"], dtype=object)[y]
-    labels[0] = "rare"  # one member: some folds' models never see it
-    probabilities, classes = out_of_sample_probabilities(Nearest(), x, labels, folds=3)
-    assert classes.tolist() == ["a", "b", "c", "rare"]
-    assert probabilities.shape == (60, 4) and np.allclose(probabilities.sum(axis=1), 1.0)
-    assert probabilities[0, 3] == 0.0  # scored by a model that did not see it
-    # the folds whose model knows "rare" (one image inside blob a) give it its neighbours: most, not all, right
-    assert (classes[probabilities.argmax(axis=1)][1:] == labels[1:]).mean() > 0.7
+    chosen = acceptance_threshold(Nearest(), x, labels, AcceptanceSettings(precision=0.95))
+    assert chosen.threshold is not None and chosen.precision >= 0.95 and 0 < chosen.coverage < 1
+    assert chosen.verified == 200
 
 
 def test_bad_input_is_a_one_line_error():
@@ -94,5 +90,5 @@ def test_bad_input_is_a_one_line_error():
         AcceptanceSettings(precision=1.5)
     with pytest.raises(ValueError, match="expected"):
         apply_threshold(np.zeros((2, 3)), ["a", "b"], 0.5)
-    with pytest.raises(ValueError, match="labels"):
-        out_of_sample_probabilities(Nearest(), np.zeros((4, 2)), ["a", "b"])
+    with pytest.raises(ValueError, match="expected"):
+        threshold_from_probabilities(np.zeros((4, 2)), ["a", "b"], ["a", "b"])
