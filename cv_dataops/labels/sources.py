@@ -270,12 +270,22 @@ def read_coco_labels(data: bytes, name: str, *, taxonomy: Taxonomy, images: Imag
     return _coco_events(document, name, content_digest(data), taxonomy, _lookup(images), source)
 
 
+def _is_id(value: object) -> bool:
+    """A COCO id: an integer or a non-empty string (JSON true, lists, objects are not)."""
+    return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, str) and value != "")
+
+
 def _coco_events(document: dict, name: str, digest: str, taxonomy: Taxonomy, lookup: Callable[[str], str | None],
                  source: str) -> tuple[list[LabelEvent], list[SourceProblem]]:
     problems: list[SourceProblem] = []
     categories: dict[object, str] = {}
-    for index, category in enumerate(document.get("categories") or []):
-        if not isinstance(category, dict) or "id" not in category or not isinstance(category.get("name"), str):
+    listed_categories = document.get("categories") or []
+    if not isinstance(listed_categories, list):
+        problems.append(SourceProblem(name, "malformed 'categories': not a list"))
+        listed_categories = []
+    for index, category in enumerate(listed_categories):
+        if not isinstance(category, dict) or not _is_id(category.get("id")) or not isinstance(category.get("name"),
+                                                                                              str):
             problems.append(SourceProblem(name, "malformed category: it needs an 'id' and a 'name'",
                                           item=f"categories[{index}]"))
             continue
@@ -286,7 +296,7 @@ def _coco_events(document: dict, name: str, digest: str, taxonomy: Taxonomy, loo
     unresolved: set[object] = set()
 
     def category_label(category_id: object, item: str) -> str | None:
-        if category_id not in categories:
+        if not _is_id(category_id) or category_id not in categories:
             problems.append(SourceProblem(name, f"unknown category_id {category_id!r}", item=item))
             return None
         label = taxonomy.resolve(categories[category_id])
@@ -295,16 +305,26 @@ def _coco_events(document: dict, name: str, digest: str, taxonomy: Taxonomy, loo
         return label
 
     for index, image in enumerate(document["images"]):
-        if not isinstance(image, dict) or not (image.get("file_name") or image.get("id") is not None):
-            problems.append(SourceProblem(name, "malformed image: it needs a 'file_name' or an 'id'",
-                                          item=f"images[{index}]"))
+        if not isinstance(image, dict):
+            problems.append(SourceProblem(name, "malformed image: not an object", item=f"images[{index}]"))
             continue
-        item = f"image {image.get('id', image.get('file_name'))}"
-        keys = [str(image[key]) for key in ("file_name", "id") if image.get(key) not in (None, "")]
+        file_name, coco_id = image.get("file_name"), image.get("id")
+        if not (_is_id(coco_id) or isinstance(file_name, str) and file_name) or (
+                file_name is not None and not isinstance(file_name, str)) or (
+                coco_id is not None and not _is_id(coco_id)):
+            problems.append(SourceProblem(name, "malformed image: it needs a 'file_name' (a string) or an 'id' (a "
+                                                "number or string)", item=f"images[{index}]"))
+            continue
+        item = f"image {coco_id if coco_id is not None else file_name}"
+        if coco_id is not None and (coco_id in found or coco_id in unresolved):
+            problems.append(SourceProblem(name, f"image id {coco_id!r} is listed twice; the first is used", item=item))
+            continue
+        keys = [str(key) for key in (file_name, coco_id) if key not in (None, "")]
         image_id = next((found_id for found_id in map(lookup, keys) if found_id), None)
         if image_id is None:
             problems.append(SourceProblem(name, f"unknown image {keys[0]!r}", item=item))
-            unresolved.add(image.get("id"))
+            if coco_id is not None:
+                unresolved.add(coco_id)
             continue
         labels: list[tuple[str, str]] = []
         if image.get("category_id") is not None:
@@ -317,16 +337,18 @@ def _coco_events(document: dict, name: str, digest: str, taxonomy: Taxonomy, loo
                 labels.append((label, f"{name} {item}"))
             else:
                 problems.append(SourceProblem(name, taxonomy.describe_unknown(str(image["category"])), item=item))
-        found[image.get("id", image.get("file_name"))] = (image_id, item, labels, [])
+        found[coco_id if coco_id is not None else ("file_name", file_name)] = (image_id, item, labels, [])
 
     annotations = document.get("annotations") or []
     if not isinstance(annotations, list):
         problems.append(SourceProblem(name, "malformed 'annotations': not a list"))
         annotations = []
     for index, annotation in enumerate(annotations):
-        item = f"annotation {annotation.get('id', index)}" if isinstance(annotation, dict) else f"annotations[{index}]"
-        if not isinstance(annotation, dict) or "image_id" not in annotation:
-            problems.append(SourceProblem(name, "malformed annotation: it needs an 'image_id'", item=item))
+        item = (f"annotation {annotation['id']}" if isinstance(annotation, dict) and _is_id(annotation.get("id"))
+                else f"annotations[{index}]")
+        if not isinstance(annotation, dict) or not _is_id(annotation.get("image_id")):
+            problems.append(SourceProblem(name, "malformed annotation: it needs an 'image_id' (a number or string)",
+                                          item=item))
             continue
         if annotation["image_id"] not in found:
             if annotation["image_id"] not in unresolved:  # an unknown image is reported once, at the image
@@ -358,7 +380,7 @@ def _coco_events(document: dict, name: str, digest: str, taxonomy: Taxonomy, loo
             continue  # an image listed without any category is unlabelled, not a problem
         extra = None
         if boxes:
-            used = {box.get("category_id") for box in boxes}
+            used = [box.get("category_id") for box in boxes]
             extra = json.dumps({"boxes": boxes, "categories": {str(key): value for key, value in categories.items()
                                                                if key in used}}, sort_keys=True)
         events.append(LabelEvent(image_id=image_id, label=distinct[0], source=source, origin=labels[0][1],
@@ -435,13 +457,20 @@ def _label_studio_events(tasks: list, name: str, digest: str, taxonomy: Taxonomy
             results = [r for r in annotation.get("result", []) if isinstance(r, dict)]
             choices_results = [r for r in results if r.get("type") == "choices"
                                or (isinstance(r.get("value"), dict) and "choices" in r["value"])]
-            choices = [choice for r in choices_results for choice in
-                       ((r.get("value") or {}).get("choices") or [])] if choices_results else []
+            values = [r.get("value") for r in choices_results]
+            if any(not isinstance(value, dict) or not isinstance(value.get("choices", []), list) for value in values):
+                problems.append(SourceProblem(name, "malformed choices result: 'value.choices' is not a list",
+                                              item=item))
+                continue
+            choices = [choice for value in values for choice in value.get("choices", [])]
             if not choices:
                 problems.append(SourceProblem(name, "submitted without a choice (skip it with 'Skip' instead)",
                                               item=item))
                 continue
-            if len(set(choices)) > 1 or not isinstance(choices[0], str):
+            if not all(isinstance(choice, str) for choice in choices):
+                problems.append(SourceProblem(name, f"malformed choice {choices} (labels are strings)", item=item))
+                continue
+            if len(set(choices)) > 1:
                 problems.append(SourceProblem(name, f"several choices {choices} where one label is expected",
                                               item=item))
                 continue

@@ -143,7 +143,7 @@ def test_coco_image_level_categories_with_boxes_carried_through(tmp_path):
     reasons = {problem.item: problem.reason for problem in problems}
     assert reasons == {
         "image 3": "unknown image 'unknown.jpg'",
-        "images[4]": "malformed image: it needs a 'file_name' or an 'id'",
+        "images[4]": "malformed image: it needs a 'file_name' (a string) or an 'id' (a number or string)",
         "annotation 13": "unknown category_id 9",
         "annotation 14": TAXONOMY.describe_unknown("truck"),
         "annotation 15": "annotation of image 99, which is not in 'images'",
@@ -198,7 +198,9 @@ def label_studio_export():
                          {"id": 502, "result": []},
                          {"id": 503, "result": [{"type": "choices", "value": {"choices": ["cat", "dog"]}}]},
                          {"id": 504, "updated_at": "yesterday",
-                          "result": [{"type": "choices", "value": {"choices": ["cat"]}}]}]},
+                          "result": [{"type": "choices", "value": {"choices": ["cat"]}}]},
+                         {"id": 505, "result": [{"type": "choices", "value": ["cat"]}]},
+                         {"id": 506, "result": [{"type": "choices", "value": {"choices": [7]}}]}]},
         {"id": 6, "data": {"image_id": D}},                                                      # not annotated
         "not a task",
     ]
@@ -224,6 +226,8 @@ def test_label_studio_export_cancelled_disagreeing_and_bad_annotations(tmp_path)
         "task 5 annotation 502": "submitted without a choice (skip it with 'Skip' instead)",
         "task 5 annotation 503": "several choices ['cat', 'dog'] where one label is expected",
         "task 5 annotation 504": "malformed updated_at 'yesterday'",
+        "task 5 annotation 505": "malformed choices result: 'value.choices' is not a list",
+        "task 5 annotation 506": "malformed choice [7] (labels are strings)",
         "tasks[6]": "malformed task: it needs a 'data' object",
     }
     assert str(problems[0]) == "export.json (task 3): " + reasons["task 3"]
@@ -269,3 +273,58 @@ def test_landing_labels_become_events_with_one_digest_per_batch():
     assert len({e.source_digest for e in open_events}) == 2 and open_events[0].at.year == 2026
     again, _ = landing_events(IMAGES, Taxonomy())
     assert [e.event_id for e in again] == [e.event_id for e in open_events]
+
+
+def test_coco_ids_of_the_wrong_type_and_repeated_images_are_reported(tmp_path):
+    path = tmp_path / "odd.json"
+    path.write_text(json.dumps({
+        "images": [{"id": [1], "file_name": "pets/cat1.jpg"}, {"id": 2, "file_name": "pets/cat1.jpg"},
+                   {"id": 2, "file_name": "pets/dog1.jpg"}, {"file_name": "car1.jpg", "category": "automobile"}],
+        "annotations": [{"id": 1, "image_id": {"x": 1}, "category_id": 1}, {"id": 2, "image_id": 2, "category_id": [1]},
+                        {"id": 3, "image_id": 2, "category_id": 1}],
+        "categories": [{"id": 1, "name": "cat"}, {"id": True, "name": "dog"}]}))
+    events, problems = read(path, read_coco_labels)
+    assert sorted((e.image_id, e.label) for e in events) == [(A, "cat"), (C, "car")]
+    assert [(p.item, p.reason) for p in problems] == [
+        ("categories[1]", "malformed category: it needs an 'id' and a 'name'"),
+        ("images[0]", "malformed image: it needs a 'file_name' (a string) or an 'id' (a number or string)"),
+        ("image 2", "image id 2 is listed twice; the first is used"),
+        ("annotation 1", "malformed annotation: it needs an 'image_id' (a number or string)"),
+        ("annotation 2", "unknown category_id [1]")]
+
+
+def test_random_json_never_crashes_a_reader():
+    """Arbitrary shapes in the places the readers look: always (events, problems), never an exception."""
+    import random
+
+    rng = random.Random(7)
+    atoms = [None, 1, 1.5, "cat", "pets/cat1.jpg", A, [], {}, [1], {"a": 1}, True, "2026-01-01T00:00:00Z"]
+    keys = ["id", "image_id", "file_name", "category_id", "bbox", "name", "images", "annotations", "categories",
+            "data", "result", "value", "choices", "type", "was_cancelled", "completed_by", "updated_at", "image"]
+
+    def value(depth=0):
+        roll = rng.random()
+        if depth > 3 or roll < 0.5:
+            return rng.choice(atoms)
+        if roll < 0.75:
+            return [value(depth + 1) for _ in range(rng.randint(0, 3))]
+        return {rng.choice(keys): value(depth + 1) for _ in range(rng.randint(0, 5))}
+
+    def coco():
+        return {"images": [{"id": value(), "file_name": value(), "category_id": value()} for _ in range(2)],
+                "annotations": [{"id": value(), "image_id": value(), "category_id": value(), "bbox": value()}],
+                "categories": [{"id": value(), "name": value()}, value()]}
+
+    def label_studio():
+        return [{"id": value(), "data": {"image_id": value(), "image": value()},
+                 "annotations": [{"id": value(), "was_cancelled": value(), "completed_by": value(),
+                                  "updated_at": value(), "result": [{"type": "choices",
+                                                                     "value": {"choices": value()}}, value()]}]},
+                value()]
+
+    for _ in range(1500):
+        document = rng.choice([coco, label_studio, value])()
+        events, problems = read_label_file(json.dumps(document).encode(), "fuzz.json", taxonomy=TAXONOMY,
+                                           images=LOOKUP, source="review")
+        assert all("\n" not in str(problem) for problem in problems)
+        assert all(event.image_id in set(IMAGES["image_id"]) for event in events)
