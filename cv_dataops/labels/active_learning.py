@@ -48,7 +48,7 @@ class ActiveLearningSettings:
     ``active-learning`` section of docs/benchmarks.md.
     """
 
-    switch_labels_per_class: float = 5.0
+    switch_labels_per_class: float = 2.0
     typicality_neighbours: int = 20
     max_clusters: int = 500
     min_cluster_size: int = 5
