@@ -1246,7 +1246,11 @@ def main() -> int:
     command = "bench/fault_cases.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     command = ".venv/bin/python " + command.strip()
     code_of = {o.name: code for o in outcomes}
-    if args.update and results.exists():
+    if args.update and not results.exists():
+        print(f"--update merges into the last full run's results, and {results} is absent: run every case once "
+              "(no --cases) first", file=sys.stderr)
+        return 2
+    if args.update:
         saved = json.loads(results.read_text())
         fresh = {o.name: o for o in outcomes}
         merged = [fresh.pop(item["name"], None) or Outcome(**item) for item in saved["outcomes"]]

@@ -418,12 +418,16 @@ class S3Storage(Storage):
     region and retries (throttling and 5xx) are configured in one place.
     """
 
-    def __init__(self, uri: str, client: Any):
+    def __init__(self, uri: str, client: Any, outage_seconds: float = 0.0):
         bucket, prefix = parse_s3_uri(uri)
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
         self.client = client
+        # How long a transient failure (endpoint down, 5xx, throttled) is retried with backoff before it is raised,
+        # beyond the client's own few quick retries: the catalog rides out an outage of this length, while a
+        # landing zone's reads (0) fail at once and their objects are deferred to a later batch.
+        self.outage_seconds = outage_seconds
 
     def __repr__(self) -> str:
         return f"S3Storage({self.uri!r})"
@@ -432,6 +436,21 @@ class S3Storage(Storage):
         return self.prefix + check_key(key)
 
     def _call(self, what: str, function: Callable[..., Any], **kwargs: Any) -> Any:
+        """``function(**kwargs)`` with S3's errors as this module's, a transient one retried for up to
+        ``outage_seconds`` (pauses doubling from 0.5 s to 8 s). Every call retried here is idempotent."""
+        deadline, pause = None, 0.5
+        while True:
+            try:
+                return self._call_once(what, function, **kwargs)
+            except TransientStorageError:
+                now = time.monotonic()
+                deadline = deadline or now + self.outage_seconds
+                if now >= deadline:
+                    raise
+                time.sleep(min(pause, deadline - now))
+                pause = min(2 * pause, 8.0)
+
+    def _call_once(self, what: str, function: Callable[..., Any], **kwargs: Any) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -457,13 +476,12 @@ class S3Storage(Storage):
             raise StorageError(f"bucket does not exist: s3://{self.bucket}") from None
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        paginator = self.client.get_paginator("list_objects_v2")
-        pages = paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix)
-        iterator = iter(pages)
+        token = None  # paged by hand: each page's request can be retried, a paginator's generator cannot
         while True:
-            page = self._call("list_objects_v2", lambda: next(iterator, None))
-            if page is None:
-                return
+            request = {"Bucket": self.bucket, "Prefix": self.prefix + prefix}
+            if token:
+                request["ContinuationToken"] = token
+            page = self._call("list_objects_v2", self.client.list_objects_v2, **request)
             for item in page.get("Contents", []):
                 full_key = item["Key"]
                 key = full_key[len(self.prefix):]
@@ -473,6 +491,9 @@ class S3Storage(Storage):
                     continue  # a "folder" marker made by consoles, not a landed object
                 modified = item["LastModified"].timestamp()
                 yield ObjectInfo(key, item["Size"], item.get("ETag", "").strip('"'), modified, unsafe_key_reason(key))
+            token = page.get("NextContinuationToken") if page.get("IsTruncated") else None
+            if not token:
+                return
 
     def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
         response = self._call("get_object", self.client.get_object, Bucket=self.bucket, Key=self._key(key))
@@ -529,7 +550,7 @@ class S3Storage(Storage):
         return f"s3://{self.bucket}/{self._key(key)}"
 
     def child(self, prefix: str) -> S3Storage:
-        return S3Storage(self.uri_of(prefix.strip("/")), self.client)
+        return S3Storage(self.uri_of(prefix.strip("/")), self.client, self.outage_seconds)
 
 
 _S3_TRANSIENT_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
@@ -629,15 +650,17 @@ def read_uri(uri: str, s3_client: Any | None = None) -> bytes:
 _DEFAULT_READER = UriReader()  # boto3's default configuration, for callers without a configured reader
 
 
-def open_storage(uri: str | os.PathLike[str], s3_client: Any | Callable[[], Any] | None = None) -> Storage:
+def open_storage(uri: str | os.PathLike[str], s3_client: Any | Callable[[], Any] | None = None,
+                 outage_seconds: float = 0.0) -> Storage:
     """Open a local folder (path or ``file://``) or an ``s3://bucket/prefix`` as a :class:`Storage`.
 
     ``s3_client`` may be a client or a zero-argument factory; it is only created for ``s3://`` URIs.
+    ``outage_seconds``: how long an S3 storage retries a transient failure (see :class:`S3Storage`).
     """
     text = os.fspath(uri)
     if text.startswith("s3://"):
         client = s3_client() if callable(s3_client) and not hasattr(s3_client, "get_object") else s3_client
-        return S3Storage(text, client or S3ClientSettings().client())
+        return S3Storage(text, client or S3ClientSettings().client(), outage_seconds)
     if text.startswith("file://"):
         text = text[len("file://"):]
     if "://" in text:

@@ -281,3 +281,29 @@ def test_s3_outages_and_5xx_are_transient_and_access_errors_are_not(s3_bucket, s
         assert not isinstance(refused.value, TransientStorageError)
     finally:
         proxy.close()
+
+
+def test_a_storage_with_an_outage_window_rides_out_an_outage_and_pages_listings_through_it(s3_bucket, s3_endpoint):
+    """The catalog's storage (outage_seconds > 0) retries a down endpoint until it is back, listing included
+    (paged by hand, so a page's request is retried and the listing resumes where it was); a window of 0 (the
+    landing zone's: its objects are deferred instead) raises at once."""
+    from cv_dataops.core.storage import S3ClientSettings, TransientStorageError
+    from cv_dataops_tests.fault_proxy import FaultProxy
+
+    proxy = FaultProxy(s3_endpoint)
+    try:
+        client = S3ClientSettings(endpoint_url=proxy.url, region_name="us-east-1", max_attempts=1).client()
+        patient = S3Storage(f"s3://{s3_bucket}/catalog", client, outage_seconds=30)
+        for index in range(1005):  # more than one page of 1,000 keys
+            boto3.client("s3").put_object(Bucket=s3_bucket, Key=f"catalog/k/{index:04d}", Body=b"x")
+        proxy.outage("refuse", seconds=2.0)
+        patient.write_bytes("table/all.parquet", b"table")  # waits for the endpoint, then writes
+        assert patient.read_bytes("table/all.parquet") == b"table"
+        proxy.fail_next(1, "503")  # a page request fails once: retried, the listing goes on
+        listed = [info.key for info in patient.list("k/")]
+        assert listed == [f"k/{index:04d}" for index in range(1005)]
+        proxy.outage("refuse")
+        with pytest.raises(TransientStorageError):
+            S3Storage(f"s3://{s3_bucket}/catalog", client).read_bytes("table/all.parquet")
+    finally:
+        proxy.close()
