@@ -78,7 +78,9 @@ class LabelIssueSettings:
 @dataclass(frozen=True)
 class LabelIssueResult:
     """The ``label_issues`` rows and the figures a check reports: ``cv_accuracy`` (the classifier's
-    out-of-sample accuracy against the given labels), ``flag_share`` (share of rows with ``is_issue``)."""
+    out-of-sample accuracy against the given labels), ``flag_share`` (share of rows with ``is_issue``).
+    ``probabilities`` (the average) and ``classifier_probabilities`` (the label model's, out-of-sample) are in
+    row order, columns ``classes``."""
 
     frame: pd.DataFrame
     cv_accuracy: float
@@ -86,6 +88,7 @@ class LabelIssueResult:
     settings: LabelIssueSettings
     probabilities: np.ndarray = field(repr=False, compare=False)
     classes: np.ndarray = field(repr=False, compare=False)
+    classifier_probabilities: np.ndarray = field(repr=False, compare=False)
 
     @property
     def needs_budget(self) -> bool:
@@ -190,4 +193,5 @@ def find_label_issues(vectors, given_labels, settings: LabelIssueSettings | None
                           "detail": detail})
     frame = frame.iloc[order].reset_index(drop=True)
     return LabelIssueResult(frame=frame, cv_accuracy=accuracy, flag_share=float(is_issue.mean()),
-                            settings=settings, probabilities=averaged, classes=classes)
+                            settings=settings, probabilities=averaged, classes=classes,
+                            classifier_probabilities=classifier)
