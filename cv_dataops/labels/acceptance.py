@@ -29,12 +29,23 @@ REVIEW = "review"
 class AcceptanceSettings:
     """``precision``: the accuracy the accepted auto-labels must reach on the verified labels (out of sample).
     ``folds``: cross-validation folds for the out-of-sample probabilities. ``min_verified``: below this many verified
-    labels the precision cannot be estimated (one error in 20 is already 5 %): nothing is accepted."""
+    labels the precision cannot be estimated (one error in 20 is already 5 %): nothing is accepted.
+    ``min_accepted``: a threshold must accept at least this many verified images, by default ``1 / (1 -
+    precision)`` rounded up (50 at 0.98): the fewest among which one error still leaves the precision reached, so
+    that a handful of lucky top scores (19 of 19 right, then the curve below 98 % for good) is not taken for a
+    threshold."""
 
     precision: float = 0.98
     folds: int = 5
     min_verified: int = 20
+    min_accepted: int | None = None
     seed: int = 0
+
+    @property
+    def accepted_at_least(self) -> int:
+        if self.min_accepted is not None:
+            return max(1, int(self.min_accepted))
+        return self.min_verified if self.precision >= 1.0 else math.ceil(1.0 / (1.0 - self.precision) - 1e-9)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.precision <= 1.0:
@@ -113,7 +124,8 @@ def accuracy_coverage(confidences: np.ndarray, correct: np.ndarray) -> pd.DataFr
 def choose_threshold(confidences: np.ndarray, correct: np.ndarray,
                      settings: AcceptanceSettings | None = None) -> AcceptanceThreshold:
     """The lowest threshold whose accepted verified images (out-of-sample ``confidences``; ``correct``: the
-    prediction equals the verified label) reach ``settings.precision``: the largest coverage at that precision."""
+    prediction equals the verified label), at least ``settings.accepted_at_least`` of them, reach
+    ``settings.precision``: the largest coverage at that precision."""
     settings = settings or AcceptanceSettings()
     curve = accuracy_coverage(confidences, correct)
     verified = len(np.asarray(confidences))
@@ -123,12 +135,13 @@ def choose_threshold(confidences: np.ndarray, correct: np.ndarray,
                                    f"labels, fewer than the {settings.min_verified} needed to estimate precision",
                                    curve)
     # a float's rounding must not refuse an exact 98 %
-    reaching = np.flatnonzero(curve["accuracy"].to_numpy() >= target - 1e-12)
+    enough = curve["coverage"].to_numpy() * verified >= settings.accepted_at_least - 1e-9
+    reaching = np.flatnonzero((curve["accuracy"].to_numpy() >= target - 1e-12) & enough)
     if not len(reaching):
-        best = float(curve["accuracy"].max())
+        best = float(curve["accuracy"][enough].max()) if enough.any() else float("nan")
         return AcceptanceThreshold(None, None, 0.0, target, verified, f"accepting nothing: no confidence threshold "
-                                   f"reaches precision {target:g} on the {verified} verified labels (best "
-                                   f"{best:.3f})", curve)
+                                   f"that accepts at least {settings.accepted_at_least} of the {verified} verified "
+                                   f"labels reaches precision {target:g} (best {best:.3f})", curve)
     row = curve.iloc[int(reaching[-1])]
     threshold, coverage, precision = float(row["threshold"]), float(row["coverage"]), float(row["accuracy"])
     return AcceptanceThreshold(threshold, precision, coverage, target, verified,
