@@ -44,16 +44,18 @@ class LabelIssueSettings:
 
     ``neighbors``: k of the neighbour vote; ``classifier_weight``: the classifier's share of the averaged
     probabilities (1 = cleanlab on the classifier alone, 0 = neighbours alone); ``smoothing``: pseudo-count
-    spread over the classes in the neighbour vote; ``filter_by`` / ``score_method``: cleanlab's;
-    ``C``, ``folds``: the label model's regularisation and cross-validation folds; ``min_accuracy`` /
+    spread over the classes in the neighbour vote; ``filter_by`` / ``score_method``: cleanlab's; ``max_score``: a
+    flag also needs a score below it (1 = off: on weak features confident learning flags far more labels than are
+    wrong, and this asks for a clear margin); ``C``, ``folds``: the label model's regularisation and cross-validation folds; ``min_accuracy`` /
     ``max_flag_share``: below / above these the flags are not to be trusted, only the ranking."""
 
     neighbors: int = 10
-    classifier_weight: float = 0.5
+    classifier_weight: float = 0.6
     smoothing: float = 1.0
     filter_by: str = "prune_by_noise_rate"
-    score_method: str = "self_confidence"
-    C: float = 0.1
+    score_method: str = "normalized_margin"
+    max_score: float = 0.4
+    C: float = 0.01
     folds: int = 5
     seed: int = 0
     min_accuracy: float = 0.6
@@ -68,6 +70,8 @@ class LabelIssueSettings:
             raise ValueError(f"smoothing must not be negative, got {self.smoothing}")
         if self.filter_by not in FILTERS:
             raise ValueError(f"filter_by must be one of {FILTERS}, got {self.filter_by!r}")
+        if not 0.0 < self.max_score <= 1.0:
+            raise ValueError(f"max_score must be in (0, 1], got {self.max_score}")
         if self.score_method not in SCORES:
             raise ValueError(f"score_method must be one of {SCORES}, got {self.score_method!r}")
 
@@ -156,6 +160,8 @@ def audit_probabilities(vectors: np.ndarray, label_index: np.ndarray, n_classes:
     else:
         averaged = classifier_probabilities
     is_issue, score = issues_from_probabilities(averaged, label_index, settings.filter_by, settings.score_method)
+    if settings.max_score < 1.0:
+        is_issue &= score < settings.max_score
     return is_issue, score, averaged
 
 

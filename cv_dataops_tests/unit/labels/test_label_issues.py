@@ -81,6 +81,8 @@ def test_bad_settings_and_input_are_one_clear_line(planted):
     x, _, given, _ = planted
     with pytest.raises(ValueError, match="classifier_weight"):
         LabelIssueSettings(classifier_weight=1.5)
+    with pytest.raises(ValueError, match="max_score"):
+        LabelIssueSettings(max_score=0)
     with pytest.raises(ValueError, match="filter_by"):
         LabelIssueSettings(filter_by="vibes")
     with pytest.raises(ValueError, match="image ids"):
