@@ -72,7 +72,7 @@ class CatalogResource(StageResource):
 
     def uri_reader(self) -> UriReader:
         """Reads the image bytes the tables point at (``uri`` columns) through the same S3 configuration."""
-        return UriReader(s3_client_settings(self.s3))
+        return UriReader(s3_client_settings(self.s3), self.outage_seconds)
 
     def catalog(self) -> Catalog:
         return Catalog(self.storage())

@@ -611,20 +611,21 @@ class UriReader:
     with one S3 client per process built from ``s3``. Picklable: a worker process gets the settings, never the
     parent's client (whose sockets must not be shared), and builds its own the same way."""
 
-    def __init__(self, s3: S3ClientSettings | None = None):
+    def __init__(self, s3: S3ClientSettings | None = None, outage_seconds: float = 0.0):
         self.s3 = s3 or S3ClientSettings()
+        self.outage_seconds = outage_seconds  # a stage reading a landed image waits out an outage this long
         self._client: Any = None
         self._pid: int | None = None
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict:
-        return {"s3": self.s3}
+        return {"s3": self.s3, "outage_seconds": self.outage_seconds}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["s3"])
+        self.__init__(state["s3"], state.get("outage_seconds", 0.0))
 
     def __repr__(self) -> str:
-        return f"UriReader({self.s3!r})"
+        return f"UriReader({self.s3!r}, outage_seconds={self.outage_seconds})"
 
     def client(self) -> Any:
         with self._lock:
@@ -633,17 +634,18 @@ class UriReader:
             return self._client
 
     def __call__(self, uri: str) -> bytes:
-        return read_uri(uri, self.client() if uri.startswith("s3://") else None)
+        return read_uri(uri, self.client() if uri.startswith("s3://") else None, self.outage_seconds)
 
 
-def read_uri(uri: str, s3_client: Any | None = None) -> bytes:
+def read_uri(uri: str, s3_client: Any | None = None, outage_seconds: float = 0.0) -> bytes:
     """The bytes behind a URI from a catalog table (an absolute path or ``s3://bucket/key``). Prefer a
     :class:`UriReader` from the catalog resource, which carries the configured S3 client; without a client this
     uses boto3's default configuration (the environment)."""
     if uri.startswith("s3://"):
         bucket, key = parse_s3_uri(uri)
         parent, _, name = key.rpartition("/")
-        return S3Storage(f"s3://{bucket}/{parent}", s3_client or _DEFAULT_READER.client()).read_bytes(name)
+        return S3Storage(f"s3://{bucket}/{parent}", s3_client or _DEFAULT_READER.client(),
+                         outage_seconds).read_bytes(name)
     return Path(uri[len("file://"):] if uri.startswith("file://") else uri).read_bytes()
 
 

@@ -116,6 +116,10 @@ class _Validator:
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
         import great_expectations as gx
 
+        # GX sets some of its modules' loggers to INFO itself ("Created temporary directory ... for ephemeral docs
+        # site"): quiet every one of them, not only the package's, or a user's stderr gets them each batch
+        for name in [n for n in logging.root.manager.loggerDict if n.split(".")[0] == "great_expectations"]:
+            logging.getLogger(name).setLevel(logging.WARNING)
         logging.getLogger("great_expectations").setLevel(logging.WARNING)
         self.gx = gx
         self.context = gx.get_context(mode="ephemeral")
