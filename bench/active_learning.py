@@ -38,7 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from report import update_section  # noqa: E402
 
-from cv_dataops.labels.active_learning import ActiveLearningSettings, choose_for_labelling, margins  # noqa: E402
+from cv_dataops.labels.active_learning import (  # noqa: E402
+    ActiveLearningSettings,
+    choose_for_labelling,
+    margins,
+)
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-sample"
 CACHE = Path(tempfile.gettempdir()) / "cv-dataops-bench-cache"

@@ -42,7 +42,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from active_learning import CIFAR, cifar_vectors  # noqa: E402
 from report import update_section  # noqa: E402
 
-from cv_dataops.labels.acceptance import AUTO, AcceptanceSettings, acceptance_threshold, apply_threshold  # noqa: E402
+from cv_dataops.labels.acceptance import (  # noqa: E402
+    AUTO,
+    AcceptanceSettings,
+    acceptance_threshold,
+    apply_threshold,
+)
 
 VERIFIED = 0.30
 COVERAGES = (0.5, 0.7, 0.8, 0.9, 0.95, 1.0)
