@@ -191,6 +191,9 @@ def _wait_until_serving(server: LabelStudioServer, deadline: float) -> None:
             seen = f"HTTP {response.status} {body[:200]!r}"
         except (OSError, ValueError) as error:
             seen = f"{type(error).__name__}: {error}"
+        if f"Port {server.url.rsplit(':', 1)[1]} is in use" in server.log_tail(200):
+            raise LabelStudioError(f"port {server.url.rsplit(':', 1)[1]} was taken before Label Studio bound it "
+                                   f"(it moves to another port silently); start it again")
         if time.monotonic() > deadline:
             raise LabelStudioError(f"Label Studio did not answer UP on {server.url}/health by the deadline (last "
                                    f"seen: {seen}); the end of {server.log}:\n{server.log_tail()}")
