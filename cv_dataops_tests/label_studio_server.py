@@ -73,8 +73,10 @@ def free_port() -> int:
 class LabelStudioServer:
     """A running server: :meth:`request` speaks its REST API as one of its reviewers."""
 
-    def __init__(self, url: str, reviewers: list[Reviewer], process: subprocess.Popen, log: Path):
+    def __init__(self, url: str, reviewers: list[Reviewer], process: subprocess.Popen, log: Path,
+                 document_root: Path):
         self.url, self.reviewers, self.process, self.log = url, reviewers, process, log
+        self.document_root = document_root  # the local files it serves live under this folder
         self.seconds: dict[str, float] = {}  # how long starting took: "init" (migrations, users), "start"
 
     def request(self, method: str, path: str, *, reviewer: Reviewer | None = None, body: object = None,
@@ -233,7 +235,7 @@ def running_label_studio(executable: Path, workdir: Path, document_root: Path, r
              "--port", str(port), *_user_arguments(reviewers[-1])],
             cwd=workdir, env=environment, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)
-    server = LabelStudioServer(f"http://127.0.0.1:{port}", list(reviewers), process, log)
+    server = LabelStudioServer(f"http://127.0.0.1:{port}", list(reviewers), process, log, document_root)
     try:
         _wait_until_serving(server, deadline)
         server.seconds = {"init": initialised - began, "start": time.monotonic() - initialised}

@@ -37,23 +37,30 @@ def _choice(label: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def label_studio_executable() -> Path:
+def label_studio(tmp_path_factory):
+    """One server for the module, serving local files under its ``document_root`` to two reviewers."""
     executable, why_not = installed_label_studio()
     if executable is None:
         pytest.skip(why_not)
-    return executable
+    workdir = tmp_path_factory.mktemp("label-studio")
+    document_root = workdir / "served"
+    document_root.mkdir()
+    reviewers = [Reviewer.new("first-reviewer"), Reviewer.new("second-reviewer")]
+    with running_label_studio(executable, workdir, document_root, reviewers) as server:
+        yield server
 
 
-def test_review_tasks_round_trip_through_label_studio(label_studio_executable, tmp_path):
-    document_root = tmp_path / "served"
-    images = document_root / "images"
+def test_review_tasks_round_trip_through_label_studio(label_studio, tmp_path):
+    server, (first, second) = label_studio, label_studio.reviewers
+    document_root = server.document_root
+    images = document_root / "round-trip"
     images.mkdir(parents=True)
     rows = []
     for seed in range(6):
         data = encode(photo(seed), "PNG")
         path = images / f"image-{seed}.png"
         path.write_bytes(data)
-        # The prediction pre-filled for review: deliberately not always what the reviewer will answer.
+        # The label pre-filled as the prediction to review.
         rows.append({"image_id": hashlib.sha256(data).hexdigest(), "uri": str(path), "split": "train",
                      "label": CLASSES[seed % len(CLASSES)]})
     frame = pd.DataFrame(rows)
@@ -65,43 +72,40 @@ def test_review_tasks_round_trip_through_label_studio(label_studio_executable, t
                                                  ["choices"][0]) + 1) % len(CLASSES)]
                for image_id in answered_images}
 
-    first, second = Reviewer.new("first-reviewer"), Reviewer.new("second-reviewer")
-    with running_label_studio(label_studio_executable, tmp_path / "label-studio", document_root,
-                              [first, second]) as server:
-        project = server.json("POST", "/api/projects", body={"title": "cv-dataops review",
-                                                              "label_config": label_studio_config(CLASSES)})
-        # Label Studio serves a local file only to members of a project with a local-files storage holding it.
-        server.json("POST", "/api/storages/localfiles", body={"project": project["id"], "path": str(images),
-                                                               "title": "review images", "use_blob_urls": False})
-        imported = server.json("POST", f"/api/projects/{project['id']}/import", body=tasks)
-        assert (imported["task_count"], imported["prediction_count"]) == (len(tasks), len(tasks))
+    project = server.json("POST", "/api/projects", body={"title": "cv-dataops review",
+                                                          "label_config": label_studio_config(CLASSES)})
+    # Label Studio serves a local file only to members of a project with a local-files storage holding it.
+    server.json("POST", "/api/storages/localfiles", body={"project": project["id"], "path": str(images),
+                                                           "title": "review images", "use_blob_urls": False})
+    imported = server.json("POST", f"/api/projects/{project['id']}/import", body=tasks)
+    assert (imported["task_count"], imported["prediction_count"]) == (len(tasks), len(tasks))
 
-        listed = server.json("GET", f"/api/tasks?project={project['id']}&page_size=100")
-        task_ids = {task["data"]["image_id"]: task["id"] for task in listed["tasks"]}
-        assert sorted(task_ids) == sorted(by_image)
-        one = server.json("GET", f"/api/tasks/{task_ids[disputed_image]}")
-        assert [prediction["result"] for prediction in one["predictions"]] == \
-            [by_image[disputed_image]["predictions"][0]["result"]]
+    listed = server.json("GET", f"/api/tasks?project={project['id']}&page_size=100")
+    task_ids = {task["data"]["image_id"]: task["id"] for task in listed["tasks"]}
+    assert sorted(task_ids) == sorted(by_image)
+    one = server.json("GET", f"/api/tasks/{task_ids[disputed_image]}")
+    assert [prediction["result"] for prediction in one["predictions"]] == \
+        [by_image[disputed_image]["predictions"][0]["result"]]
 
-        # The image a reviewer's browser would open, from the URL in the task.
-        status, headers, body = server.request("GET", one["data"]["image"])
-        assert status == 200
-        assert headers.get("Content-Type") == "image/png"
-        assert body == Path(by_image[disputed_image]["data"]["uri"]).read_bytes()
+    # The image a reviewer's browser would open, from the URL in the task.
+    status, headers, body = server.request("GET", one["data"]["image"])
+    assert status == 200
+    assert headers.get("Content-Type") == "image/png"
+    assert body == Path(by_image[disputed_image]["data"]["uri"]).read_bytes()
 
-        def annotate(image_id: str, reviewer: Reviewer, **annotation) -> dict:
-            return server.json("POST", f"/api/tasks/{task_ids[image_id]}/annotations/", reviewer=reviewer,
-                               body=annotation)
+    def annotate(image_id: str, reviewer: Reviewer, **annotation) -> dict:
+        return server.json("POST", f"/api/tasks/{task_ids[image_id]}/annotations/", reviewer=reviewer,
+                           body=annotation)
 
-        annotate(skipped_image, first, result=[], was_cancelled=True)  # "Skip" in the labelling UI
-        annotate(disputed_image, first, result=_choice("cat"), lead_time=2.5)
-        annotate(disputed_image, second, result=_choice("dog"), lead_time=3.0)
-        for image_id in answered_images:
-            annotate(image_id, first, result=_choice(answers[image_id]), lead_time=1.0)
+    annotate(skipped_image, first, result=[], was_cancelled=True)  # "Skip" in the labelling UI
+    annotate(disputed_image, first, result=_choice("cat"), lead_time=2.5)
+    annotate(disputed_image, second, result=_choice("dog"), lead_time=3.0)
+    for image_id in answered_images:
+        annotate(image_id, first, result=_choice(answers[image_id]), lead_time=1.0)
 
-        status, headers, export = server.request(
-            "GET", f"/api/projects/{project['id']}/export?exportType=JSON&download_all_tasks=true")
-        assert status == 200, export[:500]
+    status, headers, export = server.request(
+        "GET", f"/api/projects/{project['id']}/export?exportType=JSON&download_all_tasks=true")
+    assert status == 200, export[:500]
 
     exported = json.loads(export)
     assert sorted(task["data"]["image_id"] for task in exported) == sorted(by_image)
