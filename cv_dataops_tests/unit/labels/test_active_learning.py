@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_blobs
 from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits
 
 from cv_dataops.labels.active_learning import (
     COVERAGE,
@@ -13,6 +14,13 @@ from cv_dataops.labels.active_learning import (
     margins,
     typicality,
 )
+
+
+@pytest.fixture(autouse=True)
+def one_blas_thread():
+    """Small fits: on a shared machine, BLAS threads only contend (a 2,000-point fit took 7 s instead of 0.2 s)."""
+    with threadpool_limits(1):
+        yield
 
 
 def blobs(count=6, per_blob=40, seed=0):
