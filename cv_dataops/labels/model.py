@@ -141,6 +141,15 @@ class LabelModel(ClassifierMixin, BaseEstimator):
         return self.classes_[np.argmax(self.decision_function(X), axis=1)]
 
 
+def fold_count(class_counts: np.ndarray, folds: int) -> int:
+    """The folds cross-validation uses: ``folds``, or fewer so that every training fold holds every class with at
+    least two members (never below 2)."""
+    if folds < 2:
+        raise ValueError(f"folds must be at least 2, got {folds}")
+    several = class_counts[class_counts >= 2]
+    return max(2, min(folds, int(several.min()) if len(several) else 2))
+
+
 def out_of_sample_probabilities(model, X, y, folds: int = 5, seed: int = 0) -> np.ndarray:
     """Each row's class probabilities from a copy of ``model`` fitted without that row (stratified ``folds``-fold
     ``cross_val_predict``); columns in the order of ``np.unique(y)``.
@@ -154,10 +163,7 @@ def out_of_sample_probabilities(model, X, y, folds: int = 5, seed: int = 0) -> n
     if len(classes) < 2:
         raise ValueError(f"out-of-sample probabilities need at least two classes, got {list(classes)}")
     counts = np.bincount(index)
-    if folds < 2:
-        raise ValueError(f"folds must be at least 2, got {folds}")
-    several = counts[counts >= 2]
-    splits = max(2, min(folds, int(several.min()) if len(several) else 2))
+    splits = fold_count(counts, folds)
     if len(x) < splits:
         raise ValueError(f"{len(x)} labelled vectors are too few for {splits}-fold cross-validation")
     with warnings.catch_warnings():
@@ -216,4 +222,5 @@ def cross_validated_report(model, X, y, folds: int = 5, seed: int = 0) -> CrossV
     accuracy = float(np.mean(classes[probabilities.argmax(axis=1)] == labels))
     return CrossValidatedReport(accuracy=accuracy,
                                 calibration_error=expected_calibration_error(probabilities, labels, classes),
-                                folds=folds, items=len(x), classes=tuple(classes), probabilities=probabilities)
+                                folds=fold_count(np.unique(labels, return_counts=True)[1], folds), items=len(x),
+                                classes=tuple(classes), probabilities=probabilities)

@@ -79,6 +79,7 @@ def test_cross_validated_report_gives_json_metadata(blobs):
     assert 0.85 < report.accuracy <= 1 and 0 <= report.calibration_error < 0.2
     metadata = json.loads(json.dumps(report.to_metadata()))
     assert metadata["classes"] == ["cat", "dog", "owl"] and metadata["training_items"] == 300
+    assert metadata["cv_folds"] == 3
 
 
 def test_bad_input_is_one_clear_line(blobs):
