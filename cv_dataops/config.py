@@ -39,7 +39,8 @@ EMBEDDER_KINDS = ("patch-kmeans", "onnx")
 
 # The stages a setting can belong to; a wrong setting fails the assets, checks and sensors of its stage only.
 CATALOG, LANDING, QUALITY, EMBEDDING, CURATION = "catalog", "landing", "quality", "embedding", "curation"
-STAGES = (CATALOG, LANDING, QUALITY, EMBEDDING, CURATION)
+LABELLING = "labels"  # the labels loop: labels, audited_labels, label_model, auto_labels, label_issues, review
+STAGES = (CATALOG, LANDING, QUALITY, EMBEDDING, CURATION, LABELLING)
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,10 @@ VARIABLES = {v.name: v for v in (
                                                '"path": "model.onnx", "input_size": [224, 224], "mean": [...], '
                                                '"std": [...]} (default: {"kind": "patch-kmeans"})'),
     Variable("CV_DATAOPS_CURATION", CURATION, 'JSON object of curation settings, e.g. {"budget": 0.25}'),
+    Variable("CV_DATAOPS_LABELS_TAXONOMY", LABELLING, 'the classes: a JSON list, or {"classes": [...], "aliases": '
+                                                      '{"automobile": "car"}} (default: open, every label as written)'),
+    Variable("CV_DATAOPS_REVIEW", LABELLING, 'JSON object of the labels loop\'s settings, e.g. {"budget": 50, '
+                                             '"target_precision": 0.98, "promotion_tolerance": 0.01}'),
 )}
 
 
@@ -101,6 +106,8 @@ class Settings:
     quality_thresholds: Mapping[str, Any] = field(default_factory=dict)
     embedder: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_EMBEDDER))
     curation: Mapping[str, Any] = field(default_factory=dict)
+    labels_taxonomy: Mapping[str, Any] = field(default_factory=dict)  # {"classes": [...], "aliases": {...}}; {}: open
+    review: Mapping[str, Any] = field(default_factory=dict)
     errors: Mapping[str, str] = field(default_factory=dict)
     unknown_variables: tuple[str, ...] = ()
 
@@ -125,7 +132,9 @@ class Settings:
               quality_thresholds: Mapping[str, Any] | None = None, embedder: Mapping[str, Any] | None = None,
               curation: Mapping[str, Any] | None = None, max_bytes: int | None = None,
               read_attempts: int | None = None, read_backoff_seconds: float | None = None,
-              retry_batches: int | None = None, retry_pause_seconds: float | None = None) -> Settings:
+              retry_batches: int | None = None, retry_pause_seconds: float | None = None,
+              labels_taxonomy: Mapping[str, Any] | list[str] | None = None,
+              review: Mapping[str, Any] | None = None) -> Settings:
         """Settings from arguments only (no environment); unset arguments take the defaults."""
         given = {"CV_DATAOPS_DATA_ROOT": data_root, "CV_DATAOPS_LANDING": landing, "CV_DATAOPS_LABELS": labels,
                  "CV_DATAOPS_MIN_AGE_SECONDS": min_age_seconds, "CV_DATAOPS_WORKERS": workers,
@@ -133,7 +142,8 @@ class Settings:
                  "CV_DATAOPS_READ_BACKOFF_SECONDS": read_backoff_seconds, "CV_DATAOPS_RETRY_BATCHES": retry_batches,
                  "CV_DATAOPS_RETRY_PAUSE_SECONDS": retry_pause_seconds,
                  "CV_DATAOPS_QUALITY_THRESHOLDS": quality_thresholds, "CV_DATAOPS_EMBEDDER": embedder,
-                 "CV_DATAOPS_CURATION": curation}
+                 "CV_DATAOPS_CURATION": curation, "CV_DATAOPS_LABELS_TAXONOMY": labels_taxonomy,
+                 "CV_DATAOPS_REVIEW": review}
         values = {name: os.fspath(v) if isinstance(v, os.PathLike) else v for name, v in given.items() if v is not None}
         return cls._validated(values, {}, ())
 
@@ -322,6 +332,45 @@ def _curation(values: Mapping[str, Any]) -> dict:
     return dict(values)
 
 
+def _json_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"not valid JSON ({error.msg} at character {error.pos}); expected a JSON list or "
+                          f"object") from None
+
+
+def _labels_taxonomy(value: Any) -> dict:
+    """Stored as ``{"classes": [...], "aliases": {...}}`` (a mapping, like every JSON setting)."""
+    from cv_dataops.labels.taxonomy import Taxonomy, TaxonomyError
+
+    try:
+        taxonomy = Taxonomy.from_config(value)
+    except TaxonomyError as error:
+        raise ConfigError(str(error).splitlines()[0].removeprefix("taxonomy: ")) from None
+    except TypeError as error:
+        raise ConfigError(f"expected a list of classes or {{'classes': [...], 'aliases': {{...}}}}: {error}") from None
+    return {"classes": list(taxonomy.classes), "aliases": dict(taxonomy.aliases)} if (
+        taxonomy.classes or taxonomy.aliases) else {}
+
+
+def _review(values: Mapping[str, Any]) -> dict:
+    from pydantic import ValidationError
+
+    from cv_dataops.resources import LabelsResource
+
+    _unknown_keys(values, LabelsResource.review_keys())
+    try:
+        LabelsResource(**values).check()
+    except ValidationError as error:
+        problem = error.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"])
+        raise ConfigError(f"{where}: {problem['msg']}, got {problem.get('input')!r}") from None
+    except (TypeError, ValueError) as error:
+        raise ConfigError(str(error).splitlines()[0]) from None
+    return dict(values)
+
+
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "CV_DATAOPS_DATA_ROOT": str, "CV_DATAOPS_LANDING": str, "CV_DATAOPS_LABELS": str.strip,
     "CV_DATAOPS_MIN_AGE_SECONDS": lambda text: _number(text, float),
@@ -332,7 +381,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "CV_DATAOPS_RETRY_BATCHES": lambda text: _number(text, int),
     "CV_DATAOPS_RETRY_PAUSE_SECONDS": lambda text: _number(text, float),
     "CV_DATAOPS_QUALITY_THRESHOLDS": _json_object, "CV_DATAOPS_EMBEDDER": _json_object,
-    "CV_DATAOPS_CURATION": _json_object,
+    "CV_DATAOPS_CURATION": _json_object, "CV_DATAOPS_LABELS_TAXONOMY": _json_value,
+    "CV_DATAOPS_REVIEW": _json_object,
 }
 _CHECKS: dict[str, Callable[[Any], Any]] = {
     "CV_DATAOPS_DATA_ROOT": _location, "CV_DATAOPS_LANDING": _location, "CV_DATAOPS_LABELS": _labels,
@@ -343,7 +393,8 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "CV_DATAOPS_RETRY_BATCHES": lambda value: _whole_number(value, "batches"),
     "CV_DATAOPS_RETRY_PAUSE_SECONDS": _seconds,
     "CV_DATAOPS_QUALITY_THRESHOLDS": _quality_thresholds, "CV_DATAOPS_EMBEDDER": _embedder,
-    "CV_DATAOPS_CURATION": _curation,
+    "CV_DATAOPS_CURATION": _curation, "CV_DATAOPS_LABELS_TAXONOMY": _labels_taxonomy,
+    "CV_DATAOPS_REVIEW": _review,
 }
 _FIELD_OF = {name: name[len(PREFIX):].lower() for name in VARIABLES}  # CV_DATAOPS_DATA_ROOT -> data_root
 _VALUE_FIELDS = [f for f in dataclasses.fields(Settings) if f.name in _FIELD_OF.values()]

@@ -21,6 +21,7 @@ from cv_dataops.config import (
     DEFAULT_EMBEDDER,
     DEFAULT_LABELS,
     EMBEDDING,
+    LABELLING,
     LANDING,
     QUALITY,
     ConfigError,
@@ -188,6 +189,58 @@ class EmbeddingResource(StageResource):
                                                              "helped small images on an idle machine: docs/benchmarks.md).")
 
 
+class LabelsResource(StageResource):
+    """The labels loop: the taxonomy, where label files and review decisions are dropped, and the review round's
+    budget, the auto-labels' precision and the promotion's tolerance (``CV_DATAOPS_REVIEW``'s keys are these
+    fields but ``taxonomy``)."""
+
+    taxonomy: dict = Field(default_factory=dict, description="Classes and aliases; empty: open (labels as written).")
+    budget: int = Field(default=50, ge=1, description="Images per review round (Label Studio tasks written).")
+    target_precision: float = Field(default=0.98, gt=0, le=1,
+                                    description="Precision auto-labels must reach on verified labels (out of sample).")
+    promotion_tolerance: float = Field(default=0.01, ge=0, lt=1, description="Holdout accuracy a new label model "
+                                                                              "may lose at the bound and be promoted.")
+    promotion_confidence: float = Field(default=0.95, ge=0.5, lt=1, description="One-sided level of that bound.")
+    min_holdout: int = Field(default=20, ge=1, description="Human labels the frozen holdout needs to decide.")
+    holdout_fraction: float = Field(default=0.2, gt=0, lt=1, description="Share of human-labelled images frozen "
+                                                                          "into the holdout (never trained on).")
+    max_issue_share: float = Field(default=0.3, ge=0, le=1, description="WARN when more of a class's labels are "
+                                                                         "probable errors.")
+    review_overrides_human: bool = Field(default=False, description="A review decides even against a human label.")
+    imports_folder: str = Field(default="imports", description="Label files to import, under the data root.")
+    reviews_folder: str = Field(default="reviews", description="Review decisions dropped back, under the data root.")
+    queue_folder: str = Field(default="review", description="Where review rounds are written, under the data root.")
+    local_files_root: str | None = Field(default=None, description="Label Studio's LOCAL_FILES_DOCUMENT_ROOT: local "
+                                         "images are linked as /data/local-files/?d=<path relative to it>; unset: "
+                                         "the file system root.")
+    s3_presign_seconds: int = Field(default=0, ge=0, description="S3 images as presigned https links valid this "
+                                                                 "long; 0: s3:// URIs (for Label Studio's S3 storage).")
+
+    @classmethod
+    def review_keys(cls) -> list[str]:
+        return [name for name in cls.model_fields if name not in ("settings_error", "taxonomy")]
+
+    def check(self) -> LabelsResource:
+        self.promotion_settings()
+        return self
+
+    def taxonomy_value(self):
+        from cv_dataops.labels.taxonomy import Taxonomy
+
+        return Taxonomy.from_config(self.taxonomy or None)
+
+    def promotion_settings(self):
+        from cv_dataops.labels.promotion import PromotionSettings
+
+        return PromotionSettings(tolerance=self.promotion_tolerance, confidence=self.promotion_confidence,
+                                 min_holdout=self.min_holdout)
+
+    def acceptance_settings(self):
+        from cv_dataops.labels.acceptance import AcceptanceSettings
+
+        return AcceptanceSettings(precision=self.target_precision)
+
+
 def build_resources(settings: Settings | None = None, *, landing: str | None = None, data_root: str | None = None,
                     labels: str | None = None, **landing_options: object) -> dict[str, dg.ConfigurableResource]:
     """The resources every entry point uses, from ``settings`` (validated; see :mod:`cv_dataops.config`) with
@@ -206,12 +259,14 @@ def build_resources(settings: Settings | None = None, *, landing: str | None = N
             landing_options.setdefault(name, getattr(settings, name))
     s3 = S3Resource()
     curation = {} if settings.stage_error(CURATION) else dict(settings.curation)
+    labelling = {} if settings.stage_error(LABELLING) else {**settings.review, "taxonomy": dict(settings.labels_taxonomy)}
     return {
         "catalog": CatalogResource(data_root=settings.data_root, s3=s3, settings_error=settings.stage_error(CATALOG)),
         "landing": LandingResource(uri=settings.landing, labels=settings.labels, s3=s3,
                                    settings_error=settings.stage_error(LANDING), **landing_options),
         "embedding": EmbeddingResource(spec=dict(settings.embedder), settings_error=settings.stage_error(EMBEDDING)),
         "curation": CurationResource(**curation, settings_error=settings.stage_error(CURATION)),
+        "labelling": LabelsResource(**labelling, settings_error=settings.stage_error(LABELLING)),
         "quality": QualityResource(thresholds=dict(settings.quality_thresholds), workers=settings.workers,
                                    settings_error=settings.stage_error(QUALITY)),
     }
