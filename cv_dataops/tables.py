@@ -8,6 +8,7 @@ from __future__ import annotations
 from cv_dataops.core.schema import TableDefinition
 from cv_dataops.curation.tables import CURATED
 from cv_dataops.discovery.tables import SCENARIOS
+from cv_dataops.drift.tables import DRIFT, DRIFT_ATYPICALITY, DRIFT_SUMMARY, SEVERITIES
 from cv_dataops.duplicates.tables import (
     DUPLICATE_PAIRS,
     DUPLICATES,
@@ -33,7 +34,8 @@ from cv_dataops.quality.tables import QUALITY
 TABLES: dict[str, TableDefinition] = {table.name: table for table in
                                       (IMAGES, QUARANTINE, OBJECTS, QUALITY, DUPLICATES, DUPLICATE_PAIRS,
                                        EMBEDDING_DUPLICATE_PAIRS, EMBEDDINGS, SCENARIOS, CURATED, LABELS,
-                                       AUDITED_LABELS, LABEL_ISSUES)}
+                                       AUDITED_LABELS, LABEL_ISSUES, DRIFT, DRIFT_SUMMARY,
+                                       DRIFT_ATYPICALITY)}
 
 # Tables stored one file per something other than a batch (the catalog treats them alike: one file per name).
 LAYOUTS: dict[str, str] = {
@@ -69,4 +71,6 @@ def render_markdown() -> str:
     lines += [f"| `{source}` | {text} |" for source, text in LABEL_SOURCES.items()]
     lines += ["", "### Audit statuses", "", "| status | meaning |", "|---|---|"]
     lines += [f"| `{status}` | {text} |" for status, text in AUDIT_STATUSES.items()]
+    lines += ["", "### Drift severities", "", "| severity | meaning |", "|---|---|"]
+    lines += [f"| `{severity}` | {text} |" for severity, text in SEVERITIES.items()]
     return "\n".join(lines) + "\n"
