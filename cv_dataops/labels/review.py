@@ -70,3 +70,10 @@ def imports_summary(imports: list[FileImport], limit: int = 20) -> dict:
             "files_already_stored": sum(1 for r in imports if r.already_stored),
             "events_appended": sum(r.appended for r in imports), "problem_count": len(problems),
             "problems": problems[:limit]}
+
+
+def pending_files(store: LabelStore, folder: Storage) -> list[DroppedFile]:
+    """The label files of ``folder`` whose content the store does not hold yet (what a run would append): lets
+    `cv-dataops run` see that review decisions are waiting although no batch changed."""
+    stored = store.source_digests()
+    return [dropped for dropped, _ in dropped_files(folder) if dropped.digest not in stored]

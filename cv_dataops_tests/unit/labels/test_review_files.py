@@ -7,6 +7,7 @@ from cv_dataops.labels.review import (
     dropped_names,
     file_key,
     imports_summary,
+    pending_files,
 )
 from cv_dataops.labels.store import LabelStore
 from cv_dataops.labels.taxonomy import Taxonomy
@@ -30,6 +31,7 @@ def test_a_file_is_appended_once_with_its_bad_rows_reported_by_line(tmp_path):
     (folder / "round1.csv").write_text("image_id,label,annotator\nimg-a,cat,ann\nimg-x,cat,ann\nimg-b,emu,ann\n")
     store = LabelStore(LocalStorage(tmp_path / "data"))
     taxonomy = Taxonomy.from_config(["cat", "dog"])
+    assert [f.name for f in pending_files(store, LocalStorage(folder))] == ["round1.csv"]
     first = append_dropped(store, LocalStorage(folder), source="review", taxonomy=taxonomy, images=IMAGES)
     summary = imports_summary(first)
     assert (summary["events_appended"], summary["problem_count"]) == (1, 2)
@@ -37,4 +39,5 @@ def test_a_file_is_appended_once_with_its_bad_rows_reported_by_line(tmp_path):
     (folder / "copy.csv").write_bytes((folder / "round1.csv").read_bytes())  # the same decisions again
     again = append_dropped(store, LocalStorage(folder), source="review", taxonomy=taxonomy, images=IMAGES)
     assert imports_summary(again)["events_appended"] == 0 and store.latest_version() == 1
+    assert pending_files(store, LocalStorage(folder)) == []
     assert (folder / "round1.csv").exists()  # files are kept
