@@ -6,8 +6,8 @@ the standard library only: ``label-studio-sdk`` is not ours to import.
 Starting costs two CLI runs: ``label-studio init`` (the first reviewer and the organization, with legacy tokens
 enabled; the next reviewers likewise) and ``label-studio start`` (the last reviewer, then Django's server). The
 database starts as a copy of the migrated empty one the install script leaves beside the venv; without it, the
-first ``init`` migrates, which takes minutes. Each runs in its own process group, so stopping ends the server and anything it
-spawned.
+first ``init`` migrates, which takes minutes. Each CLI run has a process group of its own, so stopping ends the
+server and anything it spawned.
 """
 
 from __future__ import annotations

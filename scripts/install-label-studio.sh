@@ -221,7 +221,8 @@ rm -f "$stamp"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
   --constraint "$constraints" "label-studio==$LABEL_STUDIO_VERSION" 2>&1 \
   | { grep -v "^WARNING: Location '.*' is ignored" || true; } >&2  # this machine's pip config names absent indexes
-"$venv/bin/python" -c "import importlib.metadata as m; v = m.version('label-studio'); assert v == '$LABEL_STUDIO_VERSION', v"
+"$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('label-studio') != sys.argv[1])" \
+  "$LABEL_STUDIO_VERSION" || { echo "install-label-studio: pip left no label-studio $LABEL_STUDIO_VERSION" >&2; exit 1; }
 [ -x "$executable" ] || { echo "install-label-studio: $executable is missing after the install" >&2; exit 1; }
 
 # A migrated, empty database for tests to copy: Label Studio's migrations take minutes on a loaded 2-core
