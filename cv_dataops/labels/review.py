@@ -14,7 +14,7 @@ import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from cv_dataops.core.storage import Storage
+from cv_dataops.core.storage import ObjectInfo, Storage
 from cv_dataops.labels.sources import ImageLookup, content_digest
 from cv_dataops.labels.store import FileImport, LabelStore
 from cv_dataops.labels.taxonomy import Taxonomy
@@ -37,15 +37,20 @@ def file_key(name: str, digest: str) -> str:
     return f"{name}@{digest}"
 
 
-def dropped_names(folder: Storage) -> list[str]:
-    """The label files in ``folder`` (``.csv`` and ``.json``, any depth, hidden and unsafe names skipped), sorted."""
-    names = []
+def listed_files(folder: Storage) -> list[ObjectInfo]:
+    """The label files in ``folder`` (``.csv`` and ``.json``, any depth, hidden and unsafe names skipped), by name;
+    each listing's ``version`` changes when the file may have changed (size and mtime, or the S3 ETag)."""
+    found = []
     for info in folder.list():
         base = posixpath.basename(info.key)
         if info.unsafe_reason is None and not base.startswith(".") and \
                 posixpath.splitext(base.lower())[1] in LABEL_FILE_EXTENSIONS:
-            names.append(info.key)
-    return sorted(names)
+            found.append(info)
+    return sorted(found, key=lambda info: info.key)
+
+
+def dropped_names(folder: Storage) -> list[str]:
+    return [info.key for info in listed_files(folder)]
 
 
 def dropped_files(folder: Storage) -> Iterator[tuple[DroppedFile, bytes]]:
