@@ -123,7 +123,9 @@ class DriftResult:
                                          "report_uri": report_uri}])
 
     def atypicality_table(self):
-        return DRIFT_ATYPICALITY.from_rows(self.atypicality.to_dict("records"))
+        """The rows for `drift_atypicality` (a part that could not be measured is null, not NaN)."""
+        frame = self.atypicality.astype(object).where(self.atypicality.notna(), None)
+        return DRIFT_ATYPICALITY.from_rows(frame.to_dict("records"))
 
     def metadata(self) -> dict:
         """Plain values for the asset's metadata."""

@@ -2,7 +2,8 @@
 unlike the reference.
 
 Causes are ranked by effect size relative to its "large" threshold (:data:`~cv_dataops.drift.statistics.
-LARGE_EFFECT`), so a KS D and a total variation rank together; ties by p-value. The embedding-wide tests (MMD,
+LARGE_EFFECT`), so a KS D and a total variation rank together; ties by p-value, then the property that is its
+cause's own first (sharpness before a noise drop named as smoothing), then by name. The embedding-wide tests (MMD,
 domain classifier) say *that* the images changed, not *how*: they never name a cause; when they are the only
 tests that drifted, the answer is "unknown".
 """
@@ -69,7 +70,10 @@ def describe(test: DriftTest, accuracy=None) -> str:
             "model confidence" if test.feature == "confidence" else test.feature
         before, after = test.details.get("reference_median", np.nan), test.details.get("batch_median", np.nan)
         verb = "rose" if after > before else "dropped" if after < before else "changed in spread"
-        text = f"{words} {verb}: median {_number(before)} → {_number(after)}, KS D = {test.effect_size:.2f}"
+        smoothing = " (smoothing, as blur or denoising do)" if not _primary(test) and test.cause == "sharpness" \
+            else ""
+        text = (f"{words} {verb}{smoothing}: median {_number(before)} → {_number(after)}, "
+                f"KS D = {test.effect_size:.2f}")
         if test.feature == "confidence" and accuracy is not None:
             text += (f"; estimated accuracy {accuracy.reference_accuracy:.2f} → {accuracy.batch_accuracy:.2f} "
                      "(average thresholded confidence)")
@@ -90,12 +94,20 @@ def describe(test: DriftTest, accuracy=None) -> str:
     return f"{test.feature} changed ({test.test})"
 
 
+def _primary(test: DriftTest) -> bool:
+    """Whether the test's property is the cause's own (sharpness for sharpness; not noise named as smoothing), so
+    it speaks first among equally strong tests."""
+    prop = PROPERTY_BY_COLUMN.get(test.feature)
+    return prop is None or prop.cause == test.cause
+
+
 def explain(tests: list[DriftTest], accuracy=None) -> list[Cause]:
     """The causes of the drifted tests, strongest first; ``[unknown]`` when only embedding-wide tests drifted;
     ``[]`` when nothing drifted."""
     drifted = [t for t in tests if t.drifted]
     named = sorted((t for t in drifted if t.test not in _EMBEDDING_WIDE),
-                   key=lambda t: (-t.strength, t.p_value if t.p_value is not None else 1.0, t.feature))
+                   key=lambda t: (-t.strength, t.p_value if t.p_value is not None else 1.0, not _primary(t),
+                                  t.feature))
     causes = [Cause(t.cause, t.feature, describe(t, accuracy), t.strength, t.large) for t in named]
     wide = sorted((t for t in drifted if t.test in _EMBEDDING_WIDE), key=lambda t: t.test)
     if wide and not causes:

@@ -32,6 +32,7 @@ class ImageProperty:
     kind: str            # "numeric" or "categorical"
     cause: str           # what the explanation names when this property drifted first
     words: str           # how a sentence says it
+    cause_when_lower: str | None = None   # another cause when the batch's median is the lower one
 
 
 # The quality table's measurements and the images table's EXIF camera (see cv_dataops/quality/tables.py and
@@ -42,7 +43,9 @@ PROPERTIES: tuple[ImageProperty, ...] = (
     ImageProperty("light_clipped_fraction", "numeric", "exposure", "share of white-clipped pixels"),
     ImageProperty("rms_contrast", "numeric", "contrast", "contrast"),
     ImageProperty("sharpness", "numeric", "sharpness", "sharpness"),
-    ImageProperty("noise_sigma", "numeric", "noise", "noise"),
+    # Blur and denoising lower the noise estimate as much as the sharpness (Immerkaer's estimate reads fine
+    # texture as noise): less noise is named as smoothing, under sharpness; more noise is noise.
+    ImageProperty("noise_sigma", "numeric", "noise", "noise", cause_when_lower="sharpness"),
     ImageProperty("colourfulness", "numeric", "colour", "colourfulness"),
     ImageProperty("entropy", "numeric", "information", "entropy"),
     ImageProperty("width", "numeric", "size", "width"),
@@ -202,7 +205,10 @@ def property_tests(reference: pd.DataFrame, batch: pd.DataFrame,
                                                     f"{'batch' if in_r else 'reference'}"))
             continue
         if prop.kind == "numeric":
-            tests.append(ks_test(reference[prop.column], batch[prop.column], feature=prop.column, cause=prop.cause))
+            test = ks_test(reference[prop.column], batch[prop.column], feature=prop.column, cause=prop.cause)
+            if prop.cause_when_lower and test.ran and test.details["batch_median"] < test.details["reference_median"]:
+                test.cause = prop.cause_when_lower
+            tests.append(test)
         else:
             tests.append(chi_squared_test(reference[prop.column], batch[prop.column], feature=prop.column,
                                           cause=prop.cause))

@@ -44,6 +44,16 @@ def test_the_words_name_the_property_and_its_medians():
     assert result.top_cause.startswith("sharpness dropped: median ") and "KS D = " in result.top_cause
 
 
+def test_blur_that_also_lowers_the_noise_estimate_is_named_sharpness():
+    rng = np.random.default_rng(15)
+    batch = _batch(rng, blur=0.3)
+    batch.properties["noise_sigma"] *= 0.2  # smoothing lowers the noise estimate as much as the sharpness
+    result = detect_drift("b1", batch, _reference(rng), "snap-1", SETTINGS)
+    assert [c.cause for c in result.causes[:2]] == ["sharpness", "sharpness"]
+    noise = next(c for c in result.causes if c.feature == "noise_sigma")
+    assert noise.text.startswith("noise dropped (smoothing")
+
+
 def test_an_embedding_only_shift_is_unknown():
     rng = np.random.default_rng(9)
     result = detect_drift("b1", _batch(rng, shift=2.0), _reference(rng), "snap-1", SETTINGS)
@@ -69,7 +79,8 @@ def test_no_reference_flags_nothing_and_says_why():
     result = detect_drift("b1", _batch(rng, blur=0.1), None, None, no_reference_reason="no curated snapshot yet")
     assert not result.drifted and result.severity == "none" and result.tests == []
     assert result.summary_table().to_pylist()[0]["reference_id"] is None
-    assert result.atypicality_table().num_rows == 80
+    table = result.atypicality_table()
+    assert table.num_rows == 80 and table.column("embedding_atypicality").null_count == 80
     assert "no curated snapshot" in result.metadata()["note"]
 
 
