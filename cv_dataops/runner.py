@@ -294,7 +294,8 @@ def _run(defs: dg.Definitions, instance: dg.DagsterInstance, select: Sequence[st
     # with every batch's latest change known, so "outdated" spanning assets (a batch changed since) are refreshed
     deferred = deferred_counts(ledger)  # after the batches ran: what they could not read for now
     summary.status = pipeline_status(instance, graph, batch_ids, spanning_keys, deferred=deferred)
-    if spanning_keys and (summary.ingested_batches or not blocked and summary.status.spanning_needs_refresh()):
+    if spanning_keys and (summary.ingested_batches or not blocked and (summary.status.spanning_needs_refresh()
+                                                                       or waiting_label_files(resources))):
         job = defs.resolve_implicit_global_asset_job_def()
         result = _execute_for("downstream assets", job, instance, asset_selection=spanning_keys, tags=tags)
         summary.run_ids.append(result.run_id)
@@ -308,6 +309,21 @@ def _run(defs: dg.Definitions, instance: dg.DagsterInstance, select: Sequence[st
     if failures:
         raise PipelineFailed("; ".join(failures), summary, checks_only=checks_only)
     return summary
+
+
+def waiting_label_files(resources: Mapping) -> int:
+    """How many review decision and import files under the data root hold labels not yet appended: a run with no
+    new batch still applies them (the daemon's review_sensor does the same on its own)."""
+    from cv_dataops.labels.review import pending_files
+    from cv_dataops.labels.store import LabelStore
+
+    labelling = resources.get("labelling")
+    if labelling is None or labelling.settings_error:
+        return 0  # a wrong labels setting fails the labels assets themselves, with its line
+    storage = resources["catalog"].storage()
+    store = LabelStore(storage)
+    return sum(len(pending_files(store, storage.child(folder)))
+               for folder in (labelling.reviews_folder, labelling.imports_folder))
 
 
 def deferred_counts(ledger) -> dict[str, int]:

@@ -6,7 +6,6 @@ version follow; the same file dropped again changes nothing."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 
 import dagster as dg
@@ -50,15 +49,16 @@ def loop(tmp_path_factory):
         (landing / new).parent.mkdir(parents=True, exist_ok=True)
         shutil.move(landing / old, landing / new)
     truth["relative_path"] = truth["relative_path"].map(lambda path: moved.get(path, path))
-    os.environ["DAGSTER_HOME"] = str(root / "home")
-    data = root / "data"
-    settings = Settings.build(landing=landing, data_root=data, embedder=TINY_EMBEDDER_SPEC, review=REVIEW)
-    instance = open_instance(str(data))
-    summary = run_pipeline(instance, landing=str(landing), data_root=str(data), settings=settings)
-    images = pq.read_table(data / "catalog" / "images").to_pandas()
-    truth_by_id = images.merge(truth[["relative_path", "truth"]], on="relative_path").set_index("image_id").truth
-    return {"root": root, "data": data, "instance": instance, "settings": settings, "summary": summary,
-            "truth": truth_by_id, "images": images}
+    with pytest.MonkeyPatch.context() as patch:  # module-scoped: undone after the module, not leaked on
+        patch.setenv("DAGSTER_HOME", str(root / "home"))
+        data = root / "data"
+        settings = Settings.build(landing=landing, data_root=data, embedder=TINY_EMBEDDER_SPEC, review=REVIEW)
+        instance = open_instance(str(data))
+        summary = run_pipeline(instance, landing=str(landing), data_root=str(data), settings=settings)
+        images = pq.read_table(data / "catalog" / "images").to_pandas()
+        truth_by_id = images.merge(truth[["relative_path", "truth"]], on="relative_path").set_index("image_id").truth
+        yield {"root": root, "data": data, "instance": instance, "settings": settings, "summary": summary,
+               "truth": truth_by_id, "images": images}
 
 
 def test_run_materializes_the_loop_and_its_checks(loop):
@@ -159,3 +159,22 @@ def test_review_decisions_come_back_once_through_the_sensor(loop):
     assert job.execute_in_process(instance=instance, asset_selection=copy.run_requests[0].asset_selection).success
     assert LabelStore(LocalStorage(data)).latest_version() == version
     assert _metadata(instance, "review_decisions")["review_events_appended"] == 0
+
+
+def test_a_review_file_dropped_alone_is_applied_by_the_next_run(loop):
+    """`cv-dataops run` with no new batch still takes in decisions waiting in reviews/ (not only the sensor)."""
+    data, settings, instance = loop["data"], loop["settings"], loop["instance"]
+    images = loop["images"]
+    unlabelled = images[images["label"].isna()].image_id.iloc[0]
+    reviews = data / "reviews"
+    reviews.mkdir(exist_ok=True)
+    (reviews / "by-hand.csv").write_text(f"image_id,label,annotator\n{unlabelled},{loop['truth'][unlabelled]},ann\n")
+    before = LabelStore(LocalStorage(data)).latest_version()
+    summary = run_pipeline(instance, landing=str(loop["root"] / "landing"), data_root=str(data), settings=settings)
+    assert not summary.ingested_batches and "review_decisions" in summary.downstream_assets
+    events = LabelStore(LocalStorage(data)).read()
+    assert LabelStore(LocalStorage(data)).latest_version() > before
+    mine = events[(events["image_id"] == unlabelled) & (events["source"] == "review")]
+    assert list(mine["label"]) == [loop["truth"][unlabelled]]
+    again = run_pipeline(instance, landing=str(loop["root"] / "landing"), data_root=str(data), settings=settings)
+    assert not again.downstream_assets  # applied once: nothing waits now
