@@ -1,7 +1,9 @@
 """Review tasks round-trip through a real Label Studio server (PyPI's `label-studio`, started here on 127.0.0.1),
 driven through its REST API as reviewers would: our labelling config and tasks in, images served from local
 files, annotations posted (one task skipped, two reviewers disagreeing on another), the project exported as JSON,
-and the export read back into label events and audited labels."""
+and the export read back into label events and audited labels; then the loop itself: the review round that
+`cv-dataops run` wrote goes in, the export comes back through reviews/ and the review sensor, and audited_labels
+and a retrained label model follow."""
 
 from __future__ import annotations
 
@@ -9,16 +11,24 @@ import hashlib
 import json
 from pathlib import Path
 
+import dagster as dg
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
-from cv_dataops.core.storage import open_storage
+from cv_dataops.config import Settings
+from cv_dataops.core.storage import LocalStorage, open_storage
+from cv_dataops.definitions import load_definitions
+from cv_dataops.defs.labels.sensors import review_sensor
+from cv_dataops.demo import data as demo_data
 from cv_dataops.exports.label_studio import export_label_studio, label_studio_config
 from cv_dataops.labels.audit import audit
+from cv_dataops.labels.registry import ModelRegistry
 from cv_dataops.labels.sources import read_label_studio_export
 from cv_dataops.labels.store import LabelStore
 from cv_dataops.labels.taxonomy import Taxonomy
-from cv_dataops_tests.conftest import encode, photo
+from cv_dataops.runner import open_instance, run_pipeline
+from cv_dataops_tests.conftest import TINY_EMBEDDER_SPEC, encode, photo
 from cv_dataops_tests.label_studio_server import (
     Reviewer,
     installed_label_studio,
@@ -149,3 +159,90 @@ def test_review_tasks_round_trip_through_label_studio(label_studio, tmp_path):
     other.append_file(reversed_export, name, taxonomy=taxonomy, images=catalog, source="review")
     reaudited = audit(other.read(), taxonomy).set_index("image_id")
     assert reaudited[["label", "status"]].equals(audited[["label", "status"]])
+
+
+def test_review_queue_round_trip_and_the_review_sensor(label_studio, tmp_path, monkeypatch):
+    """The loop for real: `cv-dataops run` writes a review round; its own tasks file and labelling config go into
+    Label Studio, a reviewer answers (skipping one task), the export is dropped into reviews/, the review sensor
+    picks it up, and audited_labels and a retrained label model follow."""
+    server, (reviewer, _) = label_studio, label_studio.reviewers
+    landing = server.document_root / "loop-landing"
+    truth = demo_data.generate_demo(landing, count=48, seed=7, include_bad=False)
+    moved = {}
+    for position, row in enumerate(truth.sort_values("relative_path").itertuples(index=False)):
+        if position % 3 == 0:  # a third land unlabelled, at the landing root: the round's active-learning picks
+            moved[row.relative_path] = f"unlabelled_{position}.jpg"
+    for old, new in moved.items():
+        (landing / old).rename(landing / new)
+    truth["relative_path"] = truth["relative_path"].map(lambda path: moved.get(path, path))
+    data = tmp_path / "data"
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster-home"))
+    settings = Settings.build(landing=landing, data_root=data, embedder=TINY_EMBEDDER_SPEC,
+                              review={"budget": 10, "min_holdout": 4, "holdout_fraction": 0.25,
+                                      "local_files_root": str(server.document_root)})
+    instance = open_instance(str(data))
+    run_pipeline(instance, landing=str(landing), data_root=str(data), settings=settings)
+    images = pq.read_table(data / "catalog" / "images").to_pandas()
+    truth_of = images.merge(truth[["relative_path", "label"]].rename(columns={"label": "truth"}),
+                            on="relative_path").set_index("image_id")["truth"]
+
+    queue = _metadata(instance, "review_queue")
+    tasks_file, config_file = Path(queue["tasks"]), Path(queue["label_config"])
+    assert tasks_file.parent.parent == data / "review"
+    tasks = json.loads(tasks_file.read_bytes())
+    assert len(tasks) >= 3
+
+    project = server.json("POST", "/api/projects", body={"title": "cv-dataops review round",
+                                                          "label_config": config_file.read_text()})
+    server.json("POST", "/api/storages/localfiles", body={"project": project["id"], "path": str(landing),
+                                                           "title": "landing", "use_blob_urls": False})
+    imported = server.json("POST", f"/api/projects/{project['id']}/import", body=tasks)
+    assert imported["task_count"] == len(tasks)
+    listed = server.json("GET", f"/api/tasks?project={project['id']}&page_size=100")["tasks"]
+    status, _, body = server.request("GET", listed[0]["data"]["image"])
+    assert status == 200 and body == Path(listed[0]["data"]["uri"]).read_bytes()
+
+    skipped, *answered = sorted(listed, key=lambda task: task["data"]["image_id"])
+    server.json("POST", f"/api/tasks/{skipped['id']}/annotations/", reviewer=reviewer,
+                body={"result": [], "was_cancelled": True})
+    for task in answered:
+        server.json("POST", f"/api/tasks/{task['id']}/annotations/", reviewer=reviewer,
+                    body={"result": _choice(truth_of[task["data"]["image_id"]]), "lead_time": 1.0})
+    status, _, export = server.request("GET", f"/api/projects/{project['id']}/export?exportType=JSON"
+                                              f"&download_all_tasks=true")
+    assert status == 200, export[:500]
+    audited_before = pq.read_table(data / "catalog" / "audited_labels").to_pandas().set_index("image_id")
+    models_before = ModelRegistry(LocalStorage(data / "models" / "label_model")).list()
+    (data / "reviews").mkdir(exist_ok=True)
+    (data / "reviews" / "label-studio-round-1.json").write_bytes(export)
+
+    defs = load_definitions(settings)
+    automation = dg.evaluate_automation_conditions(defs=defs, instance=instance)  # what it has seen so far
+    with dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources) as context:
+        result = review_sensor(context)
+    (request,) = result.run_requests
+    job = defs.resolve_implicit_global_asset_job_def()
+    assert job.execute_in_process(instance=instance, asset_selection=request.asset_selection).success
+    audited = pq.read_table(data / "catalog" / "audited_labels").to_pandas().set_index("image_id")
+    for task in answered:
+        image_id = task["data"]["image_id"]
+        assert (audited.at[image_id, "label"], audited.at[image_id, "status"]) == (truth_of[image_id], "reviewed")
+    skipped_id = skipped["data"]["image_id"]  # skipping decides nothing: the image keeps what it had
+    if skipped_id in audited_before.index:
+        assert audited.loc[skipped_id, ["label", "status"]].tolist() == \
+            audited_before.loc[skipped_id, ["label", "status"]].tolist()
+    else:
+        assert skipped_id not in audited.index
+
+    # Automation asks for a new label model; trained, it is a new version on the labels the review appended.
+    automation = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=automation.cursor)
+    assert automation.get_num_requested(dg.AssetKey("label_model")) == 1
+    assert job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("label_model")]).success
+    models = ModelRegistry(LocalStorage(data / "models" / "label_model")).list()
+    assert len(models) == len(models_before) + 1
+    assert models[-1].metadata["labels_version"] == int(audited["labels_version"].max())
+
+
+def _metadata(instance: dg.DagsterInstance, key: str) -> dict:
+    event = instance.get_latest_materialization_event(dg.AssetKey(key))
+    return {name: value.value for name, value in event.asset_materialization.metadata.items()}
