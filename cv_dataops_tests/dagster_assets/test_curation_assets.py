@@ -27,13 +27,12 @@ def curated_catalog(tmp_path_factory):
 
     source = sorted(landing.glob("circle/scene_*.jpg"))[0]
     Image.open(source).resize((160, 120)).save(landing / "circle" / "near_copy.jpg", quality=70)
-    import os
-
-    os.environ["DAGSTER_HOME"] = str(root / "home")
-    instance = open_instance(str(root / "data"))
-    summary = run_pipeline(instance, landing=str(landing), data_root=str(root / "data"),
-                           settings=Settings.build(embedder=TINY_EMBEDDER))
-    return root, instance, summary
+    with pytest.MonkeyPatch.context() as patch:  # module-scoped: undone after the module, never leaked on (a
+        patch.setenv("DAGSTER_HOME", str(root / "home"))  # later test's instance would hold these runs)
+        instance = open_instance(str(root / "data"))
+        summary = run_pipeline(instance, landing=str(landing), data_root=str(root / "data"),
+                               settings=Settings.build(embedder=TINY_EMBEDDER))
+        yield root, instance, summary
 
 
 def test_every_stage_ran_and_checks_passed(curated_catalog):
