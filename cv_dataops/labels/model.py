@@ -163,15 +163,25 @@ def out_of_sample_probabilities(model, X, y, folds: int = 5, seed: int = 0) -> n
     if len(classes) < 2:
         raise ValueError(f"out-of-sample probabilities need at least two classes, got {list(classes)}")
     counts = np.bincount(index)
-    splits = fold_count(counts, folds)
-    if len(x) < splits:
-        raise ValueError(f"{len(x)} labelled vectors are too few for {splits}-fold cross-validation")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "The least populated class ..." (the singletons, handled)
-        warnings.simplefilter("ignore", RuntimeWarning)
-        probabilities = cross_val_predict(clone(model), x, labels, method="predict_proba",
-                                          cv=StratifiedKFold(n_splits=splits, shuffle=True, random_state=seed))
     single = counts[index] < 2
+    probabilities = np.zeros((len(x), len(classes)))
+    # The singletons stay out of the folds: in a fold that held one out, the training rows would lack its class
+    # (with two classes, a training set of one class, which no classifier fits).
+    shared = ~single
+    shared_classes = np.unique(index[shared])
+    if len(shared_classes) >= 2:
+        splits = fold_count(counts[shared_classes], folds)
+        if int(shared.sum()) < splits:
+            raise ValueError(f"{int(shared.sum())} labelled vectors are too few for {splits}-fold cross-validation")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            folded = cross_val_predict(clone(model), x[shared], labels[shared], method="predict_proba",
+                                       cv=StratifiedKFold(n_splits=splits, shuffle=True, random_state=seed))
+        rows = np.flatnonzero(shared)
+        probabilities[np.ix_(rows, shared_classes)] = folded
+    else:
+        single = np.ones(len(x), dtype=bool)  # no two classes to fold over: every row in-sample
     if single.any():
         probabilities[single] = clone(model).fit(x, labels).predict_proba(x[single])
     return probabilities

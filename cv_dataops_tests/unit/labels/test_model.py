@@ -94,3 +94,18 @@ def test_bad_input_is_one_clear_line(blobs):
         LabelModel().fit(x, np.full(len(x), "cat"))
     with pytest.raises(ValueError, match="embedder versions"):
         LabelModel().fit(x, y).predict(x[:, :4])
+
+
+def test_out_of_sample_probabilities_when_a_class_has_a_single_image():
+    """A class of one image stays out of the folds (a fold holding it out would, with two classes, train on one
+    class and fail): the other rows are out of sample, the single one in sample; with no two classes of two or
+    more images, every row is in sample. Seen in a small catalog with one odd label."""
+    rng = np.random.default_rng(0)
+    x = np.vstack([rng.normal(0, 1, (12, 4)), rng.normal(8, 1, (12, 4)), rng.normal(4, 1, (1, 4))])
+    y = np.array(["cat"] * 12 + ["bird"] * 12 + ["dog"])
+    probabilities = out_of_sample_probabilities(LabelModel(), x, y, folds=5)  # columns: bird, cat, dog
+    assert probabilities.shape == (25, 3) and np.allclose(probabilities.sum(axis=1), 1.0)
+    assert np.all(probabilities[:24, 2] == 0.0)  # folded without the dog: never says dog
+    assert probabilities[:12].argmax(axis=1).tolist() == [1] * 12 and probabilities[24, 2] > 0
+    two = out_of_sample_probabilities(LabelModel(), x[12:], y[12:], folds=5)  # bird x 12, dog x 1
+    assert two.shape == (13, 2) and np.allclose(two.sum(axis=1), 1.0)
