@@ -27,4 +27,4 @@ test: $(STAMP)
 	scripts/install-system-packages.sh
 	status="$$(mktemp -d)/label-studio-install"; \
 	( scripts/install-label-studio.sh >"$$status.log" 2>&1; echo $$? >"$$status.part"; mv "$$status.part" "$$status" ) & \
-	CV_DATAOPS_LABEL_STUDIO_INSTALLING="$$status" $(VENV)/bin/python -m pytest; code=$$?; wait; exit $$code
+	LABEL_STUDIO_INSTALL_STATUS_FILE="$$status" $(VENV)/bin/python -m pytest; code=$$?; wait; exit $$code

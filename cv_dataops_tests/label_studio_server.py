@@ -52,7 +52,7 @@ class Reviewer:
 
 # `make test` installs Label Studio in the background while the other tests run (minutes on a fresh machine) and
 # names here the file the install writes its exit status to when it ends (its output beside it, ``<file>.log``).
-INSTALLING_VARIABLE = "CV_DATAOPS_LABEL_STUDIO_INSTALLING"
+INSTALLING_VARIABLE = "LABEL_STUDIO_INSTALL_STATUS_FILE"
 INSTALL_DEADLINE_SECONDS = 1800
 
 
