@@ -90,9 +90,9 @@ def test_demo_on_real_handwritten_digits(tmp_path, monkeypatch):
 
 def test_default_demos_keep_night_and_fog_and_group_only_real_duplicates(tmp_path, monkeypatch):
     """Issue 10's acceptance, at the demos' default size: the scenes snapshot holds its night and fog scenes in
-    proportion (they are scenarios, not junk) and every check passes but the labels loop's two WARNs; the digits demo groups only near-identical
-    digits of one class (absolute radii grouped 200 of these 240 distinct digits) and its curated set passes its
-    checks, so the command exits 0."""
+    proportion (they are scenarios, not junk) and every check passes but the labels loop's two WARNs; the digits
+    demo groups only near-identical digits of one class (absolute radii grouped 200 of these 240 distinct digits)
+    and its curated set passes its checks, so the command exits 0."""
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     result = cli("demo", "--data-dir", "scenes", cwd=tmp_path, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr

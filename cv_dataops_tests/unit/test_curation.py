@@ -18,8 +18,8 @@ from cv_dataops.curation.selection import (
     allocate,
     k_center_greedy,
     proportional,
-    shares_keeping_every_part,
     select,
+    shares_keeping_every_part,
 )
 from cv_dataops.curation.settings import CurationSettings
 from cv_dataops.curation.snapshots import snapshot_manifest

@@ -10,7 +10,11 @@ import pandas as pd
 import pytest
 
 from cv_dataops.quality import expectations
-from cv_dataops.quality.expectations import load_suite_spec, suite_expectations, validate_frame
+from cv_dataops.quality.expectations import (
+    load_suite_spec,
+    suite_expectations,
+    validate_frame,
+)
 from cv_dataops.quality.issues import issue_names
 from cv_dataops.quality.tables import QUALITY
 from cv_dataops.quality.validation_report import (
