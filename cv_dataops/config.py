@@ -316,20 +316,26 @@ def _embedder(spec: Mapping[str, Any]) -> dict:
 
 
 def _curation(values: Mapping[str, Any]) -> dict:
-    from pydantic import ValidationError
 
     from cv_dataops.resources import CurationResource
 
     _unknown_keys(values, [name for name in CurationResource.model_fields if name != "settings_error"])
+    _checked(lambda: CurationResource(**values).settings())
+    return dict(values)
+
+
+def _checked(build: Callable[[], Any]) -> None:
+    """Run a resource's own validation; its first complaint becomes the setting's one line."""
+    from pydantic import ValidationError
+
     try:
-        CurationResource(**values).settings()
+        build()
     except ValidationError as error:
         problem = error.errors()[0]
         where = ".".join(str(part) for part in problem["loc"])
         raise ConfigError(f"{where}: {problem['msg']}, got {problem.get('input')!r}") from None
     except (TypeError, ValueError) as error:
         raise ConfigError(str(error).splitlines()[0]) from None
-    return dict(values)
 
 
 def _json_value(text: str) -> Any:
@@ -355,19 +361,11 @@ def _labels_taxonomy(value: Any) -> dict:
 
 
 def _review(values: Mapping[str, Any]) -> dict:
-    from pydantic import ValidationError
 
     from cv_dataops.resources import LabelsResource
 
     _unknown_keys(values, LabelsResource.review_keys())
-    try:
-        LabelsResource(**values).check()
-    except ValidationError as error:
-        problem = error.errors()[0]
-        where = ".".join(str(part) for part in problem["loc"])
-        raise ConfigError(f"{where}: {problem['msg']}, got {problem.get('input')!r}") from None
-    except (TypeError, ValueError) as error:
-        raise ConfigError(str(error).splitlines()[0]) from None
+    _checked(lambda: LabelsResource(**values).check())
     return dict(values)
 
 
