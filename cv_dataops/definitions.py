@@ -31,6 +31,27 @@ def settings_code_versions(settings: Settings) -> dict[str, str]:
             "image_embeddings": embeddings_code_version(dict(settings.embedder))}
 
 
+def stage_modules() -> list[str]:
+    """Every module of the defs folder, by name (what the executor's fork server imports once per run)."""
+    folder = Path(__file__).resolve().parent / "defs"
+    return sorted(".".join(("cv_dataops", *path.relative_to(folder.parent).with_suffix("").parts))
+                  for path in folder.rglob("*.py") if path.name != "__init__.py")
+
+
+def step_executor() -> dg.ExecutorDefinition:
+    """Dagster's multiprocess executor, its step processes forked from a server that imported every stage once.
+
+    The default starts each step by ``spawn``: a fresh interpreter that imports Dagster, scikit-learn, SciPy and
+    pandas and loads the definitions again, 5-7 CPU-s a step, before the step does anything (a per-batch run of
+    one image took 50 s in the daemon, nearly all of it start-up). A fork server pays that once per run; a step
+    still runs in a process of its own, so a step that crashes or is killed takes no other step with it.
+    Importing the stages reads no setting (see :mod:`cv_dataops.config`), so the preload is safe whatever the
+    environment."""
+    return dg.multiprocess_executor.configured(
+        {"start_method": {"forkserver": {"preload_modules": [MODULE, "cv_dataops.resources", *stage_modules()]}}},
+        name="multiprocess_forked_steps")
+
+
 def load_definitions(settings: Settings | None = None) -> dg.Definitions:
     """The code location's definitions for ``settings`` (default: from the environment). Never raises for a wrong
     setting: the stage it configures fails when it runs (see :mod:`cv_dataops.config`)."""
@@ -51,7 +72,7 @@ def load_definitions(settings: Settings | None = None) -> dg.Definitions:
         warnings.simplefilter("ignore", dg.PreviewWarning)  # map_asset_specs
         versioned = dg.Definitions(
             assets=unique, asset_checks=stages.asset_checks, jobs=stages.jobs, schedules=stages.schedules,
-            sensors=stages.sensors, executor=stages.executor, loggers=stages.loggers, metadata=stages.metadata,
+            sensors=stages.sensors, executor=stages.executor or step_executor(), loggers=stages.loggers, metadata=stages.metadata,
             resources={**(stages.resources or {}), **build_resources(settings)},
         ).map_asset_specs(func=with_settings_version)
     return versioned
