@@ -28,7 +28,14 @@ from cv_dataops.config import (
     Settings,
 )
 from cv_dataops.core.catalog import Catalog
-from cv_dataops.core.storage import S3ClientSettings, Storage, UriReader, open_storage
+from cv_dataops.core.storage import (
+    DATA_ROOT_OUTAGE_SECONDS,
+    S3ClientSettings,
+    Storage,
+    UriReader,
+    open_data_root,
+    open_storage,
+)
 from cv_dataops.ingest.batch import IngestLimits
 from cv_dataops.ingest.labels import LABEL_MODES, LabelSource
 from cv_dataops.ingest.landing import MAX_ATTEMPTS, RETRY_PAUSE_SECONDS, BatchLedger
@@ -57,7 +64,7 @@ class StageResource(dg.ConfigurableResource):
 
 # A catalog on S3 rides out an endpoint outage this long (a restart of MinIO, a network blip) instead of failing
 # the step: its writes are idempotent, and a failed step would only be run again by the next run.
-CATALOG_OUTAGE_SECONDS = 60.0
+CATALOG_OUTAGE_SECONDS = DATA_ROOT_OUTAGE_SECONDS
 
 
 class CatalogResource(StageResource):
@@ -69,7 +76,7 @@ class CatalogResource(StageResource):
         "How long a catalog on S3 retries an unreachable or failing endpoint before the step fails."))
 
     def storage(self) -> Storage:
-        return open_storage(_absolute(self.data_root), s3_client_settings(self.s3).client, self.outage_seconds)
+        return open_data_root(self.data_root, s3_client_settings(self.s3), self.outage_seconds)
 
     def uri_reader(self) -> UriReader:
         """Reads the image bytes the tables point at (``uri`` columns) through the same S3 configuration."""

@@ -652,6 +652,19 @@ def read_uri(uri: str, s3_client: Any | None = None, outage_seconds: float = 0.0
 _DEFAULT_READER = UriReader()  # boto3's default configuration, for callers without a configured reader
 
 
+# How long a data root on S3 retries an unreachable or failing endpoint before giving up (a step then fails).
+DATA_ROOT_OUTAGE_SECONDS = 60.0
+
+
+def open_data_root(data_root: str, s3: S3ClientSettings | None = None,
+                   outage_seconds: float = DATA_ROOT_OUTAGE_SECONDS) -> Storage:
+    """The data root (a folder, made absolute, or ``s3://bucket/prefix``) as the catalog's stages open it: the
+    Dagster resource and the commands that only read tables (without importing Dagster) share this."""
+    text = os.fspath(data_root)
+    return open_storage(text if "://" in text else os.path.abspath(text), (s3 or S3ClientSettings()).client,
+                        outage_seconds)
+
+
 def open_storage(uri: str | os.PathLike[str], s3_client: Any | Callable[[], Any] | None = None,
                  outage_seconds: float = 0.0) -> Storage:
     """Open a local folder (path or ``file://``) or an ``s3://bucket/prefix`` as a :class:`Storage`.

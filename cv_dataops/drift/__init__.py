@@ -5,19 +5,7 @@ property), :mod:`.embedding_tests` (MMD, domain classifier, scenario shares and 
 and the accuracy estimate), :mod:`.detect` (one call per batch: every test, weighted Holm, severity),
 :mod:`.explain` (causes in words), :mod:`.report` (the offline HTML page), :mod:`.alerts` (the webhook),
 :mod:`.tables` (`drift`, `drift_summary`, `drift_atypicality`).
+
+Import from the modules themselves: this package imports nothing, so reading the tables' definitions
+(``cv_dataops.drift.tables``, gathered by ``cv_dataops.tables`` for every command) does not load SciPy.
 """
-
-from cv_dataops.drift.detect import (
-           DriftResult,
-           DriftSample,
-           DriftSettings,
-           detect_drift,
-)
-from cv_dataops.drift.reference import (
-           ReferenceChoice,
-           ReferenceSettings,
-           choose_reference,
-)
-
-__all__ = ["DriftResult", "DriftSample", "DriftSettings", "ReferenceChoice", "ReferenceSettings", "choose_reference",
-           "detect_drift"]
