@@ -15,7 +15,13 @@ from cv_dataops.core.storage import LocalStorage
 from cv_dataops.defs.ingest.sensors import landing_sensor
 from cv_dataops.defs.shared.partitions import batch_partitions
 from cv_dataops.resources import build_resources
-from cv_dataops_tests.conftest import REPOSITORY, encode, photo, write_files
+from cv_dataops_tests.conftest import (
+    REPOSITORY,
+    TINY_EMBEDDER_SPEC,
+    encode,
+    photo,
+    write_files,
+)
 
 
 def _evaluate(tmp_path, instance, cursor=None):
@@ -75,6 +81,7 @@ def daemon_workspace(tmp_path, monkeypatch):
     monkeypatch.setenv("CV_DATAOPS_LANDING", str(tmp_path / "landing"))
     monkeypatch.setenv("CV_DATAOPS_DATA_ROOT", str(tmp_path / "data"))
     monkeypatch.setenv("CV_DATAOPS_MIN_AGE_SECONDS", "0")
+    monkeypatch.setenv("CV_DATAOPS_EMBEDDER", json.dumps(TINY_EMBEDDER_SPEC))  # the default's fit: a minute a run
     (tmp_path / "landing").mkdir()
     (tmp_path / "home").mkdir()
     with instance_for_test(synchronous_run_launcher=True, synchronous_run_coordinator=True,

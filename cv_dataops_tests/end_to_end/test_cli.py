@@ -26,7 +26,11 @@ SMALL_CORPUS = {"CV_DATAOPS_CURATION": json.dumps({"min_per_class_and_split": 0}
 
 
 def cli(*args, cwd=None, env=None, timeout=300):
-    environment = {**os.environ, **(env or {})}
+    """The CLI in a subprocess, with the tiny embedder unless ``env`` names another: these tests are about the
+    command line, and the default embedder's fit (200,000 patches whatever the image count) costs 20-60 s a run;
+    the demo tests run the default. A variable given as None is left unset."""
+    environment = {**os.environ, "CV_DATAOPS_EMBEDDER": json.dumps(TINY_EMBEDDER_SPEC), **(env or {})}
+    environment = {key: value for key, value in environment.items() if value is not None}
     return subprocess.run([sys.executable, "-m", "cv_dataops.cli", *args], capture_output=True, text=True,
                           cwd=cwd, env=environment, timeout=timeout)
 
@@ -190,12 +194,12 @@ def test_a_second_run_on_the_same_data_root_refuses_naming_the_first(tmp_path, d
     objects = pq.read_table(root / "catalog" / "objects").to_pandas()
     assert len(objects) == 12 and objects.uri.is_unique  # one batcher: nothing doubled
 
-    status = cli("status", "--landing", str(tmp_path / "landing"), "--data-root", str(root),
-                 env={"CV_DATAOPS_EMBEDDER": json.dumps(TINY_EMBEDDER_SPEC)})
+    status = cli("status", "--landing", str(tmp_path / "landing"), "--data-root", str(root))
     assert status.returncode == 0 and "batches: 1 done" in status.stdout
     assert "raw_images: done" in status.stdout and "image_embeddings: done" in status.stdout
     assert "curated_dataset: fresh" in status.stdout
-    stale = cli("status", "--landing", str(tmp_path / "landing"), "--data-root", str(root))  # another embedder
+    stale = cli("status", "--landing", str(tmp_path / "landing"), "--data-root", str(root),
+                env={"CV_DATAOPS_EMBEDDER": None})  # the default: another embedder
     assert "image_embeddings: stale (code version changed)" in stale.stdout and "UNFINISHED" in stale.stdout
 
 

@@ -9,10 +9,15 @@ import pytest
 from cv_dataops_tests.end_to_end.test_cli import (
     SMALL_CORPUS,
     assert_listed_under_the_code_locations_jobs,
-    cli,
 )
+from cv_dataops_tests.end_to_end.test_cli import cli as cli_with_tiny_embedder
 
 pytestmark = pytest.mark.slow  # the whole demo pipeline in subprocesses
+
+
+def cli(*args, env=None, **options):
+    """The demo as a user runs it, with the default embedder: its duplicate groups and scenarios are checked."""
+    return cli_with_tiny_embedder(*args, env={"CV_DATAOPS_EMBEDDER": None, **(env or {})}, **options)
 
 
 def test_demo_generates_runs_and_every_file_ends_where_the_ground_truth_says(tmp_path, monkeypatch):

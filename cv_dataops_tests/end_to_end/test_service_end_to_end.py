@@ -5,6 +5,7 @@ queue ingest them with nobody calling anything."""
 from __future__ import annotations
 
 import glob
+import json
 import os
 import pwd
 import shutil
@@ -19,7 +20,13 @@ import boto3
 import dagster as dg
 import pytest
 
-from cv_dataops_tests.conftest import REPOSITORY, _free_port, encode, photo
+from cv_dataops_tests.conftest import (
+    REPOSITORY,
+    TINY_EMBEDDER_SPEC,
+    _free_port,
+    encode,
+    photo,
+)
 
 pytestmark = pytest.mark.slow  # a Postgres cluster and the real dagster-daemon
 
@@ -76,13 +83,15 @@ telemetry: {{enabled: false}}
     client.put_object(Bucket=s3_bucket, Key="landing/cat/b.png", Body=encode(photo(2), "PNG"))
     client.put_object(Bucket=s3_bucket, Key="landing/dog/broken.jpg", Body=encode(photo(3), "JPEG")[:300])
     environment = {**os.environ, "DAGSTER_HOME": str(home), "CV_DATAOPS_LANDING": f"s3://{s3_bucket}/landing",
-                   "CV_DATAOPS_DATA_ROOT": f"s3://{s3_bucket}/root", "CV_DATAOPS_MIN_AGE_SECONDS": "0"}
+                   "CV_DATAOPS_DATA_ROOT": f"s3://{s3_bucket}/root", "CV_DATAOPS_MIN_AGE_SECONDS": "0",
+                   # the service is under test, not the embedder: the default's fit alone costs a minute or more
+                   "CV_DATAOPS_EMBEDDER": json.dumps(TINY_EMBEDDER_SPEC)}
     daemon = subprocess.Popen([sys.executable, "-m", "dagster._daemon", "run", "-w", "workspace.yaml"],
                               cwd=REPOSITORY, env=environment, start_new_session=True,  # setsid: stop the group
                               stdout=open(tmp_path / "daemon.log", "w"), stderr=subprocess.STDOUT)
     try:
         with dg.DagsterInstance.from_config(str(home)) as instance:
-            # generous: on a busy 2-core machine the daemon's first ticks and the embedder fit take minutes
+            # generous: on a busy 2-core machine the daemon's first ticks take minutes
             deadline = time.time() + 900
             duplicates = dg.AssetKey("image_duplicates")
             while True:
