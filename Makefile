@@ -27,4 +27,4 @@ test: $(STAMP)
 	scripts/install-system-packages.sh
 	status="$$(mktemp -d)/label-studio-install"; \
 	( scripts/install-label-studio.sh >"$$status.log" 2>&1; echo $$? >"$$status.part"; mv "$$status.part" "$$status" ) & \
-	LABEL_STUDIO_INSTALL_STATUS_FILE="$$status" $(VENV)/bin/python -m pytest; code=$$?; wait; exit $$code
+	LABEL_STUDIO_INSTALL_STATUS_FILE="$$status" $(VENV)/bin/python -m pytest -n 2; code=$$?; wait; exit $$code
