@@ -6,6 +6,7 @@ import io
 import os
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import boto3
@@ -44,6 +45,20 @@ def write_files(root: Path, files: dict[str, bytes]) -> Path:
 # (The default fits 400 centroids and 512 dimensions on up to 3,000 images: seconds to minutes per test.)
 TINY_EMBEDDER_SPEC = {"kind": "patch-kmeans", "n_centroids": 16, "dimension": 16, "n_patches": 4000,
                       "kmeans_iterations": 3}
+
+
+@contextmanager
+def fresh_fork_server() -> Iterator[None]:
+    """Stop multiprocessing's fork server before and after: a step forked from it gets the environment the server
+    started with, and in a test process that is an earlier test's (the quality pool starts one too). A deployment
+    starts a fresh process per run, so there the server always has the run's environment."""
+    import multiprocessing.forkserver
+
+    multiprocessing.forkserver._forkserver._stop()
+    try:
+        yield
+    finally:
+        multiprocessing.forkserver._forkserver._stop()
 
 
 @pytest.fixture

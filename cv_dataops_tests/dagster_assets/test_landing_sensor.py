@@ -19,6 +19,7 @@ from cv_dataops_tests.conftest import (
     REPOSITORY,
     TINY_EMBEDDER_SPEC,
     encode,
+    fresh_fork_server,
     photo,
     write_files,
 )
@@ -84,9 +85,9 @@ def daemon_workspace(tmp_path, monkeypatch):
     monkeypatch.setenv("CV_DATAOPS_EMBEDDER", json.dumps(TINY_EMBEDDER_SPEC))  # the default's fit: a minute a run
     (tmp_path / "landing").mkdir()
     (tmp_path / "home").mkdir()
-    with instance_for_test(synchronous_run_launcher=True, synchronous_run_coordinator=True,
-                           temp_dir=str(tmp_path / "home"),
-                           overrides={"run_retries": {"enabled": True}}) as instance:  # as deploy/dagster.yaml
+    with fresh_fork_server(), instance_for_test(
+            synchronous_run_launcher=True, synchronous_run_coordinator=True, temp_dir=str(tmp_path / "home"),
+            overrides={"run_retries": {"enabled": True}}) as instance:  # as deploy/dagster.yaml
         target = ModuleTarget("cv_dataops.definitions", "defs", str(REPOSITORY), "cv_dataops")
         with create_test_daemon_workspace_context(target, instance) as context:
             yield instance, context
