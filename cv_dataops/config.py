@@ -40,7 +40,8 @@ EMBEDDER_KINDS = ("patch-kmeans", "onnx")
 # The stages a setting can belong to; a wrong setting fails the assets, checks and sensors of its stage only.
 CATALOG, LANDING, QUALITY, EMBEDDING, CURATION = "catalog", "landing", "quality", "embedding", "curation"
 LABELLING = "labels"  # the labels loop: labels, audited_labels, label_model, auto_labels, label_issues, review
-STAGES = (CATALOG, LANDING, QUALITY, EMBEDDING, CURATION, LABELLING)
+DRIFT = "drift"  # the per-batch drift report and its alert
+STAGES = (CATALOG, LANDING, QUALITY, EMBEDDING, CURATION, LABELLING, DRIFT)
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,8 @@ VARIABLES = {v.name: v for v in (
                                                       '{"automobile": "car"}} (default: open, every label as written)'),
     Variable("CV_DATAOPS_REVIEW", LABELLING, 'JSON object of the labels loop\'s settings, e.g. {"budget": 50, '
                                              '"target_precision": 0.98, "promotion_tolerance": 0.01}'),
+    Variable("CV_DATAOPS_DRIFT", DRIFT, 'JSON object of the drift report\'s settings, e.g. {"alpha": 0.05, '
+                                        '"webhook_url": "https://hooks.slack.com/services/..."}'),
 )}
 
 
@@ -108,6 +111,7 @@ class Settings:
     curation: Mapping[str, Any] = field(default_factory=dict)
     labels_taxonomy: Mapping[str, Any] = field(default_factory=dict)  # {"classes": [...], "aliases": {...}}; {}: open
     review: Mapping[str, Any] = field(default_factory=dict)
+    drift: Mapping[str, Any] = field(default_factory=dict)
     errors: Mapping[str, str] = field(default_factory=dict)
     unknown_variables: tuple[str, ...] = ()
 
@@ -134,7 +138,7 @@ class Settings:
               read_attempts: int | None = None, read_backoff_seconds: float | None = None,
               retry_batches: int | None = None, retry_pause_seconds: float | None = None,
               labels_taxonomy: Mapping[str, Any] | list[str] | None = None,
-              review: Mapping[str, Any] | None = None) -> Settings:
+              review: Mapping[str, Any] | None = None, drift: Mapping[str, Any] | None = None) -> Settings:
         """Settings from arguments only (no environment); unset arguments take the defaults."""
         given = {"CV_DATAOPS_DATA_ROOT": data_root, "CV_DATAOPS_LANDING": landing, "CV_DATAOPS_LABELS": labels,
                  "CV_DATAOPS_MIN_AGE_SECONDS": min_age_seconds, "CV_DATAOPS_WORKERS": workers,
@@ -143,7 +147,7 @@ class Settings:
                  "CV_DATAOPS_RETRY_PAUSE_SECONDS": retry_pause_seconds,
                  "CV_DATAOPS_QUALITY_THRESHOLDS": quality_thresholds, "CV_DATAOPS_EMBEDDER": embedder,
                  "CV_DATAOPS_CURATION": curation, "CV_DATAOPS_LABELS_TAXONOMY": labels_taxonomy,
-                 "CV_DATAOPS_REVIEW": review}
+                 "CV_DATAOPS_REVIEW": review, "CV_DATAOPS_DRIFT": drift}
         values = {name: os.fspath(v) if isinstance(v, os.PathLike) else v for name, v in given.items() if v is not None}
         return cls._validated(values, {}, ())
 
@@ -369,6 +373,14 @@ def _review(values: Mapping[str, Any]) -> dict:
     return dict(values)
 
 
+def _drift(values: Mapping[str, Any]) -> dict:
+    from cv_dataops.resources import DriftResource
+
+    _unknown_keys(values, DriftResource.setting_keys())
+    _checked(lambda: DriftResource(**values).check())
+    return dict(values)
+
+
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "CV_DATAOPS_DATA_ROOT": str, "CV_DATAOPS_LANDING": str, "CV_DATAOPS_LABELS": str.strip,
     "CV_DATAOPS_MIN_AGE_SECONDS": lambda text: _number(text, float),
@@ -380,7 +392,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "CV_DATAOPS_RETRY_PAUSE_SECONDS": lambda text: _number(text, float),
     "CV_DATAOPS_QUALITY_THRESHOLDS": _json_object, "CV_DATAOPS_EMBEDDER": _json_object,
     "CV_DATAOPS_CURATION": _json_object, "CV_DATAOPS_LABELS_TAXONOMY": _json_value,
-    "CV_DATAOPS_REVIEW": _json_object,
+    "CV_DATAOPS_REVIEW": _json_object, "CV_DATAOPS_DRIFT": _json_object,
 }
 _CHECKS: dict[str, Callable[[Any], Any]] = {
     "CV_DATAOPS_DATA_ROOT": _location, "CV_DATAOPS_LANDING": _location, "CV_DATAOPS_LABELS": _labels,
@@ -392,7 +404,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "CV_DATAOPS_RETRY_PAUSE_SECONDS": _seconds,
     "CV_DATAOPS_QUALITY_THRESHOLDS": _quality_thresholds, "CV_DATAOPS_EMBEDDER": _embedder,
     "CV_DATAOPS_CURATION": _curation, "CV_DATAOPS_LABELS_TAXONOMY": _labels_taxonomy,
-    "CV_DATAOPS_REVIEW": _review,
+    "CV_DATAOPS_REVIEW": _review, "CV_DATAOPS_DRIFT": _drift,
 }
 _FIELD_OF = {name: name[len(PREFIX):].lower() for name in VARIABLES}  # CV_DATAOPS_DATA_ROOT -> data_root
 _VALUE_FIELDS = [f for f in dataclasses.fields(Settings) if f.name in _FIELD_OF.values()]

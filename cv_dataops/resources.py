@@ -20,6 +20,7 @@ from cv_dataops.config import (
     CURATION,
     DEFAULT_EMBEDDER,
     DEFAULT_LABELS,
+    DRIFT,
     EMBEDDING,
     LABELLING,
     LANDING,
@@ -248,6 +249,53 @@ class LabelsResource(StageResource):
         return AcceptanceSettings(precision=self.target_precision)
 
 
+class DriftResource(StageResource):
+    """The drift report: the batch-wide false-alarm rate, the permutations of the embedding tests, the reference,
+    and the alert webhook (``CV_DATAOPS_DRIFT``'s keys are these fields)."""
+
+    alpha: float = Field(default=0.05, gt=0, lt=1, description="False-alarm rate per batch, across all its tests.")
+    permutations: int = Field(default=500, ge=1, description="Permutations of each embedding test (MMD, domain "
+                                                             "classifier); p-values no smaller than 1/(B+1).")
+    max_reference: int = Field(default=1000, ge=20, description="Reference images the embedding tests sample.")
+    reference: str = Field(default="current_snapshot", description="current_snapshot (its split, below) or "
+                                                                   "last_batches.")
+    split: str | None = Field(default="train", description="The snapshot split compared with; null: every split.")
+    last_batches: int = Field(default=5, ge=1, description="For reference last_batches: how many batches.")
+    minimum_images: int = Field(default=20, ge=1, description="Fewer reference images than this: no reference.")
+    webhook_url: str | None = Field(default=None, description="POSTed on large drift (Slack-compatible or generic "
+                                                              "JSON); unset: no alert.")
+    webhook_kind: str = Field(default="slack", description="slack or generic.")
+    thumbnails: int = Field(default=12, ge=0, description="Most atypical images shown in the report.")
+
+    @classmethod
+    def setting_keys(cls) -> list[str]:
+        return [name for name in cls.model_fields if name != "settings_error"]
+
+    def check(self) -> DriftResource:
+        from cv_dataops.drift.alerts import KINDS
+
+        self.drift_settings()
+        if self.reference not in ("current_snapshot", "last_batches"):
+            raise ValueError(f"reference must be current_snapshot or last_batches, got {self.reference!r}")
+        self.reference_settings()
+        if self.webhook_kind not in KINDS:
+            raise ValueError(f"webhook_kind must be one of {', '.join(KINDS)}, got {self.webhook_kind!r}")
+        if self.webhook_url is not None and not self.webhook_url.lower().startswith(("http://", "https://")):
+            raise ValueError(f"webhook_url must be http:// or https://, got {self.webhook_url!r}")
+        return self
+
+    def drift_settings(self):
+        from cv_dataops.drift.detect import DriftSettings
+
+        return DriftSettings(alpha=self.alpha, permutations=self.permutations, max_reference=self.max_reference)
+
+    def reference_settings(self):
+        from cv_dataops.drift.reference import ReferenceSettings
+
+        return ReferenceSettings(kind=self.reference, split=self.split, last_batches=self.last_batches,
+                                 minimum_images=self.minimum_images)
+
+
 def build_resources(settings: Settings | None = None, *, landing: str | None = None, data_root: str | None = None,
                     labels: str | None = None, **landing_options: object) -> dict[str, dg.ConfigurableResource]:
     """The resources every entry point uses, from ``settings`` (validated; see :mod:`cv_dataops.config`) with
@@ -276,4 +324,6 @@ def build_resources(settings: Settings | None = None, *, landing: str | None = N
         "labelling": LabelsResource(**labelling, settings_error=settings.stage_error(LABELLING)),
         "quality": QualityResource(thresholds=dict(settings.quality_thresholds), workers=settings.workers,
                                    settings_error=settings.stage_error(QUALITY)),
+        "drift": DriftResource(**({} if settings.stage_error(DRIFT) else dict(settings.drift)),
+                               settings_error=settings.stage_error(DRIFT)),
     }

@@ -10,11 +10,24 @@ from cv_dataops.images.decode import decode
 from cv_dataops.images.verified import read_verified
 
 
-def thumbnail_data_uri(data: bytes, side: int = 64) -> str:
-    """A ``data:image/png;base64,...`` thumbnail, longest side ``side`` pixels, EXIF orientation applied."""
+def thumbnail_png(data: bytes, side: int = 64) -> bytes:
+    """A PNG thumbnail, longest side ``side`` pixels, EXIF orientation applied."""
     buffer = io.BytesIO()
     decode(data, side).rgb.save(buffer, "PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return buffer.getvalue()
+
+
+def thumbnail_data_uri(data: bytes, side: int = 64) -> str:
+    """A ``data:image/png;base64,...`` thumbnail (:func:`thumbnail_png`)."""
+    return "data:image/png;base64," + base64.b64encode(thumbnail_png(data, side)).decode("ascii")
+
+
+def catalog_thumbnail_png(uri: str, image_id: str, read: Callable[[str], bytes], side: int = 96) -> bytes | None:
+    """A catalog image's PNG thumbnail, or None when its file moved, changed since ingest or cannot be decoded."""
+    try:
+        return thumbnail_png(read_verified(uri, image_id, read), side=side)
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def catalog_thumbnail(uri: str, image_id: str, read: Callable[[str], bytes], side: int = 48) -> str | None:

@@ -266,3 +266,19 @@ def test_landing_read_settings_reach_the_domain_code_explicitly(tmp_path):
     ledger.record_deferred(first.batch_id, {"a.jpg": "S3 answered 503 SlowDown"}, now=datetime.now(UTC))
     (given_up,) = landing.plan(ledger)  # retry_batches=1: one deferral is the limit
     assert given_up.objects[0].refusal == "unreadable_after_retries"
+
+
+def test_drift_settings_are_checked_and_reach_the_drift_resource():
+    from cv_dataops.resources import build_resources
+
+    good = Settings.from_environment({"CV_DATAOPS_DRIFT": '{"alpha": 0.01, "permutations": 2000, '
+                                                          '"webhook_url": "http://127.0.0.1:9/hook"}'})
+    drift = build_resources(good)["drift"]
+    assert not good.errors and drift.drift_settings().alpha == 0.01 and drift.webhook_url.endswith("/hook")
+    for text, words in (('{"alfa": 0.01}', "unknown key 'alfa'"), ('{"permutations": 10}', "at least 320"),
+                        ('{"webhook_url": "ftp://x"}', "http:// or https://"),
+                        ('{"reference": "yesterday"}', "current_snapshot or last_batches")):
+        wrong = Settings.from_environment({"CV_DATAOPS_DRIFT": text})
+        assert set(wrong.errors) == {"drift"} and words in wrong.errors["drift"], wrong.errors
+        resource = build_resources(wrong)["drift"]
+        assert resource.settings_error == wrong.errors["drift"] and resource.alpha == 0.05  # defaults, and the error

@@ -203,7 +203,8 @@ def test_a_failed_stage_is_finished_by_the_next_run_and_the_error_is_one_line(tm
     summary = run_pipeline(instance, landing=str(landing), data_root=str(root), settings=fixed)
     assert summary.ingested_batches == [batch.batch_id] and summary.downstream_assets
     last_batch_run = [r for r in instance.get_runs() if r.job_name == "ingest_batch"][0]
-    assert {k.to_user_string() for k in last_batch_run.asset_selection} == {"image_quality", "image_embeddings"}
+    assert {k.to_user_string() for k in last_batch_run.asset_selection} == {"image_quality", "image_embeddings",
+                                                                              "drift_report"}
     assert all(s.state == "done" for b in summary.status.batches for s in b.stages.values())
     assert all(s.state == "fresh" for s in summary.status.spanning.values())
     _assert_every_image_in_every_table(root, 1)
@@ -228,7 +229,9 @@ def test_spanning_assets_outdated_by_a_selected_run_are_refreshed_by_the_next_pl
     assert len(selected.ingested_batches) == 1 and not selected.downstream_assets
 
     plain = run_pipeline(instance, landing=str(landing), data_root=str(root), settings=settings)
-    assert not plain.ingested_batches and plain.downstream_assets
+    # nothing new landed: the batch's one stage left out of the selection (its drift report), then what spans all
+    assert plain.new_batches == [] and plain.ingested_batches == selected.ingested_batches and plain.downstream_assets
+    assert instance.get_run_by_id(plain.run_ids[0]).asset_selection == {dg.AssetKey("drift_report")}
     assert all(s.state == "fresh" for s in plain.status.spanning.values())
     _assert_every_image_in_every_table(root, 2)
 
@@ -289,7 +292,9 @@ def test_the_reconcile_sensor_re_requests_failed_batches_with_fresh_keys_backoff
         if attempt + 1 < reconcile.MAX_ATTEMPTS:
             (request,) = result.run_requests
             assert request.run_key == f"batch:{batch_id}:attempt:{attempt + 1}"  # fresh each time
-            assert request.partition_key == batch_id and request.asset_selection == [dg.AssetKey("image_quality")]
+            # the failed stage and what it kept from running (the drift report reads the quality rows)
+            assert request.partition_key == batch_id and set(request.asset_selection) == {
+                dg.AssetKey("image_quality"), dg.AssetKey("drift_report")}
         monkeypatch.setattr(reconcile, "BACKOFF_SECONDS", 60.0)
     result = tick()  # capped: it stays failed, and says so
     assert not result.run_requests and "gave up" in result.skip_reason.skip_message
@@ -317,7 +322,7 @@ def test_the_reconcile_sensor_re_requests_failed_or_outdated_spanning_assets_onc
     (manifest,) = defs.resources["landing"].plan(defs.resources["catalog"].ledger())
     instance.add_dynamic_partitions("batches", [manifest.batch_id])
     graph = defs.resolve_asset_graph()
-    per_batch = [dg.AssetKey(name) for name in ("raw_images", "image_quality", "image_embeddings")]
+    per_batch = [dg.AssetKey(name) for name in ("raw_images", "image_quality", "image_embeddings", "drift_report")]
     execute_job(defs.resolve_job_def("ingest_batch"), instance, partition_key=manifest.batch_id,
                 asset_selection=per_batch)  # its checks may judge the synthetic photos: only the stages matter
     spanning = sorted(set(graph.get_all_asset_keys()) - set(per_batch), key=lambda k: k.to_user_string())

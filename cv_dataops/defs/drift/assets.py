@@ -1,0 +1,80 @@
+"""Drift: every batch compared with the data the current model was trained on (the curated snapshot's train split
+by default), in the per-batch job: the tests, one decision at the configured false-alarm rate, the causes in
+words, a self-contained HTML report, and a webhook alert on large drift."""
+
+import dagster as dg
+
+from cv_dataops.defs.shared.partitions import (
+    PER_BATCH_TAG,
+    STALE_OR_NEW,
+    batch_partitions,
+    table_metadata,
+)
+from cv_dataops.drift.alerts import alert_payload, post_alert
+from cv_dataops.drift.batch import drift_for_batch
+from cv_dataops.drift.explain import most_atypical
+from cv_dataops.drift.report import write_report
+from cv_dataops.drift.tables import DRIFT, DRIFT_ATYPICALITY, DRIFT_SUMMARY
+from cv_dataops.embeddings.vectors import current_vectors
+from cv_dataops.images.thumbnails import catalog_thumbnail_png
+from cv_dataops.resources import CatalogResource, DriftResource, EmbeddingResource
+
+DRIFT_VERSION = "1"
+
+
+@dg.asset(
+    partitions_def=batch_partitions,
+    deps=["image_quality", "image_embeddings"],
+    group_name="drift",
+    tags=PER_BATCH_TAG,
+    kinds={"python", "parquet", "html"},
+    code_version=DRIFT_VERSION,
+    automation_condition=STALE_OR_NEW,
+    metadata=table_metadata(DRIFT_SUMMARY, DRIFT, DRIFT_ATYPICALITY),
+)
+def drift_report(context: dg.AssetExecutionContext, catalog: CatalogResource, embedding: EmbeddingResource,
+                 drift: DriftResource) -> dg.MaterializeResult:
+    """Whether the batch drifted from its reference, where and why: KS / chi-squared per image property, MMD and a
+    domain classifier on the embeddings, scenario shares and novel images, weighted Holm over all of them at
+    alpha; tables drift, drift_summary and drift_atypicality, the report under reports/drift/, and on large drift
+    a webhook alert (retried, never failing the run). With no reference yet it says so and flags nothing."""
+    batch_id = context.partition_key
+    tables, storage = catalog.catalog(), catalog.storage()
+    vectors = current_vectors(tables, storage, embedding.spec)
+    found = drift_for_batch(tables, batch_id, None if vectors.none_current_yet else vectors,
+                            settings=drift.drift_settings(), reference_settings=drift.reference_settings())
+    result = found.result
+    read = catalog.uri_reader()
+    thumbnails = {}
+    for image_id in most_atypical(result.atypicality, drift.thumbnails)["image_id"]:
+        if image_id in found.uris and (png := catalog_thumbnail_png(found.uris[image_id], image_id, read)):
+            thumbnails[image_id] = png
+    report_uri = write_report(storage, result, thumbnails)
+    tables.write(DRIFT, result.drift_table(), batch_id)
+    tables.write(DRIFT_ATYPICALITY, result.atypicality_table(), batch_id)
+    summary_uri = tables.write(DRIFT_SUMMARY, result.summary_table(report_uri), batch_id)
+    alert = {"sent": False, "reason": "no webhook configured" if not drift.webhook_url else "not large drift"}
+    if drift.webhook_url and result.severity == "large":
+        outcome = post_alert(drift.webhook_url, alert_payload(result, report_uri), drift.webhook_kind)
+        alert = {"sent": outcome.delivered, "attempts": outcome.attempts, "status": outcome.status,
+                 "error": outcome.error}
+        (context.log.info if outcome.delivered else context.log.warning)(
+            f"drift alert {'delivered' if outcome.delivered else 'not delivered: ' + str(outcome.error)}")
+    if result.drifted:
+        context.log.warning(f"batch {batch_id} drifted ({result.severity}): {result.top_cause}")
+    metadata = result.metadata()
+    return dg.MaterializeResult(metadata={
+        **{key: value for key, value in metadata.items() if key != "causes"},
+        "causes": dg.MetadataValue.json(metadata["causes"]),
+        "reference": found.reference.reason, "report": dg.MetadataValue.path(report_uri),
+        "drift_summary_table": dg.MetadataValue.path(summary_uri), "alert": dg.MetadataValue.json(alert),
+        "most_atypical": dg.MetadataValue.md(_thumbnail_row(thumbnails)) if thumbnails else "none"})
+
+
+def _thumbnail_row(thumbnails: dict[str, bytes]) -> str:
+    import base64
+
+    cells = [f"![{image_id[:12]}](data:image/png;base64,{base64.b64encode(png).decode()})"
+             for image_id, png in thumbnails.items()]
+    return "| " + " | ".join(image_id[:12] for image_id in thumbnails) + " |\n|" + "---|" * len(cells) + "\n| " \
+        + " | ".join(cells) + " |"

@@ -1,0 +1,101 @@
+"""The drift report in the per-batch job, run as `cv-dataops run` runs it: a first batch has no reference and
+flags nothing; a second batch from a "new camera" (twice the resolution, JPEG quality 30) drifts with a large
+effect, its ERROR check fails with the cause, the offline report is written, and the webhook (a small HTTP server
+on loopback) receives one alert naming the batch."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from cv_dataops.config import Settings
+from cv_dataops.demo import data as demo_data
+from cv_dataops.runner import open_instance, run_pipeline
+from cv_dataops_tests.conftest import TINY_EMBEDDER_SPEC
+
+pytestmark = pytest.mark.slow  # two pipeline runs on generated scenes
+
+
+@pytest.fixture
+def webhook():
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's name)
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
+    finally:
+        server.shutdown()
+
+
+def _new_camera(source, destination) -> None:
+    """Every scene of ``source`` as another camera would give it: twice the size, heavily compressed."""
+    for path in sorted(source.rglob("*.jpg")):
+        image = Image.open(path).convert("RGB")
+        image = image.resize((image.width * 2, image.height * 2), Image.Resampling.BICUBIC)
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=30)
+        target = destination / path.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(buffer.getvalue())
+
+
+def test_a_new_camera_drifts_with_a_large_effect_and_alerts_once(tmp_path, monkeypatch, webhook):
+    url, received = webhook
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    landing, data = tmp_path / "landing", tmp_path / "data"
+    demo_data.generate_demo(landing / "first", count=60, seed=1, include_bad=False)
+    settings = Settings.build(landing=landing, data_root=data, embedder=TINY_EMBEDDER_SPEC,
+                              curation={"min_per_class_and_split": 0},
+                              drift={"webhook_url": url, "webhook_kind": "generic", "permutations": 400})
+    instance = open_instance(str(data))
+    first = run_pipeline(instance, landing=str(landing), data_root=str(data), settings=settings)
+    (first_batch,) = first.ingested_batches
+    (row,) = pq.read_table(data / "catalog" / "drift_summary").to_pylist()
+    assert row["batch_id"] == first_batch and row["reference_id"] is None and not row["drifted"], row
+    assert row["severity"] == "none" and pq.read_table(data / "catalog" / "drift").num_rows == 0  # no test ran
+    assert "No reference: no curated snapshot yet" in (data / row["report_uri"].removeprefix(f"{data}/")).read_text()
+    assert not [c for c in first.failed_checks if c.check == "drift_report_no_drift"]
+
+    demo_data.generate_demo(tmp_path / "scenes", count=30, seed=2, include_bad=False)
+    _new_camera(tmp_path / "scenes", landing / "second")
+    second = run_pipeline(instance, landing=str(landing), data_root=str(data), settings=settings)
+    (second_batch,) = second.ingested_batches
+    summary = pq.read_table(data / "catalog" / "drift_summary").to_pandas().set_index("batch_id")
+    row = summary.loc[second_batch]
+    assert row["drifted"] and row["severity"] == "large", row.to_dict()
+    assert row["reference_id"]  # the snapshot the first run curated
+    assert any(word in row["top_cause"] for word in ("width", "height", "JPEG quality")), row["top_cause"]
+
+    tests = pq.read_table(data / "catalog" / "drift").to_pandas()
+    mine = tests[tests["batch_id"] == second_batch]
+    assert {"ks", "mmd", "domain_classifier"} <= set(mine["test"])
+    assert mine[mine["feature"] == "width"]["drifted"].all()
+    atypical = pq.read_table(data / "catalog" / "drift_atypicality").to_pandas()
+    assert sorted(atypical[atypical["batch_id"] == second_batch]["rank"]) == list(range(1, 31))
+
+    (failed,) = [c for c in second.failed_checks if c.check == "drift_report_no_drift"]
+    assert failed.severity == "ERROR" and failed.batch_id == second_batch, failed
+
+    report = (data / row["report_uri"].removeprefix(str(data) + "/")).read_text()
+    assert second_batch in report and not re.search(r"(src|href)=[\"']?https?:", report)  # renders offline
+
+    (alert,) = received  # the first batch had no reference: no alert for it
+    assert alert["batch_id"] == second_batch and alert["severity"] == "large" and alert["top_causes"]
