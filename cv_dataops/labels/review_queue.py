@@ -10,6 +10,10 @@ the remainder); a share its kind cannot fill passes to the others, in this order
 3. ``active_learning``: unlabelled images chosen by :func:`cv_dataops.labels.active_learning.choose_for_labelling`
    (coverage while labels are few, then uncertainty within diversity), in its pick order.
 
+Before them, when a batch drifted from its reference, ``drift_atypical``: the drifted batches' most atypical images
+(``drift_atypicality``, rank 1 first, the newest batch first) without a verified label take up to half the budget,
+so the new kind of data reaches labelling, and through its labels the model and the next snapshot, first.
+
 An image appears once (its first kind). Each row says why it is there and pre-fills what the reviewer sees: the
 suggested label for a probable error, the model's label for an auto-label or an active-learning pick (when a
 model is promoted).
@@ -20,7 +24,9 @@ from __future__ import annotations
 import pandas as pd
 
 PROBABLE_ERROR, UNCERTAIN_AUTO, ACTIVE = "probable_label_error", "uncertain_auto_label", "active_learning"
-REASONS = (PROBABLE_ERROR, UNCERTAIN_AUTO, ACTIVE)
+DRIFT_ATYPICAL = "drift_atypical"
+REASONS = (PROBABLE_ERROR, UNCERTAIN_AUTO, ACTIVE)  # sharing the budget left after the drifted batches' images
+DRIFT_SHARE = 0.5  # of the budget, at most, for the drifted batches' most atypical images
 QUEUE_COLUMNS = ["position", "image_id", "reason", "score", "score_meaning", "current_label", "prefill_label",
                  "detail"]
 
@@ -63,6 +69,24 @@ def uncertain_auto_labels(decisions: pd.DataFrame) -> pd.DataFrame:
                    "detail": f"model {r.model_version}: {r.reason}"} for r in review.itertuples(index=False)])
 
 
+def drift_atypical_rows(atypicality: pd.DataFrame, summary: pd.DataFrame, audited: pd.DataFrame) -> pd.DataFrame:
+    """The most atypical images of the batches that drifted (``drift_summary.drifted``), newest batch first, each
+    batch by rank, leaving out images that already have a verified (human or reviewed) label."""
+    if atypicality.empty or summary.empty:
+        return _rows([])
+    drifted = summary[summary["drifted"].astype(bool)]
+    verified = set(audited["image_id"][audited["status"].isin(("human", "reviewed"))]) if len(audited) else set()
+    rows = atypicality[atypicality["batch_id"].isin(set(drifted["batch_id"]))
+                       & ~atypicality["image_id"].isin(verified)]
+    rows = rows.sort_values(["batch_id", "rank"], ascending=[False, True])
+    cause = dict(zip(drifted["batch_id"], drifted["top_cause"]))
+    return _rows([{"image_id": r.image_id, "reason": DRIFT_ATYPICAL, "score": float(r.atypicality),
+                   "score_meaning": "how unlike the drift reference the image is (1 = most)",
+                   "current_label": None, "prefill_label": None,
+                   "detail": f"batch {r.batch_id} drifted ({cause.get(r.batch_id) or 'cause unknown'}); rank "
+                             f"{int(r.rank)}"} for r in rows.itertuples(index=False)])
+
+
 def active_learning_rows(image_ids, reasons, prefill: dict[str, str] | None = None,
                          scores: dict[str, float] | None = None) -> pd.DataFrame:
     prefill, scores = prefill or {}, scores or {}
@@ -78,20 +102,23 @@ def _rows(records: list[dict]) -> pd.DataFrame:
         {column: pd.Series(dtype=object) for column in columns})
 
 
-def compose_review_queue(budget: int, *kinds: pd.DataFrame) -> pd.DataFrame:
+def compose_review_queue(budget: int, *kinds: pd.DataFrame, drifted: pd.DataFrame | None = None) -> pd.DataFrame:
     """The round: ``kinds`` are the candidate rows of each reason in :data:`REASONS` order (from the functions
-    above), each in its own priority order; an image already taken by an earlier kind is dropped from later ones."""
-    seen: set[str] = set()
+    above), each in its own priority order; ``drifted``: :func:`drift_atypical_rows`, first, taking at most
+    :data:`DRIFT_SHARE` of the budget; an image already taken by an earlier kind is dropped from later ones."""
+    first = _rows([]) if drifted is None else drifted.drop_duplicates("image_id").head(int(budget * DRIFT_SHARE))
+    budget -= len(first)
+    seen: set[str] = set(first["image_id"])
     deduped = {}
     for reason, rows in zip(REASONS, kinds, strict=True):
         rows = rows[~rows["image_id"].isin(seen)].drop_duplicates("image_id")
         deduped[reason] = rows
         seen |= set(rows["image_id"])
     taken = shares(budget, {reason: len(rows) for reason, rows in deduped.items()})
-    queue = pd.concat([deduped[reason].head(taken[reason]) for reason in REASONS], ignore_index=True)
+    queue = pd.concat([first, *(deduped[reason].head(taken[reason]) for reason in REASONS)], ignore_index=True)
     queue.insert(0, "position", range(1, len(queue) + 1))
     return queue[QUEUE_COLUMNS]
 
 
 def counts(queue: pd.DataFrame) -> dict[str, int]:
-    return {reason: int((queue["reason"] == reason).sum()) for reason in REASONS}
+    return {reason: int((queue["reason"] == reason).sum()) for reason in (DRIFT_ATYPICAL, *REASONS)}

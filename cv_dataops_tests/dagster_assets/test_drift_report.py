@@ -1,7 +1,8 @@
 """The drift report in the per-batch job, run as `cv-dataops run` runs it: a first batch has no reference and
 flags nothing; a second batch from a "new camera" (twice the resolution, JPEG quality 30) drifts with a large
-effect, its ERROR check fails with the cause, the offline report is written, and the webhook (a small HTTP server
-on loopback) receives one alert naming the batch."""
+effect, its ERROR check fails with the cause, the offline report is written, the webhook (a small HTTP server
+on loopback) receives one alert naming the batch, the review round puts the batch's most atypical images first,
+and the drift sensor asks for the curated set and the review round again."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ import re
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
+import dagster as dg
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from cv_dataops.config import Settings
+from cv_dataops.definitions import load_definitions
 from cv_dataops.demo import data as demo_data
 from cv_dataops.runner import open_instance, run_pipeline
 from cv_dataops_tests.conftest import TINY_EMBEDDER_SPEC
@@ -46,15 +50,15 @@ def webhook():
 
 
 def _new_camera(source, destination) -> None:
-    """Every scene of ``source`` as another camera would give it: twice the size, heavily compressed."""
-    for path in sorted(source.rglob("*.jpg")):
+    """Every scene of ``source`` as another camera would give it: twice the size, heavily compressed, landing
+    unlabelled (at the landing root, not in a class folder)."""
+    destination.mkdir(parents=True, exist_ok=True)
+    for number, path in enumerate(sorted(source.rglob("*.jpg"))):
         image = Image.open(path).convert("RGB")
         image = image.resize((image.width * 2, image.height * 2), Image.Resampling.BICUBIC)
         buffer = io.BytesIO()
         image.save(buffer, "JPEG", quality=30)
-        target = destination / path.relative_to(source)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(buffer.getvalue())
+        (destination / f"camera2_{number:03d}.jpg").write_bytes(buffer.getvalue())
 
 
 def test_a_new_camera_drifts_with_a_large_effect_and_alerts_once(tmp_path, monkeypatch, webhook):
@@ -75,7 +79,7 @@ def test_a_new_camera_drifts_with_a_large_effect_and_alerts_once(tmp_path, monke
     assert not [c for c in first.failed_checks if c.check == "drift_report_no_drift"]
 
     demo_data.generate_demo(tmp_path / "scenes", count=30, seed=2, include_bad=False)
-    _new_camera(tmp_path / "scenes", landing / "second")
+    _new_camera(tmp_path / "scenes", landing)
     second = run_pipeline(instance, landing=str(landing), data_root=str(data), settings=settings)
     (second_batch,) = second.ingested_batches
     summary = pq.read_table(data / "catalog" / "drift_summary").to_pandas().set_index("batch_id")
@@ -99,3 +103,18 @@ def test_a_new_camera_drifts_with_a_large_effect_and_alerts_once(tmp_path, monke
 
     (alert,) = received  # the first batch had no reference: no alert for it
     assert alert["batch_id"] == second_batch and alert["severity"] == "large" and alert["top_causes"]
+
+    # adaptation: the round written by this run starts with the drifted batch's most atypical images
+    latest = json.loads((data / "review" / "latest.json").read_text())
+    queue = pd.read_csv(latest["csv"])
+    ranked = atypical[atypical["batch_id"] == second_batch].sort_values("rank")["image_id"].tolist()
+    drifted_rows = queue[queue["reason"] == "drift_atypical"]
+    assert len(drifted_rows) and queue["reason"].iloc[0] == "drift_atypical"
+    assert drifted_rows["image_id"].tolist() == ranked[:len(drifted_rows)]
+    defs = load_definitions(settings)
+    sensor = defs.resolve_sensor_def("drift_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    with dg.build_sensor_context(instance=instance, definitions=defs) as context:
+        (request,) = sensor.evaluate_tick(context).run_requests
+    assert request.run_key.startswith(f"drift:{second_batch}:")
+    assert set(request.asset_selection) == {dg.AssetKey("curated_dataset"), dg.AssetKey("review_queue")}

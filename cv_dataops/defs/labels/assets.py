@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from cv_dataops.curation.tables import CURATED
 from cv_dataops.defs.shared.partitions import SPANNING, table_metadata
+from cv_dataops.drift.tables import DRIFT_ATYPICALITY, DRIFT_SUMMARY
 from cv_dataops.embeddings.vectors import current_vectors, waiting_message
 from cv_dataops.exports.csv import export_csv
 from cv_dataops.exports.label_studio import (
@@ -258,13 +259,13 @@ def label_issues(context: dg.AssetExecutionContext, catalog: CatalogResource,
         **figures, "labels_version": labels_version, "label_issues_table": dg.MetadataValue.path(uri)})
 
 
-@dg.asset(deps=[label_issues, auto_labels, "curated_dataset"], group_name=GROUP, kinds={"json", "csv"},
-          code_version="1", automation_condition=SPANNING, output_required=False)
+@dg.asset(deps=[label_issues, auto_labels, "curated_dataset", "drift_report"], group_name=GROUP,
+          kinds={"json", "csv"}, code_version="1", automation_condition=SPANNING, output_required=False)
 def review_queue(context: dg.AssetExecutionContext, catalog: CatalogResource, labelling: LabelsResource,
                  embedding: EmbeddingResource) -> Iterator[dg.MaterializeResult]:
-    """What a human should look at next, within the round's budget: probable label errors, uncertain auto-labels,
-    and active-learning picks among the curated images without a label (coverage while labels are few, then
-    uncertainty within diversity). Written under the data root's review/ folder as Label Studio tasks (the
+    """What a human should look at next, within the round's budget: first the most atypical images of batches that
+    drifted (up to half the budget), then probable label errors, uncertain auto-labels, and active-learning picks
+    among the curated images without a label (coverage while labels are few, then uncertainty within diversity). Written under the data root's review/ folder as Label Studio tasks (the
     prediction pre-filled with its score, the reason and the image id in the task data), a labelling config and
     a CSV; review/latest.json names the newest round."""
     tables, storage = catalog.catalog(), catalog.storage()
@@ -278,8 +279,10 @@ def review_queue(context: dg.AssetExecutionContext, catalog: CatalogResource, la
                  else pd.DataFrame(columns=DECISION_COLUMNS))
     curated = tables.read(CURATED, columns=["image_id"]).column("image_id").to_pylist()
     active = _active_learning(catalog, audited, vectors, curated, labelling.budget)
+    drifted = queue_rows.drift_atypical_rows(tables.read(DRIFT_ATYPICALITY).to_pandas(),
+                                             tables.read(DRIFT_SUMMARY).to_pandas(), audited)
     queue = queue_rows.compose_review_queue(labelling.budget, queue_rows.probable_errors(issues, audited),
-                                            queue_rows.uncertain_auto_labels(decisions), active)
+                                            queue_rows.uncertain_auto_labels(decisions), active, drifted=drifted)
     uris = tables.read(IMAGES, columns=["image_id", "uri"]).to_pandas().drop_duplicates("image_id")
     queue = queue.merge(uris, on="image_id", how="left")
     tasks = review_tasks(queue, image_url=_image_url(catalog, labelling))

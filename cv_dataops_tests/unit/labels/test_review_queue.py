@@ -4,11 +4,13 @@ import pandas as pd
 
 from cv_dataops.labels.review_queue import (
     ACTIVE,
+    DRIFT_ATYPICAL,
     PROBABLE_ERROR,
     UNCERTAIN_AUTO,
     active_learning_rows,
     compose_review_queue,
     counts,
+    drift_atypical_rows,
     probable_errors,
     shares,
     uncertain_auto_labels,
@@ -35,7 +37,7 @@ def test_queue_orders_by_priority_skips_reviewed_and_takes_each_image_once():
     active = active_learning_rows(["f", "h", "i"], ["coverage"] * 3)
     queue = compose_review_queue(6, probable_errors(issues, audited), uncertain_auto_labels(decisions), active)
     assert queue["image_id"].tolist() == ["b", "a", "f", "e", "h", "i"]
-    assert counts(queue) == {PROBABLE_ERROR: 2, UNCERTAIN_AUTO: 2, ACTIVE: 2}
+    assert counts(queue) == {DRIFT_ATYPICAL: 0, PROBABLE_ERROR: 2, UNCERTAIN_AUTO: 2, ACTIVE: 2}
     assert queue["position"].tolist() == [1, 2, 3, 4, 5, 6]
     assert queue.set_index("image_id").loc["b", "prefill_label"] == "dog"
 
@@ -43,4 +45,23 @@ def test_queue_orders_by_priority_skips_reviewed_and_takes_each_image_once():
 def test_an_empty_round():
     empty = probable_errors(pd.DataFrame(), pd.DataFrame({"image_id": [], "status": []}))
     queue = compose_review_queue(5, empty, uncertain_auto_labels(pd.DataFrame()), active_learning_rows([], []))
-    assert queue.empty and counts(queue) == {PROBABLE_ERROR: 0, UNCERTAIN_AUTO: 0, ACTIVE: 0}
+    assert queue.empty and counts(queue) == {DRIFT_ATYPICAL: 0, PROBABLE_ERROR: 0, UNCERTAIN_AUTO: 0, ACTIVE: 0}
+
+
+def test_a_drifted_batch_puts_its_most_atypical_unlabelled_images_first_within_half_the_budget():
+    summary = pd.DataFrame({"batch_id": ["b1", "b2", "b3"], "drifted": [True, False, True],
+                            "top_cause": ["width grew", None, "sharpness dropped"]})
+    atypicality = pd.DataFrame({"batch_id": ["b1", "b1", "b1", "b2", "b3", "b3"],
+                                "image_id": ["p", "q", "r", "s", "t", "u"], "atypicality": [0.9, 0.8, 0.1, 1.0, 0.7, 0.6],
+                                "rank": [1, 2, 3, 1, 1, 2]})
+    audited = pd.DataFrame({"image_id": ["q", "u"], "status": ["human", "auto_accepted"]})
+    drifted = drift_atypical_rows(atypicality, summary, audited)
+    # the newest drifted batch first, each by rank; b2 did not drift; q already has a human label
+    assert drifted["image_id"].tolist() == ["t", "u", "p", "r"]
+    assert "sharpness dropped" in drifted["detail"].iloc[0]
+    active = active_learning_rows(["p", "h", "i", "j"], ["coverage"] * 4)
+    queue = compose_review_queue(5, probable_errors(pd.DataFrame(), audited), uncertain_auto_labels(pd.DataFrame()),
+                                 active, drifted=drifted)
+    # two of five (half, rounded down) for the drift; p, not taken for it, comes once, as an active-learning pick
+    assert queue["image_id"].tolist() == ["t", "u", "p", "h", "i"]
+    assert counts(queue)[DRIFT_ATYPICAL] == 2 and queue["position"].tolist() == [1, 2, 3, 4, 5]
