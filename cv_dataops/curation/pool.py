@@ -1,4 +1,9 @@
-"""The curation pool: every image embedded by the current embedder, joined with what curation needs to judge it."""
+"""The curation pool: every image embedded by the current embedder, joined with what curation needs to judge it.
+
+An image's label is its audited one (``audited_labels``: human beats review beats an accepted auto-label, a dispute
+settled by the audit's rule), so a review that corrects a label corrects the curated set and its exports; the
+landing label (``images.label``) stands where the labels loop has not audited the image (or has not run yet).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from cv_dataops.discovery.tables import SCENARIOS
 from cv_dataops.duplicates.tables import DUPLICATES
 from cv_dataops.embeddings.vectors import Vectors
 from cv_dataops.ingest.tables import IMAGES
+from cv_dataops.labels.tables import AUDITED_LABELS
 from cv_dataops.quality.gating import blocked_batches
 from cv_dataops.quality.tables import QUALITY
 
@@ -21,6 +27,8 @@ def curation_pool(tables, max_unusable_rate: float, vectors: Vectors) -> tuple[p
     quality = tables.read(QUALITY, columns=["image_id", "batch_id", "is_unusable"]).to_pandas()
     duplicates = tables.read(DUPLICATES, columns=["image_id", "group_id", "keep"]).to_pandas()
     scenes = tables.read(SCENARIOS, columns=["image_id", "scenario"]).to_pandas()
+    audited = tables.read(AUDITED_LABELS, columns=["image_id", "label"]).to_pandas().set_index("image_id")["label"]
+    images["label"] = images["image_id"].map(audited).fillna(images["label"])
     frame = (vectors.frame().merge(images, on="image_id").merge(quality.drop(columns="batch_id"), on="image_id",
                                                                  how="left")
              .merge(duplicates, on="image_id", how="left").merge(scenes, on="image_id", how="left"))

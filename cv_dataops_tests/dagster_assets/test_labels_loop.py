@@ -178,3 +178,13 @@ def test_a_review_file_dropped_alone_is_applied_by_the_next_run(loop):
     assert list(mine["label"]) == [loop["truth"][unlabelled]]
     again = run_pipeline(instance, landing=str(loop["root"] / "landing"), data_root=str(data), settings=settings)
     assert not again.downstream_assets  # applied once: nothing waits now
+
+    # the curated set carries the audited labels: the reviewed answers for images that landed without one
+    curated = pq.read_table(data / "catalog" / "curated").to_pandas().set_index("image_id")
+    audited = pq.read_table(data / "catalog" / "audited_labels").to_pandas().set_index("image_id")["label"]
+    shared = curated.index.intersection(audited.index)
+    assert len(shared) and (curated.loc[shared, "label"] == audited[shared]).all()
+    landed_unlabelled = set(images[images["label"].isna()].image_id)
+    now_labelled = [i for i in shared if i in landed_unlabelled]
+    assert now_labelled, "no image that landed unlabelled and was reviewed is in the curated set"
+    assert all(curated.loc[i, "label"] == loop["truth"][i] for i in now_labelled)

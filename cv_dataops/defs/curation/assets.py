@@ -20,10 +20,10 @@ from cv_dataops.resources import (
 
 
 @dg.asset(
-    deps=["image_quality", "image_duplicates", "image_embeddings", "scenarios"],
+    deps=["image_quality", "image_duplicates", "image_embeddings", "scenarios", "audited_labels"],
     group_name="curation",
     kinds={"python", "parquet"},
-    code_version="3",
+    code_version="4",  # 4: the audited label, not the landing label
     metadata=table_metadata(CURATED),
     automation_condition=SPANNING,
     output_required=False,
