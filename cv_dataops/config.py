@@ -319,13 +319,18 @@ def _embedder(spec: Mapping[str, Any]) -> dict:
     return dict(spec)
 
 
-def _curation(values: Mapping[str, Any]) -> dict:
+def _resource_settings(values: Mapping[str, Any], keys: list[str], validate: Callable[[], Any]) -> dict:
+    """A JSON setting whose keys are a resource's fields: unknown keys, then the resource's own validation."""
+    _unknown_keys(values, keys)
+    _checked(validate)
+    return dict(values)
 
+
+def _curation(values: Mapping[str, Any]) -> dict:
     from cv_dataops.resources import CurationResource
 
-    _unknown_keys(values, [name for name in CurationResource.model_fields if name != "settings_error"])
-    _checked(lambda: CurationResource(**values).settings())
-    return dict(values)
+    return _resource_settings(values, [name for name in CurationResource.model_fields if name != "settings_error"],
+                              lambda: CurationResource(**values).settings())
 
 
 def _checked(build: Callable[[], Any]) -> None:
@@ -365,20 +370,15 @@ def _labels_taxonomy(value: Any) -> dict:
 
 
 def _review(values: Mapping[str, Any]) -> dict:
-
     from cv_dataops.resources import LabelsResource
 
-    _unknown_keys(values, LabelsResource.review_keys())
-    _checked(lambda: LabelsResource(**values).check())
-    return dict(values)
+    return _resource_settings(values, LabelsResource.review_keys(), lambda: LabelsResource(**values).check())
 
 
 def _drift(values: Mapping[str, Any]) -> dict:
     from cv_dataops.resources import DriftResource
 
-    _unknown_keys(values, DriftResource.setting_keys())
-    _checked(lambda: DriftResource(**values).check())
-    return dict(values)
+    return _resource_settings(values, DriftResource.setting_keys(), lambda: DriftResource(**values).check())
 
 
 _PARSERS: dict[str, Callable[[str], Any]] = {

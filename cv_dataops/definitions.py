@@ -72,7 +72,8 @@ def load_definitions(settings: Settings | None = None) -> dg.Definitions:
         warnings.simplefilter("ignore", dg.PreviewWarning)  # map_asset_specs
         versioned = dg.Definitions(
             assets=unique, asset_checks=stages.asset_checks, jobs=stages.jobs, schedules=stages.schedules,
-            sensors=stages.sensors, executor=stages.executor or step_executor(), loggers=stages.loggers, metadata=stages.metadata,
+            sensors=stages.sensors, executor=stages.executor or step_executor(), loggers=stages.loggers,
+            metadata=stages.metadata,
             resources={**(stages.resources or {}), **build_resources(settings)},
         ).map_asset_specs(func=with_settings_version)
     return versioned

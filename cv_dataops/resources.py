@@ -9,7 +9,6 @@ from its settings (:func:`s3_client_settings`), with retries on throttling and 5
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
@@ -34,16 +33,13 @@ from cv_dataops.core.storage import (
     S3ClientSettings,
     Storage,
     UriReader,
+    absolute_location,
     open_data_root,
     open_storage,
 )
 from cv_dataops.ingest.batch import IngestLimits
 from cv_dataops.ingest.labels import LABEL_MODES, LabelSource
 from cv_dataops.ingest.landing import MAX_ATTEMPTS, RETRY_PAUSE_SECONDS, BatchLedger
-
-
-def _absolute(uri: str) -> str:
-    return uri if "://" in uri else os.path.abspath(uri)
 
 
 def s3_client_settings(s3: S3Resource) -> S3ClientSettings:
@@ -113,7 +109,7 @@ class LandingResource(StageResource):
     s3: S3Resource = Field(default_factory=S3Resource)
 
     def storage(self, uri: str | None = None) -> Storage:
-        return open_storage(_absolute(uri or self.uri), s3_client_settings(self.s3).client)
+        return open_storage(absolute_location(uri or self.uri), s3_client_settings(self.s3).client)
 
     def limits(self) -> IngestLimits:
         return IngestLimits(max_pixels=self.max_pixels, min_side=self.min_side, max_bytes=self.max_bytes,

@@ -656,13 +656,17 @@ _DEFAULT_READER = UriReader()  # boto3's default configuration, for callers with
 DATA_ROOT_OUTAGE_SECONDS = 60.0
 
 
+def absolute_location(uri: str | os.PathLike[str]) -> str:
+    """A URI as it is, a folder as an absolute path (stages and worker processes may run in other directories)."""
+    text = os.fspath(uri)
+    return text if "://" in text else os.path.abspath(text)
+
+
 def open_data_root(data_root: str, s3: S3ClientSettings | None = None,
                    outage_seconds: float = DATA_ROOT_OUTAGE_SECONDS) -> Storage:
-    """The data root (a folder, made absolute, or ``s3://bucket/prefix``) as the catalog's stages open it: the
-    Dagster resource and the commands that only read tables (without importing Dagster) share this."""
-    text = os.fspath(data_root)
-    return open_storage(text if "://" in text else os.path.abspath(text), (s3 or S3ClientSettings()).client,
-                        outage_seconds)
+    """The data root as the catalog's stages open it: the Dagster resource and the commands that only read tables
+    (without importing Dagster) share this."""
+    return open_storage(absolute_location(data_root), (s3 or S3ClientSettings()).client, outage_seconds)
 
 
 def open_storage(uri: str | os.PathLike[str], s3_client: Any | Callable[[], Any] | None = None,

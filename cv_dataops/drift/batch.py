@@ -8,9 +8,10 @@ The reference is read as it stands when the batch is tested, not declared as an 
 snapshot is built from every batch, this batch included, so a declared dependency would be a cycle. The batch's
 own images never count as reference, and the report names the snapshot it compared with.
 
-A named snapshot as reference is not offered here yet (the domain's chooser takes one, but the snapshots'
-rows are not read); the current snapshot and the last N batches are. Not here yet either: the label-model family (predicted labels, confidence, the accuracy estimate). It needs out-of-sample
-probabilities for the reference, and the train split is what the promoted model was fitted on.
+A named snapshot as reference is not offered here yet (the domain's chooser takes one, but the snapshots' rows
+are not read); the current snapshot and the last N batches are. Not here yet either: the label-model family
+(predicted labels, confidence, the accuracy estimate). It needs out-of-sample probabilities for the reference,
+and the train split is what the promoted model was fitted on.
 """
 
 from __future__ import annotations
@@ -64,8 +65,7 @@ def drift_for_batch(tables: Catalog, batch_id: str, vectors: Vectors | None, *,
     """Test ``batch_id`` against its reference. ``vectors``: the current embedder's (None: properties only)."""
     images = tables.read(IMAGES, columns=_IMAGE_COLUMNS).to_pandas()
     own = images[images["batch_id"] == batch_id]
-    quality = tables.read(QUALITY).to_pandas()
-    batch_properties = property_frame(quality[quality["batch_id"] == batch_id], own)
+    batch_properties = property_frame(tables.read(QUALITY, [batch_id]).to_pandas(), own)
     curated = tables.read(CURATED, columns=["image_id", "split", "snapshot_id"]).to_pandas()  # empty: none yet
     order = list(dict.fromkeys(images["batch_id"]))
     earlier = {b: images["image_id"][images["batch_id"] == b].tolist() for b in order[:order.index(batch_id)]} \
@@ -79,6 +79,7 @@ def drift_for_batch(tables: Catalog, batch_id: str, vectors: Vectors | None, *,
                           reference, uris)
     wanted = set(reference.image_ids)
     reference_images = images[images["image_id"].isin(wanted)].drop_duplicates("image_id")
+    quality = tables.read(QUALITY, sorted(set(reference_images["batch_id"]))).to_pandas()  # the reference's batches
     reference_properties = property_frame(quality[quality["image_id"].isin(wanted)].drop_duplicates("image_id"),
                                           reference_images)
     result = detect_drift(batch_id, batch, _sample(reference_properties, vectors), reference.reference_id, settings)

@@ -17,13 +17,18 @@ def thumbnail_png(data: bytes, side: int = 64) -> bytes:
     return buffer.getvalue()
 
 
+def png_data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
 def thumbnail_data_uri(data: bytes, side: int = 64) -> str:
     """A ``data:image/png;base64,...`` thumbnail (:func:`thumbnail_png`)."""
-    return "data:image/png;base64," + base64.b64encode(thumbnail_png(data, side)).decode("ascii")
+    return png_data_uri(thumbnail_png(data, side))
 
 
 def catalog_thumbnail_png(uri: str, image_id: str, read: Callable[[str], bytes], side: int = 96) -> bytes | None:
-    """A catalog image's PNG thumbnail, or None when its file moved, changed since ingest or cannot be decoded."""
+    """A catalog image's PNG thumbnail, or None when its file moved, changed since ingest or cannot be decoded:
+    a thumbnail is a courtesy and never fails the stage that shows it."""
     try:
         return thumbnail_png(read_verified(uri, image_id, read), side=side)
     except Exception:  # noqa: BLE001
@@ -31,12 +36,9 @@ def catalog_thumbnail_png(uri: str, image_id: str, read: Callable[[str], bytes],
 
 
 def catalog_thumbnail(uri: str, image_id: str, read: Callable[[str], bytes], side: int = 48) -> str | None:
-    """A catalog image's thumbnail, or None when its file moved, changed since ingest or cannot be decoded:
-    a thumbnail is a courtesy and never fails the stage that shows it."""
-    try:
-        return thumbnail_data_uri(read_verified(uri, image_id, read), side=side)
-    except Exception:  # noqa: BLE001
-        return None
+    """A catalog image's thumbnail as a data URI (:func:`catalog_thumbnail_png`)."""
+    png = catalog_thumbnail_png(uri, image_id, read, side)
+    return None if png is None else png_data_uri(png)
 
 
 def markdown_grid(sections: dict[str, Iterable[tuple[str, str]]]) -> str:

@@ -16,7 +16,11 @@ from cv_dataops.drift.explain import most_atypical
 from cv_dataops.drift.report import write_report
 from cv_dataops.drift.tables import DRIFT, DRIFT_ATYPICALITY, DRIFT_SUMMARY
 from cv_dataops.embeddings.vectors import current_vectors
-from cv_dataops.images.thumbnails import catalog_thumbnail_png
+from cv_dataops.images.thumbnails import (
+    catalog_thumbnail_png,
+    markdown_grid,
+    png_data_uri,
+)
 from cv_dataops.resources import CatalogResource, DriftResource, EmbeddingResource
 
 DRIFT_VERSION = "1"
@@ -68,13 +72,5 @@ def drift_report(context: dg.AssetExecutionContext, catalog: CatalogResource, em
         "causes": dg.MetadataValue.json(metadata["causes"]),
         "reference": found.reference.reason, "report": dg.MetadataValue.path(report_uri),
         "drift_summary_table": dg.MetadataValue.path(summary_uri), "alert": dg.MetadataValue.json(alert),
-        "most_atypical": dg.MetadataValue.md(_thumbnail_row(thumbnails)) if thumbnails else "none"})
-
-
-def _thumbnail_row(thumbnails: dict[str, bytes]) -> str:
-    import base64
-
-    cells = [f"![{image_id[:12]}](data:image/png;base64,{base64.b64encode(png).decode()})"
-             for image_id, png in thumbnails.items()]
-    return "| " + " | ".join(image_id[:12] for image_id in thumbnails) + " |\n|" + "---|" * len(cells) + "\n| " \
-        + " | ".join(cells) + " |"
+        "most_atypical": dg.MetadataValue.md(markdown_grid({"most atypical first": [
+            (image_id[:12], png_data_uri(png)) for image_id, png in thumbnails.items()]}))})

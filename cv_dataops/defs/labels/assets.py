@@ -265,9 +265,10 @@ def review_queue(context: dg.AssetExecutionContext, catalog: CatalogResource, la
                  embedding: EmbeddingResource) -> Iterator[dg.MaterializeResult]:
     """What a human should look at next, within the round's budget: first the most atypical images of batches that
     drifted (up to half the budget), then probable label errors, uncertain auto-labels, and active-learning picks
-    among the curated images without a label (coverage while labels are few, then uncertainty within diversity). Written under the data root's review/ folder as Label Studio tasks (the
-    prediction pre-filled with its score, the reason and the image id in the task data), a labelling config and
-    a CSV; review/latest.json names the newest round."""
+    among the curated images without a label (coverage while labels are few, then uncertainty within diversity).
+    Written under the data root's review/ folder as Label Studio tasks (the prediction pre-filled with its score,
+    the reason and the image id in the task data), a labelling config and a CSV; review/latest.json names the
+    newest round."""
     tables, storage = catalog.catalog(), catalog.storage()
     vectors = current_vectors(tables, storage, embedding.spec)
     if vectors.none_current_yet:
