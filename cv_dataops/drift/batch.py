@@ -9,15 +9,23 @@ snapshot is built from every batch, this batch included, so a declared dependenc
 own images never count as reference, and the report names the snapshot it compared with.
 
 A named snapshot as reference is not offered here yet (the domain's chooser takes one, but the snapshots' rows
-are not read); the current snapshot and the last N batches are. Not here yet either: the label-model family
-(predicted labels, confidence, the accuracy estimate). It needs out-of-sample probabilities for the reference,
-and the train split is what the promoted model was fitted on.
+are not read); the current snapshot and the last N batches are.
+
+With a promoted label model (of the current embedder), the model family runs too: its predicted labels and
+confidence on the batch against the reference, and an accuracy estimate. The reference's probabilities must be
+out of sample, and the model was trained on the verified labels: a reference image takes part only when the
+model cannot have seen its label (it is in the frozen holdout, or it never had a human or review label; a
+disputed label might once have been human, so it is left out), and the holdout's audited labels calibrate the
+accuracy estimate.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from cv_dataops.core.catalog import Catalog
@@ -59,10 +67,47 @@ def _sample(properties: pd.DataFrame, vectors: Vectors | None) -> DriftSample:
     return DriftSample(kept, vectors=vectors.matrix[vectors.rows_of(kept["image_id"])])
 
 
+@dataclass(frozen=True)
+class PromotedModel:
+    """The promoted label model for the model family: ``model`` has ``predict_proba`` and ``classes_`` and reads
+    the current embedder's vectors; ``holdout``: the frozen holdout's image ids; ``audited``: the audited_labels
+    rows (image_id, label, status)."""
+
+    model: Any
+    version: str
+    holdout: Iterable[str]
+    audited: pd.DataFrame
+
+
+TRAINABLE_STATUSES = ("human", "reviewed", "disputed")  # a label the model may have been trained on
+
+
+def _with_model(sample: DriftSample, promoted: PromotedModel, reference: bool) -> DriftSample:
+    """``sample`` with the model's probabilities (reference: NaN where the model may have seen the label) and,
+    for the reference, the holdout's labels as column indices."""
+    if sample.vectors is None or not len(sample.vectors):
+        return sample
+    probabilities = np.asarray(promoted.model.predict_proba(sample.vectors), dtype=np.float64)
+    if not reference:
+        return DriftSample(sample.properties, sample.vectors, probabilities)
+    ids = sample.properties["image_id"].astype(str)
+    holdout = set(map(str, promoted.holdout))
+    audited = promoted.audited
+    seen = set(audited["image_id"][audited["status"].isin(TRAINABLE_STATUSES)].astype(str)) - holdout
+    probabilities[ids.isin(seen).to_numpy()] = np.nan
+    classes = [str(c) for c in promoted.model.classes_]
+    verified = audited[audited["status"].isin(("human", "reviewed")) & audited["image_id"].isin(holdout)]
+    label_of = dict(zip(verified["image_id"].astype(str), verified["label"].astype(str)))
+    labels = np.array([classes.index(label_of[i]) if label_of.get(i) in classes else -1 for i in ids])
+    return DriftSample(sample.properties, sample.vectors, probabilities, labels)
+
+
 def drift_for_batch(tables: Catalog, batch_id: str, vectors: Vectors | None, *,
                     settings: DriftSettings = DriftSettings(),
-                    reference_settings: ReferenceSettings = ReferenceSettings()) -> BatchDrift:
-    """Test ``batch_id`` against its reference. ``vectors``: the current embedder's (None: properties only)."""
+                    reference_settings: ReferenceSettings = ReferenceSettings(),
+                    promoted: PromotedModel | None = None) -> BatchDrift:
+    """Test ``batch_id`` against its reference. ``vectors``: the current embedder's (None: properties only);
+    ``promoted``: the promoted label model of that embedder (None: no model family)."""
     images = tables.read(IMAGES, columns=_IMAGE_COLUMNS).to_pandas()
     own = images[images["batch_id"] == batch_id]
     batch_properties = property_frame(tables.read(QUALITY, [batch_id]).to_pandas(), own)
@@ -82,6 +127,15 @@ def drift_for_batch(tables: Catalog, batch_id: str, vectors: Vectors | None, *,
     quality = tables.read(QUALITY, sorted(set(reference_images["batch_id"]))).to_pandas()  # the reference's batches
     reference_properties = property_frame(quality[quality["image_id"].isin(wanted)].drop_duplicates("image_id"),
                                           reference_images)
-    result = detect_drift(batch_id, batch, _sample(reference_properties, vectors), reference.reference_id, settings)
-    result.note = reference.reason if not result.note else f"{result.note}; {reference.reason}"
+    reference_sample = _sample(reference_properties, vectors)
+    classes = None
+    if promoted is not None and vectors is not None:
+        batch, reference_sample = _with_model(batch, promoted, False), _with_model(reference_sample, promoted, True)
+        classes = [str(c) for c in promoted.model.classes_]
+    result = detect_drift(batch_id, batch, reference_sample, reference.reference_id, settings, classes=classes)
+    notes = [result.note] if result.note else []
+    if promoted is not None and reference_sample.probabilities is not None:
+        used = int(np.isfinite(reference_sample.probabilities).all(axis=1).sum())
+        notes.append(f"label model {promoted.version}: {used} reference images it never trained on")
+    result.note = "; ".join([*notes, reference.reason])
     return BatchDrift(result, reference, uris)

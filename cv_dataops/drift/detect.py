@@ -64,8 +64,8 @@ class DriftSettings:
 class DriftSample:
     """One side of the comparison, rows aligned: ``properties`` (image_id and the columns of
     :func:`~cv_dataops.drift.statistics.property_frame`), optional ``vectors`` (one embedder version),
-    ``probabilities`` of the promoted label model (for the reference: out-of-sample), and for the reference
-    optional ``labels`` (column index of the known label, -1 unknown) and ``scenarios``."""
+    ``probabilities`` of the promoted label model (for the reference: out-of-sample; a row of NaN takes no part),
+    and for the reference optional ``labels`` (column index of the known label, -1 unknown) and ``scenarios``."""
 
     properties: pd.DataFrame
     vectors: np.ndarray | None = None
@@ -221,9 +221,13 @@ def detect_drift(batch_id: str, batch: DriftSample, reference: DriftSample | Non
         tests += scenario_tests(picture, np.asarray(scenarios))
         embedding, nearest = picture.embedding_atypicality(), picture.batch_nearest
     if reference.probabilities is not None and batch.probabilities is not None:
-        tests += model_tests(reference.probabilities, batch.probabilities, classes)
+        # rows without probabilities (NaN: e.g. reference images the model was trained on) take no part
+        known_reference = np.isfinite(reference.probabilities).all(axis=1)
+        known_batch = np.isfinite(batch.probabilities).all(axis=1)
+        tests += model_tests(reference.probabilities[known_reference], batch.probabilities[known_batch], classes)
         if reference.labels is not None:
-            result.accuracy = accuracy_estimate(reference.probabilities, reference.labels, batch.probabilities)
+            result.accuracy = accuracy_estimate(reference.probabilities, reference.labels,
+                                                batch.probabilities[known_batch])
     weighted_holm(tests, settings.alpha)
     result.tests = tests
     result.causes = explain(tests, result.accuracy)

@@ -28,6 +28,7 @@ from typing import Any
 
 from cv_dataops.core.storage import Storage, open_storage
 
+REGISTRY_FOLDER = "models/label_model"  # under the data root
 VERSION = re.compile(r"^v(\d{4,})$")
 MODEL, METADATA, PROMOTED, PROMOTIONS = "model.pkl", "metadata.json", "promoted.json", "promotions/"
 

@@ -79,6 +79,13 @@ def frozen_holdout(registry: ModelRegistry, audited: pd.DataFrame, fraction: flo
     return chosen
 
 
+def holdout_ids(registry: ModelRegistry) -> list[str]:
+    """The frozen holdout's image ids, [] while none is frozen (reads only; :func:`frozen_holdout` freezes)."""
+    if not registry.storage.exists(HOLDOUT):
+        return []
+    return list(json.loads(registry.storage.read_bytes(HOLDOUT))["image_ids"])
+
+
 def _digest(model: LabelModel, embedder_version: str | None, train: pd.DataFrame) -> str:
     parts = [embedder_version, sorted(model.get_params().items()),
              sorted(zip(train["image_id"].tolist(), train["label"].tolist()))]

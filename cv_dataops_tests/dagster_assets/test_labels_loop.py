@@ -188,3 +188,27 @@ def test_a_review_file_dropped_alone_is_applied_by_the_next_run(loop):
     now_labelled = [i for i in shared if i in landed_unlabelled]
     assert now_labelled, "no image that landed unlabelled and was reviewed is in the curated set"
     assert all(curated.loc[i, "label"] == loop["truth"][i] for i in now_labelled)
+
+
+def test_a_later_batch_is_tested_with_the_promoted_label_model(loop):
+    """With a curated snapshot and a promoted model in place, the next batch's drift report runs the model family:
+    predicted labels and confidence against the reference images the model never trained on, and an estimate of
+    its accuracy on the batch."""
+    data, settings, instance = loop["data"], loop["settings"], loop["instance"]
+    registry = ModelRegistry(LocalStorage(data / "models" / "label_model"))
+    if registry.promoted() is None:  # the tiny embedder's model rarely beats the majority class on 17 items
+        registry.promote(registry.list()[-1].version, "promoted by hand, as a team may, to test drift with it")
+    promoted = registry.promoted()
+    demo_data.generate_demo(loop["root"] / "landing" / "later", count=24, seed=9, include_bad=False)
+    summary = run_pipeline(instance, landing=str(loop["root"] / "landing"), data_root=str(data), settings=settings)
+    (batch,) = summary.ingested_batches
+    event = instance.get_latest_materialization_event(dg.AssetKey("drift_report"))
+    assert event.dagster_event.partition == batch
+    metadata = {name: value.value for name, value in event.asset_materialization.metadata.items()}
+    assert f"label model {promoted.version}:" in metadata["note"], metadata["note"]
+    assert metadata["estimated_accuracy"] is not None and 0 <= metadata["estimated_accuracy"] <= 1, metadata
+    assert metadata["reference_accuracy"] is not None
+    tests = pq.read_table(data / "catalog" / "drift").to_pandas()
+    mine = tests[tests["batch_id"] == batch].set_index("feature")
+    assert {"predicted_label", "confidence"} <= set(mine.index)
+    assert mine.loc["predicted_label", "p_value"] is not None

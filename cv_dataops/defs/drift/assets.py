@@ -11,7 +11,7 @@ from cv_dataops.defs.shared.partitions import (
     table_metadata,
 )
 from cv_dataops.drift.alerts import alert_payload, post_alert
-from cv_dataops.drift.batch import drift_for_batch
+from cv_dataops.drift.batch import PromotedModel, drift_for_batch
 from cv_dataops.drift.explain import most_atypical
 from cv_dataops.drift.report import write_report
 from cv_dataops.drift.tables import DRIFT, DRIFT_ATYPICALITY, DRIFT_SUMMARY
@@ -21,9 +21,24 @@ from cv_dataops.images.thumbnails import (
     markdown_grid,
     png_data_uri,
 )
+from cv_dataops.labels.registry import REGISTRY_FOLDER, ModelRegistry
+from cv_dataops.labels.tables import AUDITED_LABELS
+from cv_dataops.labels.training import current_model, holdout_ids
 from cv_dataops.resources import CatalogResource, DriftResource, EmbeddingResource
 
-DRIFT_VERSION = "1"
+DRIFT_VERSION = "2"
+
+
+def _promoted_model(context, catalog: CatalogResource, tables, embedder_version: str | None) -> PromotedModel | None:
+    """The promoted label model when it reads this embedder's vectors (read as it stands, like the reference: a
+    declared dependency on label_model would re-run every batch's report on each new model)."""
+    registry = ModelRegistry(catalog.storage().child(REGISTRY_FOLDER))
+    model, version, _, error = current_model(registry, embedder_version)
+    if error:
+        context.log.warning(f"drift: no model family, the promoted label model cannot be loaded: {error}")
+    if model is None:
+        return None
+    return PromotedModel(model, version, holdout_ids(registry), tables.read(AUDITED_LABELS).to_pandas())
 
 
 @dg.asset(
@@ -39,14 +54,16 @@ DRIFT_VERSION = "1"
 def drift_report(context: dg.AssetExecutionContext, catalog: CatalogResource, embedding: EmbeddingResource,
                  drift: DriftResource) -> dg.MaterializeResult:
     """Whether the batch drifted from its reference, where and why: KS / chi-squared per image property, MMD and a
-    domain classifier on the embeddings, scenario shares and novel images, weighted Holm over all of them at
-    alpha; tables drift, drift_summary and drift_atypicality, the report under reports/drift/, and on large drift
+    domain classifier on the embeddings, scenario shares and novel images, and with a promoted label model its
+    predicted labels, confidence and estimated accuracy; weighted Holm over all of them at alpha; tables drift, drift_summary and drift_atypicality, the report under reports/drift/, and on large drift
     a webhook alert (retried, never failing the run). With no reference yet it says so and flags nothing."""
     batch_id = context.partition_key
     tables, storage = catalog.catalog(), catalog.storage()
     vectors = current_vectors(tables, storage, embedding.spec)
-    found = drift_for_batch(tables, batch_id, None if vectors.none_current_yet else vectors,
-                            settings=drift.drift_settings(), reference_settings=drift.reference_settings())
+    current = None if vectors.none_current_yet else vectors
+    promoted = _promoted_model(context, catalog, tables, vectors.embedder_version) if current else None
+    found = drift_for_batch(tables, batch_id, current, settings=drift.drift_settings(),
+                            reference_settings=drift.reference_settings(), promoted=promoted)
     result = found.result
     read = catalog.uri_reader()
     thumbnails = {}

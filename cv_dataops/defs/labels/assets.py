@@ -39,7 +39,7 @@ from cv_dataops.labels.auto_labelling import (
     candidates,
 )
 from cv_dataops.labels.label_issues import find_label_issues
-from cv_dataops.labels.registry import ModelRegistry
+from cv_dataops.labels.registry import REGISTRY_FOLDER, ModelRegistry
 from cv_dataops.labels.review import append_dropped, imports_summary
 from cv_dataops.labels.sources import CatalogImages, landing_events
 from cv_dataops.labels.store import LabelStore
@@ -58,7 +58,6 @@ from cv_dataops.resources import (
 )
 
 GROUP = "labels"
-REGISTRY_FOLDER = "models/label_model"
 AUTO_LABELS_KEY = "labels/auto_labels.parquet"  # the latest auto-label decisions (accepted and to review)
 LATEST_ROUND_KEY = "latest.json"  # under the queue folder: the newest round's files
 PROBLEMS_SHOWN = 20
