@@ -8,7 +8,13 @@ from __future__ import annotations
 from cv_dataops.core.schema import TableDefinition
 from cv_dataops.curation.tables import CURATED
 from cv_dataops.discovery.tables import SCENARIOS
-from cv_dataops.drift.tables import DRIFT, DRIFT_ATYPICALITY, DRIFT_SUMMARY, SEVERITIES
+from cv_dataops.drift.tables import (
+    DATA_HEALTH,
+    DRIFT,
+    DRIFT_ATYPICALITY,
+    DRIFT_SUMMARY,
+    SEVERITIES,
+)
 from cv_dataops.duplicates.tables import (
     DUPLICATE_PAIRS,
     DUPLICATES,
@@ -35,7 +41,7 @@ TABLES: dict[str, TableDefinition] = {table.name: table for table in
                                       (IMAGES, QUARANTINE, OBJECTS, QUALITY, DUPLICATES, DUPLICATE_PAIRS,
                                        EMBEDDING_DUPLICATE_PAIRS, EMBEDDINGS, SCENARIOS, CURATED, LABELS,
                                        AUDITED_LABELS, LABEL_ISSUES, DRIFT, DRIFT_SUMMARY,
-                                       DRIFT_ATYPICALITY)}
+                                       DRIFT_ATYPICALITY, DATA_HEALTH)}
 
 # Tables stored one file per something other than a batch (the catalog treats them alike: one file per name).
 LAYOUTS: dict[str, str] = {

@@ -87,8 +87,21 @@ class Catalog:
                 part = self.read_file(definition, None if name == UNPARTITIONED else name, columns)
             except FileNotFoundError:
                 continue  # a batch with no file yet has no rows
-            parts.append(part.select(schema.names).cast(schema))
+            parts.append(_conform(part, schema, definition.name))
         return pa.concat_tables(parts) if parts else schema.empty_table()
 
     def delete(self, table: TableDefinition | str, partition: str | None = None) -> None:
         self.storage.delete(self.key(table, partition))
+
+
+def _conform(part: pa.Table, schema: pa.Schema, table: str) -> pa.Table:
+    """A stored file in the code's schema. Columns are added, never removed (docs/data-model.md): a file written
+    before a nullable column existed reads it as nulls; a missing column that may not be null is an error that
+    names it."""
+    present = set(part.column_names)
+    for field in schema:
+        if field.name not in present:
+            if not field.nullable:
+                raise ValueError(f"table {table}: a stored file lacks column {field.name!r}, which may not be null")
+            part = part.append_column(field, pa.nulls(part.num_rows, field.type))
+    return part.select(schema.names).cast(schema)

@@ -120,7 +120,11 @@ class DriftResult:
                                          "drifted": self.drifted, "severity": self.severity,
                                          "top_cause": self.top_cause,
                                          "causes": "\n".join(c.text for c in self.causes) or None,
-                                         "report_uri": report_uri}])
+                                         "report_uri": report_uri,
+                                         "estimated_accuracy": None if self.accuracy is None
+                                         else self.accuracy.batch_accuracy,
+                                         "reference_accuracy": None if self.accuracy is None
+                                         else self.accuracy.reference_accuracy}])
 
     def atypicality_table(self):
         """The rows for `drift_atypicality` (a part that could not be measured is null, not NaN)."""

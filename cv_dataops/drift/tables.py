@@ -1,9 +1,11 @@
 """The tables the drift report writes: `drift` (every test), `drift_summary` (one decision per batch) and
-`drift_atypicality` (how far each image of the batch is from the reference)."""
+`drift_atypicality` (how far each image of the batch is from the reference); and `data_health`, one row per batch
+of the rates a team watches over time."""
 
 import pyarrow as pa
 
 from cv_dataops.core.schema import Column, TableDefinition
+from cv_dataops.quality.issues import issue_types
 
 # How a batch's drift is graded; the asset check maps small to WARN and large to ERROR.
 SEVERITIES: dict[str, str] = {
@@ -48,6 +50,10 @@ DRIFT_SUMMARY = TableDefinition(
                                          "property or scenario explains it; null when nothing drifted."),
         Column("causes", pa.string(), "Every cause in words, most important first, one per line."),
         Column("report_uri", pa.string(), "The self-contained HTML report of the batch."),
+        Column("estimated_accuracy", pa.float64(), "The promoted label model's estimated accuracy on the batch "
+                                                   "(average thresholded confidence); null without a model."),
+        Column("reference_accuracy", pa.float64(), "Its accuracy on the reference images it never trained on "
+                                                   "(the frozen holdout), what the estimate is calibrated to."),
     ),
 )
 
@@ -68,5 +74,37 @@ DRIFT_ATYPICALITY = TableDefinition(
                                                      "property among the reference's values."),
         Column("nearest_reference_distance", pa.float64(), "Cosine distance to the nearest reference image."),
         Column("rank", pa.int32(), "1 = most atypical; ties by the score's parts, then by image id.", False),
+    ),
+)
+
+
+def _issue_rate_columns() -> tuple[Column, ...]:
+    return tuple(Column(f"{issue.name}_rate", pa.float64(), f"Share of the batch's measured images flagged "
+                                                            f"{issue.name}.") for issue in issue_types())
+
+
+DATA_HEALTH = TableDefinition(
+    name="data_health",
+    description="One row per batch, in landing order: quarantine and quality-issue rates, drift, label errors and "
+                "the label model's estimated accuracy, so a trend shows where it starts (the asset plots them).",
+    partitioned_by_batch=False,
+    written_by="data_health",
+    columns=(
+        Column("batch_id", pa.string(), "The batch.", False),
+        Column("position", pa.int32(), "1 = the first batch landed.", False),
+        Column("images", pa.int64(), "Images the batch brought into the catalog.", False),
+        Column("quarantined", pa.int64(), "Objects of the batch refused at ingestion.", False),
+        Column("quarantine_rate", pa.float64(), "quarantined / (images + quarantined); null for an empty batch."),
+        Column("measured", pa.int64(), "Images with a quality row.", False),
+        Column("unusable_rate", pa.float64(), "Share of measured images no model should train on."),
+        Column("flagged_rate", pa.float64(), "Share of measured images with any quality issue flagged."),
+        *_issue_rate_columns(),
+        Column("drift_severity", pa.string(), "none, small or large; null when no drift report was written."),
+        Column("drift_classifier_auc", pa.float64(), "The domain classifier's AUC against the reference (0.5 = "
+                                                     "indistinguishable): one scale-free drift score."),
+        Column("largest_property_shift", pa.float64(), "The largest KS D among the image properties."),
+        Column("largest_property", pa.string(), "Which property that was."),
+        Column("label_error_rate", pa.float64(), "Share of the batch's audited labels flagged as probable errors."),
+        Column("estimated_accuracy", pa.float64(), "The promoted label model's estimated accuracy on the batch."),
     ),
 )

@@ -2,7 +2,8 @@
 flags nothing; a second batch from a "new camera" (twice the resolution, JPEG quality 30) drifts with a large
 effect, its ERROR check fails with the cause, the offline report is written, the webhook (a small HTTP server
 on loopback) receives one alert naming the batch, the review round puts the batch's most atypical images first,
-and the drift sensor asks for the curated set and the review round again."""
+the drift sensor asks for the curated set and the review round again, and data_health shows both batches, the
+second marked large."""
 
 from __future__ import annotations
 
@@ -118,3 +119,13 @@ def test_a_new_camera_drifts_with_a_large_effect_and_alerts_once(tmp_path, monke
         (request,) = sensor.evaluate_tick(context).run_requests
     assert request.run_key.startswith(f"drift:{second_batch}:")
     assert set(request.asset_selection) == {dg.AssetKey("curated_dataset"), dg.AssetKey("review_queue")}
+
+    # the trend a team watches: one row per batch, the drifted one marked, the plot in the metadata
+    health = pq.read_table(data / "catalog" / "data_health").to_pandas()
+    assert list(health["batch_id"]) == [first_batch, second_batch] and list(health["position"]) == [1, 2]
+    assert list(health["drift_severity"]) == ["none", "large"]
+    assert health["drift_classifier_auc"].iloc[0] != health["drift_classifier_auc"].iloc[0]  # no reference: null
+    assert health["largest_property_shift"].iloc[1] > 0.311 and (health["quarantine_rate"] == 0).all()
+    event = instance.get_latest_materialization_event(dg.AssetKey("data_health"))
+    trend = event.asset_materialization.metadata["trend"].value
+    assert trend.startswith("![data health per batch](data:image/png;base64,")

@@ -52,3 +52,28 @@ def test_every_table_is_documented_with_every_column():
         assert f"### `{table.name}`" in text
         for column in table.columns:
             assert f"`{column.name}`" in text
+
+
+def test_a_file_written_before_a_column_was_added_reads_it_as_null(tmp_path):
+    """Columns are added, never removed: drift_summary gained estimated_accuracy after reports were written."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from cv_dataops.drift.tables import DRIFT_SUMMARY
+
+    catalog = Catalog(LocalStorage(tmp_path))
+    old = DRIFT_SUMMARY.from_rows([{"batch_id": "b1", "reference_id": None, "drifted": False, "severity": "none",
+                                    "top_cause": None, "causes": None, "report_uri": None}])
+    old = old.drop_columns(["estimated_accuracy", "reference_accuracy"])
+    buffer = io.BytesIO()
+    pq.write_table(old, buffer)
+    catalog.storage.write_bytes(catalog.key(DRIFT_SUMMARY, "b1"), buffer.getvalue())
+    (row,) = catalog.read(DRIFT_SUMMARY).to_pylist()
+    assert row["severity"] == "none" and row["estimated_accuracy"] is None and row["reference_accuracy"] is None
+    without_batch = old.drop_columns(["batch_id"])  # a column that may not be null is still required
+    buffer = io.BytesIO()
+    pq.write_table(without_batch, buffer)
+    catalog.storage.write_bytes(catalog.key(DRIFT_SUMMARY, "b2"), buffer.getvalue())
+    with pytest.raises(ValueError, match="lacks column 'batch_id'"):
+        catalog.read(DRIFT_SUMMARY)

@@ -1,11 +1,14 @@
 """Drift: every batch compared with the data the current model was trained on (the curated snapshot's train split
 by default), in the per-batch job: the tests, one decision at the configured false-alarm rate, the causes in
-words, a self-contained HTML report, and a webhook alert on large drift."""
+words, a self-contained HTML report, and a webhook alert on large drift; and data_health, the per-batch trend of
+the rates a team watches."""
 
 import dagster as dg
+import pandas as pd
 
 from cv_dataops.defs.shared.partitions import (
     PER_BATCH_TAG,
+    SPANNING,
     STALE_OR_NEW,
     batch_partitions,
     table_metadata,
@@ -13,17 +16,20 @@ from cv_dataops.defs.shared.partitions import (
 from cv_dataops.drift.alerts import alert_payload, post_alert
 from cv_dataops.drift.batch import PromotedModel, drift_for_batch
 from cv_dataops.drift.explain import most_atypical
+from cv_dataops.drift.health import health_rows, trend_png
 from cv_dataops.drift.report import write_report
-from cv_dataops.drift.tables import DRIFT, DRIFT_ATYPICALITY, DRIFT_SUMMARY
+from cv_dataops.drift.tables import DATA_HEALTH, DRIFT, DRIFT_ATYPICALITY, DRIFT_SUMMARY
 from cv_dataops.embeddings.vectors import current_vectors
 from cv_dataops.images.thumbnails import (
     catalog_thumbnail_png,
     markdown_grid,
     png_data_uri,
 )
+from cv_dataops.ingest.tables import IMAGES, QUARANTINE
 from cv_dataops.labels.registry import REGISTRY_FOLDER, ModelRegistry
-from cv_dataops.labels.tables import AUDITED_LABELS
+from cv_dataops.labels.tables import AUDITED_LABELS, LABEL_ISSUES
 from cv_dataops.labels.training import current_model, holdout_ids
+from cv_dataops.quality.tables import QUALITY
 from cv_dataops.resources import CatalogResource, DriftResource, EmbeddingResource
 
 DRIFT_VERSION = "2"
@@ -91,3 +97,39 @@ def drift_report(context: dg.AssetExecutionContext, catalog: CatalogResource, em
         "drift_summary_table": dg.MetadataValue.path(summary_uri), "alert": dg.MetadataValue.json(alert),
         "most_atypical": dg.MetadataValue.md(markdown_grid({"most atypical first": [
             (image_id[:12], png_data_uri(png)) for image_id, png in thumbnails.items()]}))})
+
+
+@dg.asset(
+    deps=["raw_images", "image_quality", "drift_report", "label_issues"],
+    group_name="drift",
+    kinds={"python", "parquet"},
+    code_version="1",
+    automation_condition=SPANNING,
+    metadata=table_metadata(DATA_HEALTH),
+)
+def data_health(catalog: CatalogResource) -> dg.MaterializeResult:
+    """Per batch, in landing order: quarantine and quality-issue rates, drift (domain-classifier AUC, largest
+    property shift, severity), label-error rate and the model's estimated accuracy; table data_health and a trend
+    plot in the metadata, drifted batches shaded."""
+    tables = catalog.catalog()
+    rows = health_rows(tables.read(IMAGES, columns=["image_id", "batch_id"]).to_pandas(),
+                       tables.read(QUARANTINE, columns=["batch_id"]).to_pandas(),
+                       tables.read(QUALITY).to_pandas(),
+                       tables.read(DRIFT, columns=["batch_id", "test", "feature", "effect_size"]).to_pandas(),
+                       tables.read(DRIFT_SUMMARY).to_pandas(),
+                       tables.read(LABEL_ISSUES, columns=["image_id", "is_issue"]).to_pandas(),
+                       tables.read(AUDITED_LABELS, columns=["image_id"]).to_pandas())
+    uri = tables.write(DATA_HEALTH, DATA_HEALTH.from_rows(
+        rows.astype(object).where(rows.notna(), None).to_dict("records")))
+    latest = rows.iloc[-1] if len(rows) else None
+
+    def number(column: str) -> float | None:
+        return None if latest is None or pd.isna(latest[column]) else float(latest[column])
+
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": len(rows), "table": dg.MetadataValue.path(uri),
+        "batches_drifted": int(rows["drift_severity"].isin(("small", "large")).sum()),
+        "latest_batch": latest["batch_id"] if latest is not None else "none",
+        "latest_quarantine_rate": number("quarantine_rate"), "latest_unusable_rate": number("unusable_rate"),
+        "latest_estimated_accuracy": number("estimated_accuracy"),
+        "trend": dg.MetadataValue.md(f"![data health per batch]({png_data_uri(trend_png(rows))})")})
