@@ -31,6 +31,7 @@ from cv_dataops.ingest.tables import (
 from cv_dataops.labels.tables import (
     AUDIT_STATUSES,
     AUDITED_LABELS,
+    AUTO_LABEL_DECISIONS,
     LABEL_ISSUES,
     LABEL_SOURCES,
     LABELS,
@@ -40,7 +41,7 @@ from cv_dataops.quality.tables import QUALITY
 TABLES: dict[str, TableDefinition] = {table.name: table for table in
                                       (IMAGES, QUARANTINE, OBJECTS, QUALITY, DUPLICATES, DUPLICATE_PAIRS,
                                        EMBEDDING_DUPLICATE_PAIRS, EMBEDDINGS, SCENARIOS, CURATED, LABELS,
-                                       AUDITED_LABELS, LABEL_ISSUES, DRIFT, DRIFT_SUMMARY,
+                                       AUDITED_LABELS, AUTO_LABEL_DECISIONS, LABEL_ISSUES, DRIFT, DRIFT_SUMMARY,
                                        DRIFT_ATYPICALITY, DATA_HEALTH)}
 
 # Tables stored one file per something other than a batch (the catalog treats them alike: one file per name).

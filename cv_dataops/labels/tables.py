@@ -78,6 +78,23 @@ AUDITED_LABELS = TableDefinition(
     ),
 )
 
+AUTO_LABEL_DECISIONS = TableDefinition(
+    name="auto_label_decisions",
+    description="The latest auto_labels run's decision for every curated image without a human or review label: "
+                "accepted as an `auto` label at or above the threshold, or sent to review (the review queue's "
+                "uncertain auto-labels).",
+    partitioned_by_batch=False,
+    written_by="auto_labels",
+    columns=(
+        Column("image_id", pa.string(), "The image.", False),
+        Column("label", pa.string(), "The promoted model's label for it.", False),
+        Column("confidence", pa.float64(), "The model's probability of that label.", False),
+        Column("decision", pa.string(), "`auto` (accepted: a `labels` row with source auto) or `review`.", False),
+        Column("reason", pa.string(), "Why, against the acceptance threshold, in words."),
+        Column("model_version", pa.string(), "The label model version that decided.", False),
+    ),
+)
+
 LABEL_ISSUES = TableDefinition(
     name="label_issues",
     description="Audited labels that are probably wrong, ranked: the most likely wrong first.",

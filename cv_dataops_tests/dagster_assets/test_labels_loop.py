@@ -212,3 +212,7 @@ def test_a_later_batch_is_tested_with_the_promoted_label_model(loop):
     mine = tests[tests["batch_id"] == batch].set_index("feature")
     assert {"predicted_label", "confidence"} <= set(mine.index)
     assert mine.loc["predicted_label", "p_value"] is not None
+    # the same run auto-labelled with that model: every decision in its table
+    decisions = pq.read_table(data / "catalog" / "auto_label_decisions").to_pandas()
+    assert len(decisions) and set(decisions["decision"]) <= {"auto", "review"}
+    assert set(decisions["model_version"]) == {promoted.version}

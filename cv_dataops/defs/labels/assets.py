@@ -33,7 +33,6 @@ from cv_dataops.labels import review_queue as queue_rows
 from cv_dataops.labels.active_learning import choose_for_labelling
 from cv_dataops.labels.audit import audit
 from cv_dataops.labels.auto_labelling import (
-    DECISION_COLUMNS,
     HUMAN_STATUSES,
     auto_label,
     candidates,
@@ -46,6 +45,7 @@ from cv_dataops.labels.store import LabelStore
 from cv_dataops.labels.tables import (
     AUDIT_STATUSES,
     AUDITED_LABELS,
+    AUTO_LABEL_DECISIONS,
     LABEL_ISSUES,
     LABELS,
 )
@@ -58,7 +58,6 @@ from cv_dataops.resources import (
 )
 
 GROUP = "labels"
-AUTO_LABELS_KEY = "labels/auto_labels.parquet"  # the latest auto-label decisions (accepted and to review)
 LATEST_ROUND_KEY = "latest.json"  # under the queue folder: the newest round's files
 PROBLEMS_SHOWN = 20
 
@@ -186,8 +185,8 @@ def label_model(context: dg.AssetExecutionContext, catalog: CatalogResource, lab
         "registry": dg.MetadataValue.path(storage.uri_of(REGISTRY_FOLDER))})
 
 
-@dg.asset(deps=[label_model, "curated_dataset"], group_name=GROUP, kinds={"python"}, code_version="1",
-          automation_condition=SPANNING, output_required=False)
+@dg.asset(deps=[label_model, "curated_dataset"], group_name=GROUP, kinds={"python", "parquet"}, code_version="2",
+          metadata=table_metadata(AUTO_LABEL_DECISIONS), automation_condition=SPANNING, output_required=False)
 def auto_labels(context: dg.AssetExecutionContext, catalog: CatalogResource, labelling: LabelsResource,
                 embedding: EmbeddingResource) -> Iterator[dg.MaterializeResult]:
     """The promoted label model's label for every curated image without a human or review label; accepted (source
@@ -205,7 +204,8 @@ def auto_labels(context: dg.AssetExecutionContext, catalog: CatalogResource, lab
     store = LabelStore(storage)
     before = store.latest_version()
     version = store.append(result.events)
-    storage.write_bytes(AUTO_LABELS_KEY, _parquet(result.decisions))
+    decisions = result.decisions.astype(object).where(result.decisions.notna(), None)
+    decisions_uri = tables.write(AUTO_LABEL_DECISIONS, AUTO_LABEL_DECISIONS.from_rows(decisions.to_dict("records")))
     metadata = result.metadata()
     if metadata["reason"]:
         context.log.info(metadata["reason"])
@@ -215,7 +215,7 @@ def auto_labels(context: dg.AssetExecutionContext, catalog: CatalogResource, lab
         "labels_version": version, "threshold": acceptance.get("threshold"),
         "accuracy_coverage": dg.MetadataValue.json(acceptance.get("accuracy_coverage", [])),
         "acceptance": dg.MetadataValue.json({k: v for k, v in acceptance.items() if k != "accuracy_coverage"}),
-        "decisions": dg.MetadataValue.path(storage.uri_of(AUTO_LABELS_KEY))})
+        "decisions": dg.MetadataValue.path(decisions_uri)})
 
 
 @dg.asset(deps=[audited_labels, "image_embeddings"], group_name=GROUP, kinds={"python", "parquet"},
@@ -275,8 +275,7 @@ def review_queue(context: dg.AssetExecutionContext, catalog: CatalogResource, la
         return
     audited = read_audited(tables)
     issues = tables.read(LABEL_ISSUES).to_pandas()
-    decisions = (_read_parquet(storage.read_bytes(AUTO_LABELS_KEY)) if storage.exists(AUTO_LABELS_KEY)
-                 else pd.DataFrame(columns=DECISION_COLUMNS))
+    decisions = tables.read(AUTO_LABEL_DECISIONS).to_pandas()
     curated = tables.read(CURATED, columns=["image_id"]).column("image_id").to_pylist()
     active = _active_learning(catalog, audited, vectors, curated, labelling.budget)
     drifted = queue_rows.drift_atypical_rows(tables.read(DRIFT_ATYPICALITY).to_pandas(),
@@ -340,21 +339,3 @@ def _image_url(catalog: CatalogResource, labelling: LabelsResource):
         except ValueError:
             return uri  # outside the local-files root: the task keeps the plain path (and says which in data.uri)
     return url
-
-
-def _parquet(frame: pd.DataFrame) -> bytes:
-    import io
-
-    import pyarrow.parquet as pq
-
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(frame.astype({"image_id": str}), preserve_index=False), buffer)
-    return buffer.getvalue()
-
-
-def _read_parquet(data: bytes) -> pd.DataFrame:
-    import io
-
-    import pyarrow.parquet as pq
-
-    return pq.read_table(io.BytesIO(data)).to_pandas()
