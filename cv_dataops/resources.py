@@ -169,6 +169,8 @@ class CurationResource(StageResource):
     neighbour_radius: float = Field(default=0.05, description="Cosine distance under which images never split.")
     seed: int = 0
     method: str = Field(default="herding", description="How to pick within a label or scenario: herding or k-center.")
+    drift_share: float = Field(default=0.25, description="Under a budget, at most this share of it goes first to "
+                                                         "images of batches that drifted.")
     min_per_class_and_split: int = Field(default=1, description="ERROR below this many per label and split.")
     max_class_ratio: float = Field(default=3.0, description="WARN when the largest class exceeds the smallest "
                                                             "by more than this ratio.")
@@ -179,7 +181,8 @@ class CurationResource(StageResource):
 
         budget = None if self.budget is None else (int(self.budget) if self.budget >= 1 else float(self.budget))
         return CurationSettings(budget=budget, split_fractions=tuple(self.split_fractions),
-                                neighbour_radius=self.neighbour_radius, seed=self.seed, method=self.method)
+                                neighbour_radius=self.neighbour_radius, seed=self.seed, method=self.method,
+                                drift_share=self.drift_share)
 
 
 class EmbeddingResource(StageResource):

@@ -3,6 +3,8 @@
 An image's label is its audited one (``audited_labels``: human beats review beats an accepted auto-label, a dispute
 settled by the audit's rule), so a review that corrects a label corrects the curated set and its exports; the
 landing label (``images.label``) stands where the labels loop has not audited the image (or has not run yet).
+``drifted_batch`` says whether the image's batch drifted from its reference (``drift_summary``), which selection
+favours under a budget.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from cv_dataops.discovery.tables import SCENARIOS
+from cv_dataops.drift.tables import DRIFT_SUMMARY
 from cv_dataops.duplicates.tables import DUPLICATES
 from cv_dataops.embeddings.vectors import Vectors
 from cv_dataops.ingest.tables import IMAGES
@@ -32,6 +35,8 @@ def curation_pool(tables, max_unusable_rate: float, vectors: Vectors) -> tuple[p
     frame = (vectors.frame().merge(images, on="image_id").merge(quality.drop(columns="batch_id"), on="image_id",
                                                                  how="left")
              .merge(duplicates, on="image_id", how="left").merge(scenes, on="image_id", how="left"))
+    drifted = tables.read(DRIFT_SUMMARY, columns=["batch_id", "drifted"]).to_pandas()
+    frame["drifted_batch"] = frame["batch_id"].isin(set(drifted["batch_id"][drifted["drifted"].astype(bool)]))
     keep = ~frame.batch_id.isin(blocked_batches(quality, max_unusable_rate))
     frame = frame[keep].reset_index(drop=True)
     return frame, vectors.matrix[vectors.rows_of(frame.image_id)] if len(frame) else vectors.matrix[:0]

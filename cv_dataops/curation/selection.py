@@ -325,7 +325,9 @@ def _pick_part(x: np.ndarray, rows: np.ndarray, quota: int, name: str, settings:
 def select(eligible: pd.DataFrame, vectors: np.ndarray, settings: CurationSettings) -> pd.DataFrame:
     """The selected rows of ``eligible`` (index labels and row order kept) with a ``selection_reason`` column.
 
-    With no budget (or one at least the pool), everything is selected. Otherwise the budget is spread over strata
+    With no budget (or one at least the pool), everything is selected. Otherwise images of batches that drifted
+    (a true ``drifted_batch``) first take up to ``settings.drift_share`` of the budget, picked among themselves as
+    below; the rest of the budget is spread over the remaining images' strata
     as evenly as their sizes allow (:func:`allocate`); a stratum is the label where known, else the scenario, else
     one ``unlabelled`` stratum. A labelled stratum's quota is shared over its scenarios in proportion to their
     sizes, every scenario it holds getting at least one pick while the quota allows
@@ -353,13 +355,20 @@ def select(eligible: pd.DataFrame, vectors: np.ndarray, settings: CurationSettin
         reason = "all eligible (no budget)" if settings.budget is None else f"all eligible (budget {budget} >= {n})"
         out["selection_reason"] = pd.Series([reason] * n, index=out.index, dtype=object)
         return out
-    keys = np.array(_stratum_keys(eligible), dtype=object)
-    strata = sorted(set(keys.tolist()))
-    quotas = allocate({key: int((keys == key).sum()) for key in strata}, budget)
-    scenarios = np.array(column_values(eligible, "scenario"), dtype=object)
     reasons: dict[int, str] = {}
+    drifted = np.flatnonzero([present(v) and bool(v) for v in column_values(eligible, "drifted_batch")])
+    if len(drifted) and settings.drift_share > 0:
+        _pick_part(x, drifted, min(len(drifted), int(budget * settings.drift_share)), "the batches that drifted",
+                   settings, reasons)
+    taken = np.zeros(n, dtype=bool)
+    taken[list(reasons)] = True
+    budget -= len(reasons)
+    keys = np.array(_stratum_keys(eligible), dtype=object)
+    strata = sorted(set(keys[~taken].tolist()))
+    quotas = allocate({key: int(((keys == key) & ~taken).sum()) for key in strata}, budget)
+    scenarios = np.array(column_values(eligible, "scenario"), dtype=object)
     for key in strata:
-        rows = np.flatnonzero(keys == key)
+        rows = np.flatnonzero((keys == key) & ~taken)
         parts = [(rows, quotas[key], key)]
         if key.startswith("label=") and any(present(value) for value in scenarios[rows]):
             parts = [(rows[part], share, f"{key}, {name}")

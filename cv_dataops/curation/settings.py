@@ -29,6 +29,9 @@ class CurationSettings:
     ``outlier_fraction`` (``k-center``): in a cell of ``n`` images with a share of ``q``, the picks pass over its
     ``outlier_fraction * (n - 2q)`` most isolated images (largest distance to their ``outlier_neighbours``-th
     nearest neighbour in the stratum), none once ``q`` reaches half the cell. ``0`` turns this off.
+    ``drift_share``: under a budget, at most this share of it goes first to images of batches whose drift report
+    said they drifted (``drifted_batch`` in the pool), picked by the same method among them, so a new camera or
+    scene reaches the snapshot even where the old data would fill the budget; ``0`` turns this off.
     ``seed``: makes selection tie-breaks and split assignment reproducible.
     """
 
@@ -40,6 +43,7 @@ class CurationSettings:
     outlier_neighbours: int = 5
     cell_size: int = 8
     method: str = "herding"
+    drift_share: float = 0.25
 
     def __post_init__(self) -> None:
         if self.method not in SELECTION_METHODS:
@@ -60,6 +64,8 @@ class CurationSettings:
             raise ValueError(f"neighbour_radius is a cosine distance in [0, 2), not {self.neighbour_radius}")
         if not 0.0 <= self.outlier_fraction < 1.0:
             raise ValueError(f"outlier_fraction must be in [0, 1), not {self.outlier_fraction}")
+        if not 0.0 <= self.drift_share <= 1.0:
+            raise ValueError(f"drift_share must be in [0, 1], not {self.drift_share}")
         if self.cell_size < 1:
             raise ValueError(f"cell_size must be at least 1, not {self.cell_size}")
         if self.outlier_neighbours < 1:

@@ -262,6 +262,26 @@ def test_a_large_stratum_is_herded_inside_cells(monkeypatch):
     assert chosen.equals(select(pool, _unit(vectors), CurationSettings(budget=40)))
 
 
+def test_a_drifted_batch_takes_its_share_of_the_budget_first():
+    """A small new batch (a new camera) that drifted would get its proportional few picks; it takes up to
+    drift_share of the budget first, and the rest is balanced as before."""
+    sizes = {"cat": 300, "dog": 300}
+    pool, vectors = _labelled_pool(sizes)
+    pool["drifted_batch"] = False
+    pool.loc[pool.index[:30], "drifted_batch"] = True   # 30 images of a batch that drifted
+    chosen = select(pool, vectors, CurationSettings(budget=40))
+    reserved = chosen["selection_reason"].str.contains(" in the batches that drifted (30 eligible): ", regex=False)
+    assert len(chosen) == 40 and reserved.sum() == 10  # a quarter of the budget, first
+    assert chosen.loc[reserved, "drifted_batch"].all() and chosen["drifted_batch"].sum() >= 10
+    assert chosen.label.value_counts().max() - chosen.label.value_counts().min() <= 10
+    off = select(pool, vectors, CurationSettings(budget=40, drift_share=0))
+    assert off["drifted_batch"].sum() < 10 and len(off) == 40
+    everything = select(pool.assign(drifted_batch=True), vectors, CurationSettings(budget=40, drift_share=1.0))
+    assert len(everything) == 40 and everything["drifted_batch"].all()
+    with pytest.raises(ValueError, match="drift_share"):
+        CurationSettings(drift_share=1.5)
+
+
 @pytest.mark.parametrize("method", ["herding", "k-center"])
 def test_select_spends_a_small_budget_on_typical_images_not_outliers(method):
     rng = np.random.default_rng(0)

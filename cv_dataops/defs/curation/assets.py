@@ -20,10 +20,10 @@ from cv_dataops.resources import (
 
 
 @dg.asset(
-    deps=["image_quality", "image_duplicates", "image_embeddings", "scenarios", "audited_labels"],
+    deps=["image_quality", "image_duplicates", "image_embeddings", "scenarios", "audited_labels", "drift_report"],
     group_name="curation",
     kinds={"python", "parquet"},
-    code_version="4",  # 4: the audited label, not the landing label
+    code_version="5",  # 4: the audited label, not the landing label; 5: drifted batches favoured under a budget
     metadata=table_metadata(CURATED),
     automation_condition=SPANNING,
     output_required=False,
