@@ -4,7 +4,7 @@ Three kinds of images compete for the round's budget, each with a share (a third
 the remainder); a share its kind cannot fill passes to the others, in this order:
 
 1. ``probable_label_error``: a human label that `label_issues` flags (``is_issue``), most likely wrong first;
-   labels a review already confirmed are not asked again.
+   images a reviewer already answered (confirmed, or disputed by a review) are not asked again.
 2. ``uncertain_auto_label``: a curated image without a human label whose auto-label fell below the acceptance
    threshold, least confident first.
 3. ``active_learning``: unlabelled images chosen by :func:`cv_dataops.labels.active_learning.choose_for_labelling`
@@ -47,10 +47,15 @@ def shares(budget: int, available: dict[str, int]) -> dict[str, int]:
 
 
 def probable_errors(issues: pd.DataFrame, audited: pd.DataFrame) -> pd.DataFrame:
-    """Flagged label issues, by rank, without the labels a review already confirmed."""
+    """Flagged label issues, by rank, without the images a reviewer already answered: a review that confirmed the
+    label (``reviewed``) or contradicted it (a review label beside the human one: ``disputed`` until someone
+    settles it; asking the same reviewers again would spend the round on answers it has)."""
     if issues.empty:
         return _rows([])
-    reviewed = set(audited["image_id"][audited["status"] == "reviewed"])
+    answered = audited["status"] == "reviewed"
+    if "review_label" in audited:
+        answered |= audited["review_label"].notna()
+    reviewed = set(audited["image_id"][answered])
     flagged = issues[issues["is_issue"].astype(bool) & ~issues["image_id"].isin(reviewed)].sort_values("rank")
     return _rows([{"image_id": r.image_id, "reason": PROBABLE_ERROR, "score": float(r.score),
                    "score_meaning": "label quality of the current label (lower = more likely wrong)",

@@ -30,7 +30,7 @@ def test_queue_orders_by_priority_skips_reviewed_and_takes_each_image_once():
     issues = pd.DataFrame({"image_id": ["a", "b", "c", "d"], "given_label": ["cat"] * 4,
                            "suggested_label": ["dog"] * 4, "score": [0.3, 0.1, 0.2, 0.9], "rank": [3, 1, 2, 4],
                            "is_issue": [True, True, True, False], "detail": ["x"] * 4})
-    audited = pd.DataFrame({"image_id": ["c"], "status": ["reviewed"]})
+    audited = pd.DataFrame({"image_id": ["c", "a"], "status": ["reviewed", "human"], "review_label": [None, None]})
     decisions = pd.DataFrame({"image_id": ["e", "f", "g"], "label": ["dog", "cat", "cat"],
                               "confidence": [0.6, 0.4, 0.99], "decision": ["review", "review", "auto"],
                               "reason": ["low"] * 3, "model_version": ["v0001"] * 3})
@@ -65,3 +65,13 @@ def test_a_drifted_batch_puts_its_most_atypical_unlabelled_images_first_within_h
     # two of five (half, rounded down) for the drift; p, not taken for it, comes once, as an active-learning pick
     assert queue["image_id"].tolist() == ["t", "u", "p", "h", "i"]
     assert counts(queue)[DRIFT_ATYPICAL] == 2 and queue["position"].tolist() == [1, 2, 3, 4, 5]
+
+
+def test_a_label_a_reviewer_disputed_is_not_asked_again():
+    """The reviewer said "dog" for a human "cat": the label is disputed until someone settles it, and the same
+    question is not spent on the next round."""
+    issues = pd.DataFrame({"image_id": ["a", "b"], "given_label": ["cat"] * 2, "suggested_label": ["dog"] * 2,
+                           "score": [0.1, 0.2], "rank": [1, 2], "is_issue": [True, True], "detail": ["x"] * 2})
+    audited = pd.DataFrame({"image_id": ["a", "b"], "status": ["disputed", "human"], "review_label": ["dog", None]})
+    assert probable_errors(issues, audited)["image_id"].tolist() == ["b"]
+
