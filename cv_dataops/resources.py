@@ -256,8 +256,10 @@ class DriftResource(StageResource):
     permutations: int = Field(default=500, ge=1, description="Permutations of each embedding test (MMD, domain "
                                                              "classifier); p-values no smaller than 1/(B+1).")
     max_reference: int = Field(default=1000, ge=20, description="Reference images the embedding tests sample.")
-    reference: str = Field(default="current_snapshot", description="current_snapshot (its split, below) or "
-                                                                   "last_batches.")
+    reference: str = Field(default="current_snapshot", description="current_snapshot (its split, below), "
+                                                                   "named_snapshot (snapshot_id) or last_batches.")
+    snapshot_id: str | None = Field(default=None, description="For reference named_snapshot: which snapshot "
+                                                              "(snap-...; see snapshots/ under the data root).")
     split: str | None = Field(default="train", description="The snapshot split compared with; null: every split.")
     last_batches: int = Field(default=5, ge=1, description="For reference last_batches: how many batches.")
     minimum_images: int = Field(default=20, ge=1, description="Fewer reference images than this: no reference.")
@@ -274,8 +276,6 @@ class DriftResource(StageResource):
         from cv_dataops.drift.alerts import KINDS
 
         self.drift_settings()
-        if self.reference not in ("current_snapshot", "last_batches"):
-            raise ValueError(f"reference must be current_snapshot or last_batches, got {self.reference!r}")
         self.reference_settings()
         if self.webhook_kind not in KINDS:
             raise ValueError(f"webhook_kind must be one of {', '.join(KINDS)}, got {self.webhook_kind!r}")
@@ -291,8 +291,8 @@ class DriftResource(StageResource):
     def reference_settings(self):
         from cv_dataops.drift.reference import ReferenceSettings
 
-        return ReferenceSettings(kind=self.reference, split=self.split, last_batches=self.last_batches,
-                                 minimum_images=self.minimum_images)
+        return ReferenceSettings(kind=self.reference, snapshot_id=self.snapshot_id, split=self.split,
+                                 last_batches=self.last_batches, minimum_images=self.minimum_images)
 
 
 def build_resources(settings: Settings | None = None, *, landing: str | None = None, data_root: str | None = None,

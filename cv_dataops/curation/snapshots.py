@@ -40,3 +40,13 @@ def snapshot_manifest(rows: pd.DataFrame) -> tuple[str, bytes]:
     data = json.dumps(manifest, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     return "snap-" + hashlib.sha256(data).hexdigest()[:16], data
 
+
+def read_snapshot(storage, snapshot_id: str, prefix: str = "snapshots") -> pd.DataFrame | None:
+    """A written snapshot's rows (image_id, uri, label, split, snapshot_id) from its manifest under the data root
+    ``storage``, or None when no whole snapshot has that id (its manifest is written last)."""
+    key = f"{prefix}/{snapshot_id}/manifest.json"
+    if "/" in snapshot_id or not storage.exists(key):
+        return None
+    images = json.loads(storage.read_bytes(key))["images"]
+    frame = pd.DataFrame(images, columns=["image_id", "uri", "sha256", "label", "split"])
+    return frame.drop(columns="sha256").assign(snapshot_id=snapshot_id)

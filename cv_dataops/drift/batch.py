@@ -8,8 +8,8 @@ The reference is read as it stands when the batch is tested, not declared as an 
 snapshot is built from every batch, this batch included, so a declared dependency would be a cycle. The batch's
 own images never count as reference, and the report names the snapshot it compared with.
 
-A named snapshot as reference is not offered here yet (the domain's chooser takes one, but the snapshots' rows
-are not read); the current snapshot and the last N batches are.
+A named snapshot (one a model was trained on, say) is read from its manifest under ``snapshots/``; a name that
+was never written is reported as no reference, flagging nothing.
 
 With a promoted label model (of the current embedder), the model family runs too: its predicted labels and
 confidence on the batch against the reference, and an accuracy estimate. The reference's probabilities must be
@@ -29,6 +29,8 @@ import numpy as np
 import pandas as pd
 
 from cv_dataops.core.catalog import Catalog
+from cv_dataops.curation.dataset import SNAPSHOTS_PREFIX
+from cv_dataops.curation.snapshots import read_snapshot
 from cv_dataops.curation.tables import CURATED
 from cv_dataops.drift.detect import (
     DriftResult,
@@ -115,8 +117,12 @@ def drift_for_batch(tables: Catalog, batch_id: str, vectors: Vectors | None, *,
     order = list(dict.fromkeys(images["batch_id"]))
     earlier = {b: images["image_id"][images["batch_id"] == b].tolist() for b in order[:order.index(batch_id)]} \
         if batch_id in order else {}
+    snapshots = None
+    if reference_settings.kind == "named_snapshot":
+        rows = read_snapshot(tables.storage, reference_settings.snapshot_id, SNAPSHOTS_PREFIX)
+        snapshots = {} if rows is None else {reference_settings.snapshot_id: rows}
     reference = choose_reference(reference_settings, batch_id, own["image_id"].tolist(), curated=curated,
-                                 earlier_batches=earlier)
+                                 snapshots=snapshots, earlier_batches=earlier)
     uris = dict(zip(own["image_id"], own["uri"]))
     batch = _sample(batch_properties, vectors)
     if not reference.available:

@@ -277,7 +277,8 @@ def test_drift_settings_are_checked_and_reach_the_drift_resource():
     assert not good.errors and drift.drift_settings().alpha == 0.01 and drift.webhook_url.endswith("/hook")
     for text, words in (('{"alfa": 0.01}', "unknown key 'alfa'"), ('{"permutations": 10}', "at least 320"),
                         ('{"webhook_url": "ftp://x"}', "http:// or https://"),
-                        ('{"reference": "yesterday"}', "current_snapshot or last_batches")):
+                        ('{"reference": "yesterday"}', "current_snapshot, named_snapshot, last_batches"),
+                        ('{"reference": "named_snapshot"}', "needs a snapshot_id")):
         wrong = Settings.from_environment({"CV_DATAOPS_DRIFT": text})
         assert set(wrong.errors) == {"drift"} and words in wrong.errors["drift"], wrong.errors
         resource = build_resources(wrong)["drift"]

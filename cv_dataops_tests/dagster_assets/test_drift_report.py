@@ -129,3 +129,18 @@ def test_a_new_camera_drifts_with_a_large_effect_and_alerts_once(tmp_path, monke
     event = instance.get_latest_materialization_event(dg.AssetKey("data_health"))
     trend = event.asset_materialization.metadata["trend"].value
     assert trend.startswith("![data health per batch](data:image/png;base64,")
+
+    # a named snapshot as reference: the one this batch was compared with, and one that was never written
+    snapshot = row["reference_id"]
+    for name, expected in ((snapshot, snapshot), ("snap-0000000000000000", None)):
+        named = Settings.build(landing=landing, data_root=data, embedder=TINY_EMBEDDER_SPEC,
+                               curation={"min_per_class_and_split": 0},
+                               drift={"reference": "named_snapshot", "snapshot_id": name, "permutations": 400})
+        job = load_definitions(named).resolve_implicit_global_asset_job_def()
+        assert job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("drift_report")],
+                                      partition_key=second_batch, raise_on_error=False).success
+        (again,) = pq.read_table(data / "catalog" / "drift_summary" / f"{second_batch}.parquet").to_pylist()
+        assert again["reference_id"] == expected, again
+        assert again["drifted"] == (expected is not None)
+    note = instance.get_latest_materialization_event(dg.AssetKey("drift_report")).asset_materialization.metadata
+    assert "snapshot snap-0000000000000000 not found" in note["note"].value
