@@ -29,6 +29,7 @@ from cv_dataops.ingest.tables import IMAGES, QUARANTINE
 from cv_dataops.labels.registry import REGISTRY_FOLDER, ModelRegistry
 from cv_dataops.labels.tables import AUDITED_LABELS, LABEL_ISSUES
 from cv_dataops.labels.training import current_model, holdout_ids
+from cv_dataops.quality.issues import issue_types
 from cv_dataops.quality.tables import QUALITY
 from cv_dataops.resources import CatalogResource, DriftResource, EmbeddingResource
 
@@ -114,7 +115,8 @@ def data_health(catalog: CatalogResource) -> dg.MaterializeResult:
     tables = catalog.catalog()
     rows = health_rows(tables.read(IMAGES, columns=["image_id", "batch_id"]).to_pandas(),
                        tables.read(QUARANTINE, columns=["batch_id"]).to_pandas(),
-                       tables.read(QUALITY).to_pandas(),
+                       tables.read(QUALITY, columns=["batch_id", "is_unusable",
+                                                     *(f"is_{issue.name}" for issue in issue_types())]).to_pandas(),
                        tables.read(DRIFT, columns=["batch_id", "test", "feature", "effect_size"]).to_pandas(),
                        tables.read(DRIFT_SUMMARY).to_pandas(),
                        tables.read(LABEL_ISSUES, columns=["image_id", "is_issue"]).to_pandas(),
