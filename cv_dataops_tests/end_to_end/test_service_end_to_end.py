@@ -122,4 +122,4 @@ telemetry: {{enabled: false}}
         daemon.wait()
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket, Prefix="root/catalog/")["Contents"]}
     assert {"images", "quarantine", "objects", "quality", "embeddings", "duplicates",
-            "duplicate_pairs"} <= {k.split("/")[2] for k in keys}
+            "duplicate_pairs", "drift_summary", "drift_atypicality"} <= {k.split("/")[2] for k in keys}
