@@ -472,7 +472,9 @@ def main() -> None:
         "### Side by side (same batches, same vectors; power: mean over the eight corruptions, worst in "
         "brackets)\n\n" + comparison(results).to_markdown(index=False),
         "### Every setting\n\n" + table.to_markdown(index=False, disable_numparse=True),
-        f"Run time {time.perf_counter() - start:.0f} s with {args.workers} worker processes.",
+        (f"Summarized from the per-batch results of an earlier run (`{args.from_csv}`); see the note below the "
+         "command for how they were made." if args.from_csv else
+         f"Run time {time.perf_counter() - start:.0f} s with {args.workers} worker processes."),
     ])
     if args.no_write:
         print(body)
