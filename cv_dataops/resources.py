@@ -171,6 +171,9 @@ class CurationResource(StageResource):
     method: str = Field(default="herding", description="How to pick within a label or scenario: herding or k-center.")
     drift_share: float = Field(default=0.25, description="Under a budget, at most this share of it goes first to "
                                                          "images of batches that drifted.")
+    scenario_refit_growth: float = Field(default=0.25, ge=0, description="Scenarios (the strata) are chosen again "
+                                                                         "when the catalog has grown by this "
+                                                                         "fraction since; 0: on every run.")
     min_per_class_and_split: int = Field(default=1, description="ERROR below this many per label and split.")
     max_class_ratio: float = Field(default=3.0, description="WARN when the largest class exceeds the smallest "
                                                             "by more than this ratio.")

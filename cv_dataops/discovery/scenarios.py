@@ -1,8 +1,18 @@
-"""Scenario discovery: clusters in embedding space (night, rain, a new camera, ...) and a 2-D map of the catalog."""
+"""Scenario discovery: clusters in embedding space (night, rain, a new camera, ...) and a 2-D map of the catalog.
+
+Choosing the clusters (k-means for every count from 2 to 12, a silhouette each) is the costly part, and its answer
+barely moves when a batch adds a few percent to the catalog. So the choice is kept (:class:`ScenarioModel`: the
+centres and the map's projection) and later images are assigned to the nearest centre; the clusters are chosen
+again only when the catalog has grown by a configurable fraction since, when a batch added since then drifted
+(a new kind of data may be a new scenario), or when the embedder changed. Scenario numbers then stay put between
+runs, so a scenario a team curates for keeps its number.
+"""
 
 from __future__ import annotations
 
 import io
+import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,16 +86,6 @@ def map_2d(vectors: np.ndarray, seed: int = 0) -> np.ndarray:
     return PCA(2, random_state=seed).fit_transform(vectors).astype(np.float32)
 
 
-def scenario_rows(image_ids: list[str], vectors: np.ndarray, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
-    """The ``scenarios`` table's rows for these images (``image_id, scenario, distance, map_x, map_y``) and the
-    map's coordinates: :func:`discover` and :func:`map_2d` over vectors of one embedder version."""
-    found = discover(vectors, seed=seed)
-    coordinates = map_2d(vectors, seed=seed)
-    frame = pd.DataFrame({"image_id": pd.Series(image_ids, dtype=object), "scenario": found.labels.astype(np.int32),
-                          "distance": found.distances, "map_x": coordinates[:, 0], "map_y": coordinates[:, 1]})
-    return frame, coordinates
-
-
 def typical_members(frame: pd.DataFrame, per_scenario: int = 5) -> dict[int, pd.DataFrame]:
     """Each scenario's ``per_scenario`` members nearest its centre (its most typical images)."""
     return {int(scenario): members.nsmallest(per_scenario, "distance")
@@ -108,3 +108,121 @@ def map_png(coordinates: np.ndarray, labels: np.ndarray, side: int = 480) -> byt
     buffer = io.BytesIO()
     image.save(buffer, "PNG", optimize=True)
     return buffer.getvalue()
+
+
+MODEL_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ScenarioModel:
+    """A chosen clustering, kept to assign later images: unit ``centres`` (k, d) numbered by size at the choice,
+    the map's PCA ``map_mean`` (d,) and ``map_components`` (2, d), the embedder version it was chosen in, and the
+    images and batches it was chosen on."""
+
+    embedder_version: str
+    centres: np.ndarray
+    map_mean: np.ndarray
+    map_components: np.ndarray
+    fitted_images: int
+    fitted_batches: tuple[str, ...]
+
+    def to_bytes(self) -> bytes:
+        """``np.savez`` (no pickle), the strings as JSON."""
+        buffer = io.BytesIO()
+        header = {"model_version": MODEL_VERSION, "embedder_version": self.embedder_version,
+                  "fitted_images": self.fitted_images, "fitted_batches": list(self.fitted_batches)}
+        np.savez(buffer, centres=self.centres, map_mean=self.map_mean, map_components=self.map_components,
+                 header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8))
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ScenarioModel | None:
+        """The stored model, or None when it is unreadable or of another format version (it is then re-chosen)."""
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as stored:
+                header = json.loads(stored["header"].tobytes().decode())
+                if header.get("model_version") != MODEL_VERSION:
+                    return None
+                return cls(header["embedder_version"], stored["centres"], stored["map_mean"],
+                           stored["map_components"], int(header["fitted_images"]), tuple(header["fitted_batches"]))
+        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+            return None
+
+
+def refit_reason(model: ScenarioModel | None, embedder_version: str, images: int, batch_ids: Iterable[str],
+                 drifted_batches: Iterable[str], growth: float) -> str | None:
+    """Why the clusters must be chosen again now, or None to keep them (``growth``: the fraction the catalog may
+    grow by first; 0 chooses on every run)."""
+    if model is None:
+        return "no clustering chosen yet"
+    if model.embedder_version != embedder_version:
+        return f"the embedder changed ({model.embedder_version} -> {embedder_version})"
+    if len(model.centres) and model.centres.shape[1] != model.map_mean.shape[0]:
+        return "the stored clustering is inconsistent"
+    if images > model.fitted_images * (1 + growth) or images < model.fitted_images * (1 - growth) or growth == 0:
+        return (f"the catalog went from {model.fitted_images} to {images} images since the clusters were chosen "
+                f"(re-chosen beyond {growth:.0%})")
+    new = set(batch_ids) - set(model.fitted_batches)
+    drifted = sorted(new & set(drifted_batches))
+    if drifted:
+        return f"batch {drifted[0]} drifted since the clusters were chosen" + (
+            f" (and {len(drifted) - 1} more)" if len(drifted) > 1 else "")
+    return None
+
+
+def _map_basis(vectors: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    d = vectors.shape[1] if vectors.ndim == 2 else 0
+    if len(vectors) < 3:
+        return np.zeros(d, np.float32), np.zeros((2, d), np.float32)
+    from sklearn.decomposition import PCA
+
+    pca = PCA(2, random_state=seed).fit(vectors)
+    return pca.mean_.astype(np.float32), pca.components_.astype(np.float32)
+
+
+def assign(model: ScenarioModel, vectors: np.ndarray) -> tuple[Scenarios, np.ndarray]:
+    """Every row to its nearest centre (cosine), and its map coordinates by the stored projection."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if not len(vectors) or not len(model.centres):
+        return Scenarios(np.zeros(len(vectors), int), np.zeros(len(vectors), np.float32), model.centres), \
+            np.zeros((len(vectors), 2), np.float32)
+    similarity = vectors @ model.centres.T
+    labels = similarity.argmax(axis=1)
+    distances = (1.0 - similarity[np.arange(len(vectors)), labels]).astype(np.float32)
+    coordinates = ((vectors - model.map_mean) @ model.map_components.T).astype(np.float32)
+    return Scenarios(labels, distances, model.centres), coordinates
+
+
+@dataclass(frozen=True)
+class ScenarioUpdate:
+    frame: pd.DataFrame          # the scenarios table's rows
+    coordinates: np.ndarray      # (n, 2) map
+    model: ScenarioModel         # the clustering in force (new when re-chosen)
+    rechosen: bool
+    reason: str
+
+
+def update_scenarios(image_ids: list[str], batch_ids: list[str], vectors: np.ndarray, embedder_version: str,
+                     previous: ScenarioModel | None, *, drifted_batches: Iterable[str] = (), growth: float = 0.25,
+                     seed: int = 0) -> ScenarioUpdate:
+    """The scenarios of every image: the previous clustering's, with later images assigned to its centres, or a
+    new choice (:func:`discover`, :func:`map_2d`) when :func:`refit_reason` says so."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    why = refit_reason(previous, embedder_version, len(vectors), batch_ids, drifted_batches, growth)
+    if why is None:
+        found, coordinates = assign(previous, vectors)
+        model = previous
+        reason = (f"{len(previous.centres)} scenarios chosen on {previous.fitted_images} images; "
+                  f"{len(vectors) - previous.fitted_images:+d} images since, assigned to the nearest")
+    else:
+        found = discover(vectors, seed=seed)
+        mean, components = _map_basis(vectors, seed)
+        coordinates = ((vectors - mean) @ components.T).astype(np.float32) if len(vectors) else \
+            np.zeros((0, 2), np.float32)
+        model = ScenarioModel(embedder_version, found.centres, mean, components, len(vectors),
+                              tuple(sorted(set(batch_ids))))
+        reason = f"chosen again: {why}"
+    frame = pd.DataFrame({"image_id": pd.Series(image_ids, dtype=object), "scenario": found.labels.astype(np.int32),
+                          "distance": found.distances, "map_x": coordinates[:, 0], "map_y": coordinates[:, 1]})
+    return ScenarioUpdate(frame, coordinates, model, why is not None, reason)
+

@@ -40,16 +40,45 @@ def test_tiny_and_empty_inputs():
     assert set(discover(_unit(np.ones((3, 4)))).labels) == {0}
 
 
-def test_scenario_rows_and_typical_members():
-    from cv_dataops.discovery.scenarios import scenario_rows, typical_members
+def _blobs(sizes, seed=0, dimension=16):
+    centres = _unit(np.random.default_rng(2).normal(size=(len(sizes), dimension))) * 10
+    vectors, truth = make_blobs(n_samples=list(sizes), centers=centres, cluster_std=0.5, random_state=seed)
+    return _unit(vectors).astype(np.float32), truth
 
-    centres = _unit(np.random.default_rng(2).normal(size=(2, 16))) * 10
-    vectors, _ = make_blobs(n_samples=[40, 20], centers=centres, cluster_std=0.5, random_state=0)
-    frame, coordinates = scenario_rows([f"i{n}" for n in range(60)], _unit(vectors))
+
+def test_scenario_rows_and_typical_members():
+    from cv_dataops.discovery.scenarios import typical_members, update_scenarios
+
+    vectors, _ = _blobs([40, 20])
+    update = update_scenarios([f"i{n}" for n in range(60)], ["b1"] * 60, vectors, "v1", None)
+    frame, coordinates = update.frame, update.coordinates
+    assert update.rechosen and update.reason == "chosen again: no clustering chosen yet"
     assert list(frame.columns) == ["image_id", "scenario", "distance", "map_x", "map_y"]
     assert frame.scenario.value_counts().to_dict() == {0: 40, 1: 20} and coordinates.shape == (60, 2)
     typical = typical_members(frame, 3)
     assert sorted(typical) == [0, 1] and all(len(t) == 3 for t in typical.values())
     assert typical[0].distance.max() <= frame[frame.scenario == 0].distance.nsmallest(4).iloc[-1]
-    empty, _ = scenario_rows([], np.zeros((0, 0), np.float32))
+    empty = update_scenarios([], [], np.zeros((0, 0), np.float32), "v1", None).frame
     assert len(empty) == 0 and typical_members(empty) == {}
+
+
+def test_later_images_join_the_chosen_scenarios_until_the_catalog_grows_or_drifts():
+    from cv_dataops.discovery.scenarios import ScenarioModel, update_scenarios
+
+    vectors, truth = _blobs([200, 100, 60], seed=1)
+    first = update_scenarios([f"i{n}" for n in range(300)], ["b1"] * 300, vectors[:300], "v1", None)
+    model = ScenarioModel.from_bytes(first.model.to_bytes())  # stored and read back
+    assert model.fitted_images == 300 and model.fitted_batches == ("b1",) and len(model.centres) >= 2
+    ids, batches = [f"i{n}" for n in range(360)], ["b1"] * 300 + ["b2"] * 60
+    kept = update_scenarios(ids, batches, vectors, "v1", model, growth=0.25)
+    assert not kept.rechosen and "assigned to the nearest" in kept.reason
+    # the first 300 keep their scenario numbers and map places
+    assert (kept.frame.scenario[:300].to_numpy() == first.frame.scenario.to_numpy()).all()
+    assert np.allclose(kept.coordinates[:300], first.coordinates, atol=1e-4)
+    # a batch that drifted, or growth beyond the fraction, or another embedder: chosen again
+    drifted = update_scenarios(ids, batches, vectors, "v1", model, drifted_batches=["b2"])
+    assert drifted.rechosen and "batch b2 drifted" in drifted.reason
+    grown = update_scenarios(ids, batches, vectors, "v1", model, growth=0.1)
+    assert grown.rechosen and "from 300 to 360 images" in grown.reason
+    assert update_scenarios(ids, batches, vectors, "v2", model).reason.startswith("chosen again: the embedder")
+    assert ScenarioModel.from_bytes(b"not a model") is None
