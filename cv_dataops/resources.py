@@ -259,6 +259,8 @@ class DriftResource(StageResource):
     permutations: int = Field(default=500, ge=1, description="Permutations of each embedding test (MMD, domain "
                                                              "classifier); p-values no smaller than 1/(B+1).")
     max_reference: int = Field(default=1000, ge=20, description="Reference images the embedding tests sample.")
+    max_neighbour_reference: int = Field(default=5000, ge=20, description="Reference images the novelty, scenario "
+                                                                          "and atypicality tests sample.")
     reference: str = Field(default="current_snapshot", description="current_snapshot (its split, below), "
                                                                    "named_snapshot (snapshot_id) or last_batches.")
     snapshot_id: str | None = Field(default=None, description="For reference named_snapshot: which snapshot "
@@ -289,7 +291,8 @@ class DriftResource(StageResource):
     def drift_settings(self):
         from cv_dataops.drift.detect import DriftSettings
 
-        return DriftSettings(alpha=self.alpha, permutations=self.permutations, max_reference=self.max_reference)
+        return DriftSettings(alpha=self.alpha, permutations=self.permutations, max_reference=self.max_reference,
+                             max_neighbour_reference=self.max_neighbour_reference)
 
     def reference_settings(self):
         from cv_dataops.drift.reference import ReferenceSettings

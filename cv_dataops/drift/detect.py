@@ -47,6 +47,8 @@ class DriftSettings:
     alpha: float = 0.05
     permutations: int = 500            # per embedding test; p-values no smaller than 1 / (permutations + 1)
     max_reference: int = 1000          # reference rows for MMD and the classifier (evenly sampled, seeded)
+    max_neighbour_reference: int = 5000  # reference rows for novelty, scenario shares and atypicality (sampled
+    #                                      likewise beyond it: the reference's own nearest neighbours cost n^2)
     novel_quantile: float = 0.95       # novel: farther than this quantile of the reference's own nearest distances
     classifier_ridge: float = 1.0
     scenario_count: int = 8            # k-means scenarios of the reference when none are given
@@ -55,6 +57,8 @@ class DriftSettings:
     def __post_init__(self) -> None:
         if not 0 < self.alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+        if self.max_reference < 5 or self.max_neighbour_reference < 5:
+            raise ValueError("max_reference and max_neighbour_reference must be at least 5")
         if self.permutations < 1 or 1 / (self.permutations + 1) > self.alpha / 16:
             raise ValueError(f"{self.permutations} permutations cannot reach alpha {self.alpha} after the correction; "
                              f"use at least {int(16 / self.alpha)}")
@@ -219,10 +223,11 @@ def detect_drift(batch_id: str, batch: DriftSample, reference: DriftSample | Non
                               seed=settings.seed))
         tests.append(domain_classifier_test(reference.vectors[rows], batch.vectors, ridge=settings.classifier_ridge,
                                             permutations=settings.permutations, seed=settings.seed + 1))
-        picture = neighbour_picture(reference.vectors, batch.vectors, novel_quantile=settings.novel_quantile)
-        scenarios = reference.scenarios if reference.scenarios is not None else reference_scenarios(
-            reference.vectors, settings)
-        tests += scenario_tests(picture, np.asarray(scenarios))
+        near = _reference_rows(len(reference.vectors), settings.max_neighbour_reference, settings.seed)
+        picture = neighbour_picture(reference.vectors[near], batch.vectors, novel_quantile=settings.novel_quantile)
+        scenarios = np.asarray(reference.scenarios)[near] if reference.scenarios is not None else \
+            reference_scenarios(reference.vectors[near], settings)
+        tests += scenario_tests(picture, scenarios)
         embedding, nearest = picture.embedding_atypicality(), picture.batch_nearest
     if reference.probabilities is not None and batch.probabilities is not None:
         # rows without probabilities (NaN: e.g. reference images the model was trained on) take no part

@@ -130,3 +130,17 @@ def test_bad_property_values_do_not_crash():
     sharpness = next(t for t in result.tests if t.feature == "sharpness")
     assert not sharpness.ran and sharpness.missing_batch == 30
     assert isinstance(pd.DataFrame(result.atypicality), pd.DataFrame)
+
+
+def test_a_large_reference_is_sampled_for_the_neighbour_tests():
+    """The reference's own nearest neighbours cost n^2: beyond max_neighbour_reference an even seeded sample stands
+    for it in novelty, scenario shares and atypicality, and a new scenario is still seen."""
+    rng = np.random.default_rng(4)
+    reference = _reference(rng, n=600)
+    small = DriftSettings(permutations=320, max_neighbour_reference=150)
+    result = detect_drift("b1", _batch(rng, new_centre=0.5), reference, "snap-1", small)
+    novel = next(t for t in result.tests if t.feature == "novel_share")
+    assert novel.n_reference == 150 and novel.drifted
+    assert result.atypicality["embedding_atypicality"].notna().all()
+    with pytest.raises(ValueError, match="at least 5"):
+        DriftSettings(max_neighbour_reference=2)
