@@ -259,6 +259,34 @@ def table_command(name: str, data_root: str | None, output: str | None) -> int:
     return _show(catalog.read(definition), output, f"table {name}")
 
 
+def export_command(snapshot_id: str, data_root: str | None, output: str) -> int:
+    """A snapshot's ImageFolder tree written from its manifest into the local folder ``output`` (which must not
+    hold files yet): for snapshots whose copy was pruned (keep_imagefolders), or to put one where training reads."""
+    settings = _settings(data_root=data_root)
+    from cv_dataops.core.storage import UriReader
+    from cv_dataops.curation.dataset import export_snapshot_imagefolder
+
+    target = Path(output)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise CliError(f"{output} exists and is not an empty folder: choose a new one")
+    catalog = _catalog(settings)
+    catalog.storage.ensure_exists()
+
+    def write(relative: str, data: bytes) -> None:
+        path = target / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+    try:
+        written, skipped = export_snapshot_imagefolder(catalog.storage, snapshot_id, UriReader(), write)
+    except KeyError as error:
+        raise CliError(error.args[0]) from None
+    print(f"wrote {written} images of {snapshot_id} to {target} (<split>/<label>/<image>)")
+    for entry in skipped:
+        print(f"cv-dataops: warning: left out {entry['image_id'][:16]}: {entry['problem']}", file=sys.stderr)
+    return 0
+
+
 def search_command(data_root: str | None, sql: str, output: str | None) -> int:
     settings = _settings(data_root=data_root)
     data_root = settings.data_root
@@ -392,6 +420,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="the catalog's folder or s3://bucket/prefix (default: $CV_DATAOPS_DATA_ROOT or data)")
     search.add_argument("-o", "--output", help="write to FILE.csv, FILE.parquet or FILE.json instead of printing")
 
+    export = commands.add_parser("export", help="write a snapshot's ImageFolder tree (train/val/test, one folder "
+                                                "per label) from its manifest into a new local folder")
+    export.add_argument("snapshot_id", help="snap-... (see snapshots/ under the data root, or the curated table)")
+    export.add_argument("-o", "--output", required=True, help="a new or empty local folder")
+    export.add_argument("--data-root", default=None,
+                        help="the catalog's folder or s3://bucket/prefix (default: $CV_DATAOPS_DATA_ROOT or data)")
+
     ui = commands.add_parser("ui", help="start the Dagster UI and daemon on the catalog")
     ui.add_argument("--landing", default=None, help="default: $CV_DATAOPS_LANDING or data/landing")
     ui.add_argument("--data-root", default=None,
@@ -417,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
             return status_command(args.landing, args.data_root)
         if args.command == "table":
             return table_command(args.name, args.data_root, args.output)
+        if args.command == "export":
+            return export_command(args.snapshot_id, args.data_root, args.output)
         if args.command == "search":
             if args.like is None:
                 if args.k is not None:

@@ -178,6 +178,9 @@ class CurationResource(StageResource):
     max_class_ratio: float = Field(default=3.0, description="WARN when the largest class exceeds the smallest "
                                                             "by more than this ratio.")
     export_imagefolder: bool = Field(default=True, description="Also copy the images into an ImageFolder tree.")
+    keep_imagefolders: int | None = Field(default=3, ge=1, description="Keep the ImageFolder copies of this many "
+                                                                        "most recent snapshots (null: all); the "
+                                                                        "rest keep their manifest and exports.")
 
     def settings(self):
         from cv_dataops.curation.settings import CurationSettings

@@ -15,7 +15,7 @@ from cv_dataops.core.storage import Storage
 from cv_dataops.curation.eligibility import eligible
 from cv_dataops.curation.selection import select
 from cv_dataops.curation.settings import CurationSettings
-from cv_dataops.curation.snapshots import snapshot_manifest
+from cv_dataops.curation.snapshots import read_snapshot, snapshot_manifest
 from cv_dataops.curation.splits import leak_free_split, leakage
 from cv_dataops.curation.tables import CURATED
 from cv_dataops.embeddings.vectors import Vectors
@@ -26,6 +26,8 @@ from cv_dataops.exports.label_studio import export_label_studio
 
 SNAPSHOTS_PREFIX = "snapshots"
 IMAGEFOLDER_SKIPPED = "imagefolder_skipped.json"  # in a snapshot: images its ImageFolder copy lacks, and why
+IMAGEFOLDER_PRUNED = "imagefolder_pruned.json"    # in a snapshot: its ImageFolder copy was removed, and how to rebuild
+HISTORY_KEY = f"{SNAPSHOTS_PREFIX}/history.json"  # the snapshots in the order they became current
 
 
 @dataclass(frozen=True)
@@ -95,3 +97,51 @@ def curated_leakage(curated: pd.DataFrame, vectors: Vectors, groups: pd.Series, 
              "images_without_vector": int((~has_vector).sum())}
     found["leak_free"] = found["duplicate_groups_across_splits"] == 0 and found["near_pairs_across_splits"] == 0
     return found
+
+
+def record_current(storage: Storage, snapshot_id: str, now: str) -> list[dict]:
+    """Note ``snapshot_id`` as current in ``snapshots/history.json`` (unless it already is the latest); the history,
+    oldest first."""
+    history = json.loads(storage.read_text(HISTORY_KEY)) if storage.exists(HISTORY_KEY) else []
+    if not history or history[-1]["snapshot_id"] != snapshot_id:
+        history.append({"snapshot_id": snapshot_id, "current_from": now})
+        storage.write_text(HISTORY_KEY, json.dumps(history, indent=1) + "\n")
+    return history
+
+
+def prune_imagefolders(storage: Storage, history: list[dict], keep: int | None, now: str) -> list[str]:
+    """Remove the ImageFolder copies of every snapshot but the ``keep`` most recently current ones (None: keep every
+    copy): the copies are the bulk of a data root and grow with the number of runs, while the manifest, CSV, COCO
+    and Label Studio files stay, and ``cv-dataops export SNAPSHOT -o DIR`` rebuilds a copy from the manifest. Each
+    pruned snapshot says so in ``imagefolder_pruned.json``. Returns the snapshot ids pruned now."""
+    if keep is None:
+        return []
+    order = list(dict.fromkeys(entry["snapshot_id"] for entry in reversed(history)))  # newest first, once each
+    pruned = []
+    for snapshot_id in order[keep:]:
+        folder = f"{SNAPSHOTS_PREFIX}/{snapshot_id}"
+        keys = [info.key for info in storage.list(f"{folder}/imagefolder/") if info.unsafe_reason is None]
+        if not keys:
+            continue
+        for key in keys:
+            storage.delete(key)
+        storage.write_text(f"{folder}/{IMAGEFOLDER_PRUNED}", json.dumps({
+            "pruned_at": now, "images_removed": len(keys),
+            "rebuild": f"cv-dataops export {snapshot_id} -o DIR"}, indent=1) + "\n")
+        pruned.append(snapshot_id)
+    return pruned
+
+
+def export_snapshot_imagefolder(storage: Storage, snapshot_id: str, read_bytes: Callable[[str], bytes],
+                                write_bytes: Callable[[str, bytes], None]) -> tuple[int, list[dict]]:
+    """Write a snapshot's ImageFolder tree from its manifest (each image verified against its id, as the copy in
+    the snapshot is): ``(images written, images skipped with why)``. KeyError when no whole snapshot has that id."""
+    rows = read_snapshot(storage, snapshot_id, SNAPSHOTS_PREFIX)
+    if rows is None:
+        known = sorted({info.key.split("/")[1] for info in storage.list(f"{SNAPSHOTS_PREFIX}/")
+                        if info.key.endswith("/manifest.json")})
+        raise KeyError(f"no snapshot {snapshot_id!r} under {storage.uri_of(SNAPSHOTS_PREFIX)} (known: "
+                       f"{', '.join(known[-5:]) or 'none'})")
+    skipped = export_imagefolder(rows, read_bytes, write_bytes)
+    return len(rows) - len(skipped), skipped
+

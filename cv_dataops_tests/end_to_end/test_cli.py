@@ -72,6 +72,16 @@ def test_run_ingests_then_does_nothing_when_nothing_landed(tmp_path, dagster_hom
     assert third.returncode == 0 and "new batches: 1" in third.stdout
     assert pq.read_table(root / "catalog" / "images").num_rows == images + 1
 
+    # a snapshot's ImageFolder tree, rebuilt from its manifest where training wants it
+    curated = pq.read_table(root / "catalog" / "curated").to_pandas()
+    (snapshot,) = set(curated["snapshot_id"])
+    exported = cli("export", snapshot, "-o", str(tmp_path / "train_here"), "--data-root", str(root))
+    assert exported.returncode == 0 and f"wrote {len(curated)} images of {snapshot}" in exported.stdout, exported
+    copied = sorted(p.relative_to(tmp_path / "train_here") for p in (tmp_path / "train_here").rglob("*") if p.is_file())
+    in_snapshot = sorted(p.relative_to(root / "snapshots" / snapshot / "imagefolder")
+                         for p in (root / "snapshots" / snapshot / "imagefolder").rglob("*") if p.is_file())
+    assert copied == in_snapshot and len(copied) == len(curated)
+
 
 def assert_listed_under_the_code_locations_jobs(instance, runs):
     """The UI lists a job's runs with RunsFilter(job_name, tags={.dagster/repository: <repository@location>})
@@ -123,6 +133,7 @@ def test_table_prints_and_exports_safely(tmp_path, dagster_home):
     (["run", "--landing", ".", "--select", "no_such_asset"], "unknown asset(s) no_such_asset"),
     (["table", "images", "-o", "out.xlsx"], "use a .csv, .parquet or .json"),
     (["demo", "--count", "0"], "--count must be at least 1"),
+    (["export", "snap-nope", "-o", "out"], "no snapshot 'snap-nope' under"),
 ])
 def test_bad_arguments_give_one_clear_line(tmp_path, dagster_home, args, message):
     (tmp_path / "data").mkdir()

@@ -495,3 +495,49 @@ def test_imagefolder_export_layout_and_integrity():
     tampered["/data/a.jpg"] = b"changed since ingestion"
     (skipped,) = export_imagefolder(rows, tampered.__getitem__, lambda path, data: None)
     assert skipped["uri"] == "/data/a.jpg" and "changed since ingest" in skipped["problem"]
+
+
+def test_older_snapshots_lose_their_imagefolder_copy_but_can_be_rebuilt(tmp_path):
+    """Every run with new images writes a new snapshot: keeping every ImageFolder copy grows the data root with the
+    number of runs. The newest keep_imagefolders keep theirs; the others keep their manifest and exports, say they
+    were pruned, and export_snapshot_imagefolder rebuilds the same tree from the manifest."""
+    from cv_dataops.core.storage import LocalStorage
+    from cv_dataops.curation.dataset import (
+        IMAGEFOLDER_PRUNED,
+        CuratedDataset,
+        export_snapshot_imagefolder,
+        prune_imagefolders,
+        record_current,
+        write_snapshot,
+    )
+
+    storage = LocalStorage(tmp_path / "root")
+    files = {}
+    ids = []
+    for number in range(4):  # four versions, each one image more
+        data = f"image {number}".encode()
+        image_id = hashlib.sha256(data).hexdigest()
+        files[f"/land/{number}.jpg"] = data
+        ids.append(image_id)
+        rows = pd.DataFrame({"image_id": ids, "uri": list(files), "label": "cat", "split": "train",
+                             "width": 1, "height": 1})
+        snapshot_id, manifest = snapshot_manifest(rows)
+        dataset = CuratedDataset(rows.assign(snapshot_id=snapshot_id), rows.iloc[:0], len(rows), snapshot_id,
+                                 manifest)
+        write_snapshot(storage, dataset, files.__getitem__)
+        history = record_current(storage, snapshot_id, f"2026-12-0{number + 1}")
+        pruned = prune_imagefolders(storage, history, keep=2, now=f"2026-12-0{number + 1}")
+        assert len(history) == number + 1 and pruned == ([history[number - 2]["snapshot_id"]] if number >= 2 else [])
+    assert record_current(storage, snapshot_id, "later") == history  # the same snapshot again: no new entry
+    oldest = history[0]["snapshot_id"]
+    assert not list(storage.list(f"snapshots/{oldest}/imagefolder/"))
+    assert storage.exists(f"snapshots/{oldest}/manifest.json") and storage.exists(f"snapshots/{oldest}/export.csv")
+    assert json.loads(storage.read_text(f"snapshots/{oldest}/{IMAGEFOLDER_PRUNED}"))["images_removed"] == 1
+    assert len(list(storage.list(f"snapshots/{history[-1]['snapshot_id']}/imagefolder/"))) == 4
+    rebuilt = {}
+    assert export_snapshot_imagefolder(storage, oldest, files.__getitem__, rebuilt.__setitem__) == (1, [])
+    assert list(rebuilt) == ["train/cat/" + ids[0][:16] + ".jpg"] and rebuilt[list(rebuilt)[0]] == b"image 0"
+    with pytest.raises(KeyError, match="no snapshot 'snap-none'"):
+        export_snapshot_imagefolder(storage, "snap-none", files.__getitem__, rebuilt.__setitem__)
+    assert prune_imagefolders(storage, history, keep=None, now="x") == []
+

@@ -3,10 +3,17 @@ immutable, content-addressed snapshot with its exports."""
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import dagster as dg
 
-from cv_dataops.curation.dataset import IMAGEFOLDER_SKIPPED, curate, write_snapshot
+from cv_dataops.curation.dataset import (
+    IMAGEFOLDER_SKIPPED,
+    curate,
+    prune_imagefolders,
+    record_current,
+    write_snapshot,
+)
 from cv_dataops.curation.pool import curation_pool
 from cv_dataops.curation.tables import CURATED
 from cv_dataops.defs.shared.partitions import SPANNING, table_metadata
@@ -48,6 +55,12 @@ def curated_dataset(context: dg.AssetExecutionContext, catalog: CatalogResource,
     dataset = curate(pool, pool_vectors, curation.settings())
     folder = write_snapshot(storage, dataset, catalog.uri_reader(), imagefolder=curation.export_imagefolder)
     uri = tables.write(CURATED, dataset.table())
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    pruned = prune_imagefolders(storage, record_current(storage, dataset.snapshot_id, now),
+                                curation.keep_imagefolders, now)
+    if pruned:
+        context.log.info(f"removed the ImageFolder copies of {len(pruned)} older snapshot(s) (keep_imagefolders="
+                         f"{curation.keep_imagefolders}); `cv-dataops export SNAPSHOT -o DIR` rebuilds one")
     skipped_key = f"{folder}/{IMAGEFOLDER_SKIPPED}"
     skipped = json.loads(storage.read_text(skipped_key)) if storage.exists(skipped_key) else []
     if skipped:
@@ -65,6 +78,7 @@ def curated_dataset(context: dg.AssetExecutionContext, catalog: CatalogResource,
                                         if len(selected) else {}),
         **vectors.summary(),
         "imagefolder_skipped": dg.MetadataValue.json(skipped),
+        "imagefolders_pruned": dg.MetadataValue.json(pruned),
         "curated_table": dg.MetadataValue.path(uri)})
 
 
