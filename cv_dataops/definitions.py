@@ -55,8 +55,10 @@ def step_executor() -> dg.ExecutorDefinition:
 def load_definitions(settings: Settings | None = None) -> dg.Definitions:
     """The code location's definitions for ``settings`` (default: from the environment). Never raises for a wrong
     setting: the stage it configures fails when it runs (see :mod:`cv_dataops.config`)."""
+    from cv_dataops.core.threads import one_native_thread_per_process
     from cv_dataops.resources import build_resources
 
+    one_native_thread_per_process()  # before the executor starts its fork server: every step inherits it
     settings = Settings.from_environment() if settings is None else settings
     stages = dg.load_from_defs_folder(path_within_project=Path(__file__).resolve().parent)
     versions = settings_code_versions(settings)
