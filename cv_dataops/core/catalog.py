@@ -66,9 +66,13 @@ class Catalog:
 
     def read_file(self, table: TableDefinition | str, partition: str | None = None,
                   columns: Sequence[str] | None = None) -> pa.Table:
-        """One stored file as it is on disk (no casting), for checks that verify what was written."""
+        """One stored file as it is on disk (no casting), for checks that verify what was written; of ``columns``,
+        those the file has (one written before a column was added lacks it: :meth:`read` fills it in)."""
         data = self.storage.read_bytes(self.key(table, partition))
-        return pq.read_table(io.BytesIO(data), columns=list(columns) if columns else None)
+        if not columns:
+            return pq.read_table(io.BytesIO(data))
+        present = set(pq.read_schema(io.BytesIO(data)).names)  # a file older than a column lacks it
+        return pq.read_table(io.BytesIO(data), columns=[c for c in columns if c in present])
 
     def read(self, table: TableDefinition | str, partitions: Iterable[str] | None = None,
              columns: Sequence[str] | None = None) -> pa.Table:

@@ -63,9 +63,13 @@ def write_snapshot(storage: Storage, dataset: CuratedDataset, read_bytes: Callab
                    imagefolder: bool = True) -> str:
     """Write the snapshot under ``snapshots/<snapshot_id>/``: CSV, COCO, Label Studio tasks, optionally an
     ImageFolder copy, and the manifest last (its presence means the snapshot is whole). A snapshot is immutable:
-    one that is already whole is left as it is. Returns its folder's key."""
+    one that is already whole is left as it is, except that a copy pruned while it was not current
+    (:func:`prune_imagefolders`) is written again when it becomes current again. Returns its folder's key."""
     folder = f"{SNAPSHOTS_PREFIX}/{dataset.snapshot_id}"
     if storage.exists(f"{folder}/manifest.json"):
+        if imagefolder and storage.exists(f"{folder}/{IMAGEFOLDER_PRUNED}"):
+            _write_imagefolder(storage, folder, dataset.selected, read_bytes)
+            storage.delete(f"{folder}/{IMAGEFOLDER_PRUNED}")
         return folder
     selected = dataset.selected
     storage.write_bytes(f"{folder}/export.csv", export_csv(selected))
@@ -73,12 +77,17 @@ def write_snapshot(storage: Storage, dataset: CuratedDataset, read_bytes: Callab
                                                                                          "height"]]), indent=1))
     storage.write_text(f"{folder}/label_studio.json", json.dumps(export_label_studio(selected), indent=1))
     if imagefolder:
-        skipped = export_imagefolder(selected, read_bytes,
-                                     lambda path, data: storage.write_bytes(f"{folder}/imagefolder/{path}", data))
-        if skipped:  # images whose files changed since ingest: not in the ImageFolder tree, and said so here
-            storage.write_text(f"{folder}/{IMAGEFOLDER_SKIPPED}", json.dumps(skipped, indent=1))
+        _write_imagefolder(storage, folder, selected, read_bytes)
     storage.write_bytes(f"{folder}/manifest.json", dataset.manifest)
     return folder
+
+
+def _write_imagefolder(storage: Storage, folder: str, selected: pd.DataFrame,
+                       read_bytes: Callable[[str], bytes]) -> None:
+    skipped = export_imagefolder(selected, read_bytes,
+                                 lambda path, data: storage.write_bytes(f"{folder}/imagefolder/{path}", data))
+    if skipped:  # images whose files changed since ingest: not in the ImageFolder tree, and said so here
+        storage.write_text(f"{folder}/{IMAGEFOLDER_SKIPPED}", json.dumps(skipped, indent=1))
 
 
 def curated_leakage(curated: pd.DataFrame, vectors: Vectors, groups: pd.Series, radius: float) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import Counter
 
 import pandas as pd
@@ -11,6 +12,7 @@ import pandas as pd
 from cv_dataops.curation.rows import column_values, present
 
 MANIFEST_VERSION = 1
+SNAPSHOT_ID = re.compile(r"snap-[0-9a-f]{16}")
 
 
 def manifest_rows(rows: pd.DataFrame) -> list[dict]:
@@ -44,8 +46,10 @@ def snapshot_manifest(rows: pd.DataFrame) -> tuple[str, bytes]:
 def read_snapshot(storage, snapshot_id: str, prefix: str = "snapshots") -> pd.DataFrame | None:
     """A written snapshot's rows (image_id, uri, label, split, snapshot_id) from its manifest under the data root
     ``storage``, or None when no whole snapshot has that id (its manifest is written last)."""
+    if not SNAPSHOT_ID.fullmatch(snapshot_id):  # what snapshot_manifest makes; anything else names no snapshot
+        return None
     key = f"{prefix}/{snapshot_id}/manifest.json"
-    if "/" in snapshot_id or not storage.exists(key):
+    if not storage.exists(key):
         return None
     images = json.loads(storage.read_bytes(key))["images"]
     frame = pd.DataFrame(images, columns=["image_id", "uri", "sha256", "label", "split"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -145,7 +146,7 @@ class ScenarioModel:
                     return None
                 return cls(header["embedder_version"], stored["centres"], stored["map_mean"],
                            stored["map_components"], int(header["fitted_images"]), tuple(header["fitted_batches"]))
-        except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # JSONDecodeError is a ValueError
             return None
 
 

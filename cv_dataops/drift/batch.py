@@ -12,11 +12,11 @@ A named snapshot (one a model was trained on, say) is read from its manifest und
 was never written is reported as no reference, flagging nothing.
 
 With a promoted label model (of the current embedder), the model family runs too: its predicted labels and
-confidence on the batch against the reference, and an accuracy estimate. The reference's probabilities must be
-out of sample, and the model was trained on the verified labels: a reference image takes part only when the
-model cannot have seen its label (it is in the frozen holdout, or it never had a human or review label; a
-disputed label might once have been human, so it is left out), and the holdout's audited labels calibrate the
-accuracy estimate.
+confidence on the batch against the reference, and an accuracy estimate. Both sides' probabilities must be out of
+sample, and the model was trained on the verified labels: an image (of the reference or of the batch) takes part
+only when the model cannot have seen its label (it is in the frozen holdout, or it never had a human or review
+label; a disputed label might once have been human, so it is left out), and the holdout's audited labels
+calibrate the accuracy estimate.
 """
 
 from __future__ import annotations
@@ -85,18 +85,19 @@ TRAINABLE_STATUSES = ("human", "reviewed", "disputed")  # a label the model may 
 
 
 def _with_model(sample: DriftSample, promoted: PromotedModel, reference: bool) -> DriftSample:
-    """``sample`` with the model's probabilities (reference: NaN where the model may have seen the label) and,
-    for the reference, the holdout's labels as column indices."""
+    """``sample`` with the model's probabilities, NaN where the model may have seen the label (on either side: a
+    batch whose labels it trained on looks more confident than new data would), and, for the reference, the
+    holdout's labels as column indices."""
     if sample.vectors is None or not len(sample.vectors):
         return sample
     probabilities = np.asarray(promoted.model.predict_proba(sample.vectors), dtype=np.float64)
-    if not reference:
-        return DriftSample(sample.properties, sample.vectors, probabilities)
     ids = sample.properties["image_id"].astype(str)
     holdout = set(map(str, promoted.holdout))
     audited = promoted.audited
     seen = set(audited["image_id"][audited["status"].isin(TRAINABLE_STATUSES)].astype(str)) - holdout
     probabilities[ids.isin(seen).to_numpy()] = np.nan
+    if not reference:
+        return DriftSample(sample.properties, sample.vectors, probabilities)
     classes = [str(c) for c in promoted.model.classes_]
     verified = audited[audited["status"].isin(("human", "reviewed")) & audited["image_id"].isin(holdout)]
     label_of = dict(zip(verified["image_id"].astype(str), verified["label"].astype(str)))

@@ -35,18 +35,24 @@ def health_rows(images: pd.DataFrame, quarantine: pd.DataFrame, quality: pd.Data
     labelled = set(audited["image_id"]) if len(audited) else set()
     summary = drift_summary.drop_duplicates("batch_id", keep="last").set_index("batch_id")
     names = [issue.name for issue in issue_types()]
+    # one pass per table, not one scan of every table per batch
+    counts = images["batch_id"].value_counts()
+    refusals = quarantine["batch_id"].value_counts()
+    quality_by_batch = dict(tuple(quality.groupby("batch_id")))
+    drift_by_batch = dict(tuple(drift.groupby("batch_id")))
+    issues_by_batch = dict(tuple(issues[issues["image_id"].isin(labelled)].groupby("batch_id")))
+    empty_quality, empty_drift, empty_issues = quality.iloc[:0], drift.iloc[:0], issues.iloc[:0]
     rows = []
     for position, batch in enumerate(batches, start=1):
-        brought = int((images["batch_id"] == batch).sum())
-        refused = int((quarantine["batch_id"] == batch).sum())
-        measured = quality[quality["batch_id"] == batch]
+        brought, refused = int(counts.get(batch, 0)), int(refusals.get(batch, 0))
+        measured = quality_by_batch.get(batch, empty_quality)
         flags = [f"is_{name}" for name in names if f"is_{name}" in measured]
-        tests = drift[drift["batch_id"] == batch]
+        tests = drift_by_batch.get(batch, empty_drift)
         classifier = tests.loc[tests["test"] == "domain_classifier", "effect_size"].dropna()
         properties = tests[(tests["test"] == "ks") & tests["feature"].isin(list(PROPERTY_BY_COLUMN))]
         properties = properties.dropna(subset=["effect_size"])
         largest = properties.loc[properties["effect_size"].idxmax()] if len(properties) else None
-        mine = issues[(issues["batch_id"] == batch) & issues["image_id"].isin(labelled)]
+        mine = issues_by_batch.get(batch, empty_issues)
         row = {"batch_id": batch, "position": position, "images": brought, "quarantined": refused,
                "quarantine_rate": refused / (brought + refused) if brought + refused else None,
                "measured": len(measured),

@@ -537,7 +537,19 @@ def test_older_snapshots_lose_their_imagefolder_copy_but_can_be_rebuilt(tmp_path
     rebuilt = {}
     assert export_snapshot_imagefolder(storage, oldest, files.__getitem__, rebuilt.__setitem__) == (1, [])
     assert list(rebuilt) == ["train/cat/" + ids[0][:16] + ".jpg"] and rebuilt[list(rebuilt)[0]] == b"image 0"
+    from cv_dataops.curation.snapshots import read_snapshot
+
+    assert read_snapshot(storage, "..") is None and read_snapshot(storage, oldest) is not None
     with pytest.raises(KeyError, match="no snapshot 'snap-none'"):
         export_snapshot_imagefolder(storage, "snap-none", files.__getitem__, rebuilt.__setitem__)
     assert prune_imagefolders(storage, history, keep=None, now="x") == []
+    # the oldest becomes current again (a setting reverted): its copy is written again and the marker goes
+    first_rows = pd.DataFrame({"image_id": ids[:1], "uri": list(files)[:1], "label": "cat", "split": "train",
+                               "width": 1, "height": 1})
+    again_id, again_manifest = snapshot_manifest(first_rows)
+    assert again_id == oldest
+    write_snapshot(storage, CuratedDataset(first_rows.assign(snapshot_id=again_id), first_rows.iloc[:0], 1, again_id,
+                                           again_manifest), files.__getitem__)
+    assert len(list(storage.list(f"snapshots/{oldest}/imagefolder/"))) == 1
+    assert not storage.exists(f"snapshots/{oldest}/{IMAGEFOLDER_PRUNED}")
 

@@ -82,3 +82,4 @@ def test_later_images_join_the_chosen_scenarios_until_the_catalog_grows_or_drift
     assert grown.rechosen and "from 300 to 360 images" in grown.reason
     assert update_scenarios(ids, batches, vectors, "v2", model).reason.startswith("chosen again: the embedder")
     assert ScenarioModel.from_bytes(b"not a model") is None
+    assert ScenarioModel.from_bytes(first.model.to_bytes()[:100]) is None and ScenarioModel.from_bytes(b"") is None

@@ -71,6 +71,8 @@ def test_a_file_written_before_a_column_was_added_reads_it_as_null(tmp_path):
     catalog.storage.write_bytes(catalog.key(DRIFT_SUMMARY, "b1"), buffer.getvalue())
     (row,) = catalog.read(DRIFT_SUMMARY).to_pylist()
     assert row["severity"] == "none" and row["estimated_accuracy"] is None and row["reference_accuracy"] is None
+    (part,) = catalog.read(DRIFT_SUMMARY, columns=["batch_id", "estimated_accuracy"]).to_pylist()
+    assert part == {"batch_id": "b1", "estimated_accuracy": None}  # a column read alone, too
     without_batch = old.drop_columns(["batch_id"])  # a column that may not be null is still required
     buffer = io.BytesIO()
     pq.write_table(without_batch, buffer)

@@ -36,6 +36,9 @@ def test_reference_rows_the_model_may_have_seen_take_no_part():
     classes = list(model.classes_)
     assert (sample.labels[150:200] == [classes.index(label) for label in labels[150:200]]).all()
     assert (sample.labels[:150] == -1).all() and (sample.labels[200:] == -1).all()
+    # a batch whose labels the model trained on is masked the same way: in-sample confidence is no evidence
+    batch = _with_model(DriftSample(properties, x), PromotedModel(model, "v0001", list(holdout), audited), False)
+    assert (np.isfinite(batch.probabilities).all(axis=1) == unseen).all() and batch.labels is None
 
 
 def test_a_class_knock_out_is_seen_by_the_model_family_with_an_accuracy_estimate():
