@@ -9,6 +9,8 @@ from its settings (:func:`s3_client_settings`), with retries on throttling and 5
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
@@ -28,6 +30,7 @@ from cv_dataops.config import (
     Settings,
 )
 from cv_dataops.core.catalog import Catalog
+from cv_dataops.core.lease import Lease
 from cv_dataops.core.storage import (
     DATA_ROOT_OUTAGE_SECONDS,
     S3ClientSettings,
@@ -63,6 +66,9 @@ class StageResource(dg.ConfigurableResource):
 # the step: its writes are idempotent, and a failed step would only be run again by the next run.
 CATALOG_OUTAGE_SECONDS = DATA_ROOT_OUTAGE_SECONDS
 
+# The tag `cv-dataops run` puts on its runs (it holds the data root's lease for them itself).
+LAUNCHED_BY_TAG, LAUNCHED_BY_CLI = "cv_dataops/launched_by", "cli"
+
 
 class CatalogResource(StageResource):
     """The data root: catalog tables, batch manifests and reports."""
@@ -71,6 +77,25 @@ class CatalogResource(StageResource):
     s3: S3Resource = Field(default_factory=S3Resource)
     outage_seconds: float = Field(default=CATALOG_OUTAGE_SECONDS, description=(
         "How long a catalog on S3 retries an unreachable or failing endpoint before the step fails."))
+
+    lease_wait_seconds: float = Field(default=1800.0, description=(
+        "How long a step of a run not started by `cv-dataops run` (the daemon's, the UI's) waits for the data "
+        "root's lease held by another batcher before it fails (and is retried)."))
+
+    @contextmanager
+    def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator[CatalogResource]:
+        """Every step of a run holds the data root's lease while it works, so the daemon's runs, a UI launch and
+        `cv-dataops run` never work on one data root at once. A `cv-dataops run` holds the lease for all its
+        runs itself (its steps do not take it again); a sensor tick or a resource built outside a run takes none
+        (the sensors that batch take it themselves)."""
+        self.setup_for_execution(context)
+        run = context.dagster_run
+        if run is None or run.tags.get(LAUNCHED_BY_TAG) == LAUNCHED_BY_CLI:
+            yield self
+            return
+        holder = f"run {run.run_id} of {run.job_name}"
+        with Lease(self.storage(), holder, wait_seconds=self.lease_wait_seconds, poll_seconds=2.0):
+            yield self
 
     def storage(self) -> Storage:
         return open_data_root(self.data_root, s3_client_settings(self.s3), self.outage_seconds)

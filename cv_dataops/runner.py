@@ -21,6 +21,7 @@ from cv_dataops.core.lease import Lease
 from cv_dataops.core.storage import StorageError
 from cv_dataops.definitions import ATTRIBUTE, CODE_LOCATION, MODULE, load_definitions
 from cv_dataops.defs.shared.partitions import batch_partitions, per_batch_assets
+from cv_dataops.resources import LAUNCHED_BY_CLI, LAUNCHED_BY_TAG
 from cv_dataops.status import (
     DATA_ROOT_TAG,
     FailedCheck,
@@ -34,7 +35,7 @@ from cv_dataops.status import (
 
 # The console shows no step logs: a failure is one line from the CLI, its traceback stays in the run's logs (UI).
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
-CLI_TAGS = {"cv_dataops/launched_by": "cli"}
+CLI_TAGS = {LAUNCHED_BY_TAG: LAUNCHED_BY_CLI}
 
 
 class PipelineFailed(RuntimeError):

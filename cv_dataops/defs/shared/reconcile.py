@@ -29,7 +29,7 @@ import dagster as dg
 
 from cv_dataops.core.lease import Lease
 from cv_dataops.defs.shared.jobs import ingest_batch_job, refresh_spanning_job
-from cv_dataops.resources import CatalogResource
+from cv_dataops.resources import LAUNCHED_BY_CLI, LAUNCHED_BY_TAG, CatalogResource
 from cv_dataops.status import (
     BATCH_JOB,
     DATA_ROOT_TAG,
@@ -108,7 +108,7 @@ def reconcile_sensor(context: dg.SensorEvaluationContext, catalog: CatalogResour
     storage = catalog.storage()
     try:  # runs `cv-dataops run` left unfinished when it was killed: fail them, if no batcher is alive
         with Lease(storage, "reconcile sensor"):
-            orphans = fail_orphaned_runs(instance, {"cv_dataops/launched_by": "cli", DATA_ROOT_TAG: storage.uri})
+            orphans = fail_orphaned_runs(instance, {LAUNCHED_BY_TAG: LAUNCHED_BY_CLI, DATA_ROOT_TAG: storage.uri})
         if orphans:
             context.log.info(f"marked {len(orphans)} run(s) of a killed `cv-dataops run` failed")
     except Exception as error:  # noqa: BLE001 - a held lease (or an unreachable root) only defers this
