@@ -1,16 +1,22 @@
-"""The one nearest-neighbour engine over embeddings: exact k-nearest and radius queries by cosine distance.
+"""The one nearest-neighbour engine over embeddings: k-nearest and radius queries by cosine distance.
 
-Every consumer (embedding near duplicates, curation's near pairs and isolation, similarity search, and next the
-label audit, active learning and drift) asks a :class:`NeighborIndex` built on the unit vectors of ONE embedder
-version (:mod:`cv_dataops.embeddings.vectors`). Exact brute force (at the dimensions embedders
-produce, 64 and more, trees do not help): k-nearest candidates from scikit-learn's multi-threaded brute-force search,
-radius candidates from float32 matrix products in blocks of at most ``block`` scores (memory bounded, never n^2).
-Every candidate's distance is then recomputed in float64, so every consumer sees the same distance for the same
-pair, whatever the blocks. Ties are broken by row number. Vectors that are not finite (an
-undecodable image) are never anyone's neighbour.
+Every consumer (embedding near duplicates, curation's near pairs and isolation, similarity search, the label
+audit, active learning and drift) asks a :class:`NeighborIndex` built on the unit vectors of ONE embedder version
+(:mod:`cv_dataops.embeddings.vectors`). Queries of given vectors are exact brute force (at the dimensions embedders
+produce, 64 and more, trees do not help): k-nearest candidates from scikit-learn's brute-force search, radius
+candidates from float32 matrix products in blocks of at most ``block`` scores (memory bounded, never n^2).
+All-pairs questions about the index's own rows (``radius_pairs``, ``kneighbors(None, k)``) are n^2 that way; from
+``approximate_from`` rows on (20,000) their candidates come from an HNSW graph instead (:class:`ApproximateIndex`,
+faiss-cpu: chosen over usearch by ``bench/neighbour_index.py``), n log n, and a radius query falls back to the exact
+search for every row whose candidates were all within the radius (a dense cluster), so only the graph's recall is
+approximate, never a cluster's size. Every candidate's distance is then recomputed in float64, so every consumer
+sees the same distance for the same pair, whatever the blocks or the path. Ties are broken by row number. Vectors
+that are not finite (an undecodable image) are never anyone's neighbour.
 """
 
 from __future__ import annotations
+
+import io
 
 import numpy as np
 
@@ -18,6 +24,11 @@ import numpy as np
 BLOCK = 1 << 24
 # Slack on a radius for the float32 candidate pass; the float64 distances then decide.
 _SLACK = 1e-5
+# All-pairs questions over at least this many rows take their candidates from the HNSW graph.
+APPROXIMATE_FROM = 20_000
+# Candidates per row a radius query over the graph asks for; a row whose candidates are all within the radius is
+# searched again exactly.
+RADIUS_CANDIDATES = 32
 
 Pairs = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -42,10 +53,24 @@ class NeighborIndex:
     (query, row) pair within ``radius``; ``radius_pairs(radius)`` -> every pair of the index's own rows within it.
     """
 
-    def __init__(self, vectors: np.ndarray, *, block: int = BLOCK):
+    def __init__(self, vectors: np.ndarray, *, block: int = BLOCK, approximate_from: int | None = APPROXIMATE_FROM):
         self.vectors_ = unit_rows(vectors)
         self._finite = np.isfinite(self.vectors_).all(axis=1)
         self.block = max(1, int(block))
+        self.approximate_from = approximate_from  # None: always exact
+        self._graph: ApproximateIndex | None = None
+
+    @property
+    def approximate(self) -> bool:
+        """Whether all-pairs questions about the index's own rows go through the HNSW graph."""
+        return self.approximate_from is not None and len(self) >= self.approximate_from
+
+    def graph(self) -> ApproximateIndex:
+        """The HNSW graph over the index's rows, built on first use."""
+        if self._graph is None:
+            self._graph = ApproximateIndex(self.dimension)
+            self._graph.add(self.vectors_)
+        return self._graph
 
     def __len__(self) -> int:
         return len(self.vectors_)
@@ -85,12 +110,18 @@ class NeighborIndex:
         want = min(k + 1 if own else k, len(fit_rows))
         if k <= 0 or want <= 0 or not len(query_rows):
             return distances, found
-        candidates = fit_rows[NearestNeighbors(n_neighbors=want, algorithm="brute").fit(self.vectors_[fit_rows])
-                              .kneighbors(q[query_rows], return_distance=False)]
+        if own and self.approximate:
+            candidates = self.graph().candidates(q[query_rows], want)
+        else:
+            candidates = fit_rows[NearestNeighbors(n_neighbors=want, algorithm="brute")
+                                  .fit(self.vectors_[fit_rows]).kneighbors(q[query_rows], return_distance=False)]
         step = max(1, self.block // max(1, want * self.dimension))
         for start in range(0, len(query_rows), step):
             rows, cand = query_rows[start:start + step], candidates[start:start + step]
+            missing = cand < 0  # the graph found fewer than asked
+            cand = np.where(missing, rows[:, None], cand)
             exact = self._exact(q, np.repeat(rows, want), cand.ravel()).reshape(cand.shape)
+            exact[missing] = np.inf
             if own:
                 exact[cand == rows[:, None]] = np.inf
             order = np.lexsort((cand, exact), axis=1)[:, :k]
@@ -112,7 +143,38 @@ class NeighborIndex:
         (``< radius`` with ``strict``), sorted by ``i`` then ``j``. Memory grows with the pairs found, not n^2."""
         if len(self) < 2 or radius < 0 or (strict and radius <= 0):
             return _empty_pairs()
+        if self.approximate:
+            return self._graph_pairs(radius, strict)
         return self._within(self.vectors_, radius, strict, own=True)
+
+    def _graph_pairs(self, radius: float, strict: bool) -> Pairs:
+        """:meth:`radius_pairs` from the graph's candidates; rows whose candidates were all within the radius are
+        searched again exactly (their neighbourhood may hold more)."""
+        rows = np.flatnonzero(self._finite)
+        want = min(RADIUS_CANDIDATES + 1, len(rows))
+        candidates = self.graph().candidates(self.vectors_[rows], want)
+        a = np.repeat(rows, want)
+        b = candidates.ravel()
+        usable = (b >= 0) & (b != a)
+        a, b = a[usable], b[usable]
+        distances = self._exact(self.vectors_, a, b)
+        close = distances < radius if strict else distances <= radius
+        within = np.zeros(len(self), dtype=np.int64)
+        np.add.at(within, a[close], 1)
+        saturated = np.flatnonzero(within >= want - 1)
+        pairs_a, pairs_b = [a[close]], [b[close]]
+        if len(saturated):
+            qa, qb, _ = self._within(self.vectors_[saturated], radius, strict, own=False)
+            qa = saturated[qa]
+            other = qa != qb
+            pairs_a.append(qa[other])
+            pairs_b.append(qb[other])
+        a, b = np.concatenate(pairs_a), np.concatenate(pairs_b)
+        low, high = np.minimum(a, b), np.maximum(a, b)
+        unique = np.unique(np.stack([low, high], axis=1), axis=0) if len(low) else np.zeros((0, 2), np.int64)
+        low, high = unique[:, 0].astype(np.int64), unique[:, 1].astype(np.int64)
+        distances = self._exact(self.vectors_, low, high)
+        return low, high, distances
 
     def _within(self, q: np.ndarray, radius: float, strict: bool, own: bool) -> Pairs:
         n = len(self)
@@ -134,3 +196,65 @@ class NeighborIndex:
         rows, columns, distances = rows[close], columns[close], distances[close]
         order = np.lexsort((columns, rows)) if own else np.lexsort((columns, distances, rows))
         return rows[order], columns[order], distances[order]
+
+
+class ApproximateIndex:
+    """An HNSW graph over unit vectors (faiss-cpu's ``IndexHNSWFlat``, inner product): candidates for the nearest
+    rows in about log n per query instead of n. Only candidates: :class:`NeighborIndex` recomputes their distances.
+    Rows that are not finite are stored as zero vectors and never returned. One thread (the process's policy).
+    ``to_bytes``/``from_bytes`` persist it; rows are numbered in the order they were added."""
+
+    def __init__(self, dimension: int, *, links: int = 32, construction_breadth: int = 80,
+                 search_breadth: int = 64):
+        import faiss
+
+        faiss.omp_set_num_threads(1)
+        self.dimension = int(dimension)
+        self.search_breadth = int(search_breadth)
+        self._index = faiss.IndexHNSWFlat(self.dimension, int(links), faiss.METRIC_INNER_PRODUCT)
+        self._index.hnsw.efConstruction = int(construction_breadth)
+        self._index.hnsw.efSearch = self.search_breadth
+        self._finite = np.zeros(0, dtype=bool)
+
+    def __len__(self) -> int:
+        return int(self._index.ntotal)
+
+    def add(self, vectors: np.ndarray) -> None:
+        x = unit_rows(vectors)
+        if len(x) and x.shape[1] != self.dimension:
+            raise ValueError(f"vectors have {x.shape[1]} dimensions, the graph {self.dimension}")
+        finite = np.isfinite(x).all(axis=1)
+        x = np.where(finite[:, None], x, 0.0).astype(np.float32)
+        self._index.add(np.ascontiguousarray(x))
+        self._finite = np.concatenate([self._finite, finite])
+
+    def candidates(self, queries: np.ndarray, k: int) -> np.ndarray:
+        """(queries, k) row numbers, nearest first by the graph; -1 where it found fewer (or a row not finite)."""
+        q = np.ascontiguousarray(unit_rows(queries))
+        if not len(q) or not len(self):
+            return np.full((len(q), max(0, k)), -1, dtype=np.int64)
+        self._index.hnsw.efSearch = max(self.search_breadth, int(k))
+        _, rows = self._index.search(q, int(k))
+        rows = rows.astype(np.int64)
+        valid = rows >= 0
+        rows[valid & ~self._finite[np.where(valid, rows, 0)]] = -1
+        return rows
+
+    def to_bytes(self) -> bytes:
+        import faiss
+
+        buffer = io.BytesIO()
+        np.savez(buffer, graph=faiss.serialize_index(self._index), finite=self._finite,
+                 search_breadth=np.int64(self.search_breadth))
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ApproximateIndex:
+        import faiss
+
+        stored = np.load(io.BytesIO(data))
+        graph = faiss.deserialize_index(stored["graph"])
+        index = cls.__new__(cls)
+        index._index, index._finite = graph, stored["finite"].astype(bool)
+        index.dimension, index.search_breadth = int(graph.d), int(stored["search_breadth"])
+        return index

@@ -92,3 +92,62 @@ def test_connected_components_roots_are_the_smallest_node():
     assert (connected_components(chain[:-1], chain[1:], 100_000) == 0).all()
     assert connected_components(np.zeros(0), np.zeros(0), 3).tolist() == [0, 1, 2]
     assert connected_components([], [], 0).size == 0
+
+
+# --- the HNSW path for all-pairs questions over large sets ------------------------------------------------------
+
+def test_all_pairs_questions_through_the_graph_agree_with_brute_force(vectors):
+    exact, graph = NeighborIndex(vectors, approximate_from=None), NeighborIndex(vectors, approximate_from=1)
+    assert graph.approximate and not exact.approximate
+    for radius in (0.005, 0.02, 0.3):
+        want, got = exact.radius_pairs(radius, strict=True), graph.radius_pairs(radius, strict=True)
+        for w, g in zip(want, got):
+            np.testing.assert_array_equal(w, g) if w.dtype.kind == "i" else np.testing.assert_allclose(w, g)
+    (d_exact, r_exact), (d_graph, r_graph) = exact.kneighbors(k=5), graph.kneighbors(k=5)
+    np.testing.assert_allclose(d_graph, d_exact, atol=1e-9)  # same distances (ties may order rows differently)
+    assert (r_graph == r_exact).mean() > 0.99
+
+
+def test_a_dense_cluster_is_found_whole_beyond_the_graph_s_candidates():
+    rng = np.random.default_rng(1)
+    spread = _unit(rng.normal(size=(400, 16)))
+    cluster = _unit(spread[0] + 0.001 * rng.normal(size=(90, 16)))  # 90 near copies: more than 32 candidates
+    x = np.concatenate([spread, cluster, np.full((2, 16), np.nan, np.float32)])
+    got = NeighborIndex(x, approximate_from=1).radius_pairs(0.01)
+    want = NeighborIndex(x, approximate_from=None).radius_pairs(0.01)
+    assert len(want[0]) >= 90 * 89 // 2
+    for w, g in zip(want, got):
+        np.testing.assert_allclose(w, g)
+    assert not {400 + 90, 400 + 91} & (set(got[0].tolist()) | set(got[1].tolist()))
+
+
+def test_the_graph_persists_and_finds_the_same_candidates():
+    from cv_dataops.embeddings.neighbors import ApproximateIndex
+
+    rng = np.random.default_rng(2)
+    x = _unit(rng.normal(size=(500, 24)))
+    x[7] = np.nan
+    graph = ApproximateIndex(24)
+    graph.add(x[:300])
+    graph.add(x[300:])
+    again = ApproximateIndex.from_bytes(graph.to_bytes())
+    assert len(again) == 500
+    np.testing.assert_array_equal(again.candidates(x[:50], 6), graph.candidates(x[:50], 6))
+    assert 7 not in graph.candidates(x, 10)
+    with pytest.raises(ValueError, match="12 dimensions, the graph 24"):
+        graph.add(np.ones((1, 12)))
+
+
+@pytest.mark.slow
+def test_large_sets_take_the_graph_and_keep_their_radius_pairs():
+    """At the engine's own threshold: planted near copies among 21,000 rows, found as the exact search finds them."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(21_000, 64)).astype(np.float32) * (1.0 / (1.0 + np.arange(64)) ** 0.5)
+    copies = rng.choice(21_000, 300, replace=False)
+    x[copies[:150]] = x[copies[150:]] + 0.01 * rng.normal(size=(150, 64)).astype(np.float32)
+    index = NeighborIndex(x)
+    assert index.approximate
+    got = set(zip(*[a.tolist() for a in index.radius_pairs(0.02)[:2]]))
+    block = NeighborIndex(x, approximate_from=None)
+    want = set(zip(*[a.tolist() for a in block.radius_pairs(0.02)[:2]]))
+    assert len(want) >= 150 and len(got & want) / len(want) >= 0.99 and got <= want
