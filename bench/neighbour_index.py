@@ -219,8 +219,6 @@ def main() -> None:
                          f"{len(got - want)} |")
         print(pair_rows[-1], file=sys.stderr, flush=True)
     body = "\n".join([
-        "Command: `.venv/bin/python bench/neighbour_index.py " + " ".join(sys.argv[1:]) + "`",
-        "",
         (__doc__ or "").split("\n\n", 2)[2].strip(),
         "",
         *rows,

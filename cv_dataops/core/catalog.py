@@ -58,11 +58,15 @@ class Catalog:
         return self.storage.uri_of(key)
 
     def partitions(self, table: TableDefinition | str) -> list[str]:
+        return sorted(self.partition_versions(table))
+
+    def partition_versions(self, table: TableDefinition | str) -> dict[str, str]:
+        """Each stored file of ``table`` and its version (S3 ETag, or size and mtime): one listing, no reads. What
+        incremental stages compare to tell which batches changed since they last looked."""
         definition = self._definition(table)
         prefix = f"{CATALOG_PREFIX}/{definition.name}/"
-        names = [info.key[len(prefix):-len(".parquet")] for info in self.storage.list(prefix)
-                 if info.key.endswith(".parquet") and "/" not in info.key[len(prefix):]]
-        return sorted(names)
+        return {info.key[len(prefix):-len(".parquet")]: info.version for info in self.storage.list(prefix)
+                if info.key.endswith(".parquet") and "/" not in info.key[len(prefix):]}
 
     def read_file(self, table: TableDefinition | str, partition: str | None = None,
                   columns: Sequence[str] | None = None) -> pa.Table:

@@ -4,11 +4,13 @@ SQL: DuckDB with one view per catalog table. Local catalogs are read by DuckDB s
 (nothing is loaded until a query needs it); for S3 catalogs the tables are read through the storage layer and handed
 to DuckDB as Arrow (DuckDB's own S3 support would need an extension download, which a closed network does not allow).
 
-Similarity: exact nearest neighbours by cosine distance (the shared engine,
-:class:`~cv_dataops.embeddings.neighbors.NeighborIndex`), one batch file and at most ``chunk_rows`` vectors at a time
-(:func:`~cv_dataops.embeddings.vectors.iter_vectors`), keeping only the best ``k`` so far: memory stays bounded
-however large the catalog, and at these sizes a brute-force scan is fast enough that no index has to be kept in
-step with the catalog. Vectors are only comparable when one embedder made them, so a search compares the query with
+Similarity: nearest neighbours by cosine distance. The batches the ``neighbour_index`` asset's HNSW graph holds as
+they are now (:mod:`cv_dataops.embeddings.graph_store`; it keeps one from 20,000 vectors on) answer from the graph
+in about log n, their candidates scored exactly; every other batch (all of them in a smaller catalog, and those
+embedded since the graph was last updated) is scanned exactly by the shared engine
+(:class:`~cv_dataops.embeddings.neighbors.NeighborIndex`), one batch file and at most ``chunk_rows`` vectors at a
+time (:func:`~cv_dataops.embeddings.vectors.iter_vectors`), keeping only the best ``k`` so far: memory stays
+bounded however large the catalog. Vectors are only comparable when one embedder made them, so a search compares the query with
 the images embedded by the query's ``embedder_version`` only; when the catalog mixes versions (a new embedder whose
 backfill has not finished), the others are skipped with a :class:`MixedEmbedderVersionsWarning`.
 
@@ -28,6 +30,7 @@ import pyarrow.compute as pc
 
 from cv_dataops.core.catalog import CATALOG_PREFIX, Catalog
 from cv_dataops.core.storage import Storage
+from cv_dataops.embeddings.graph_store import load_graph
 from cv_dataops.embeddings.neighbors import NeighborIndex
 from cv_dataops.embeddings.tables import EMBEDDINGS
 from cv_dataops.embeddings.vectors import embedder_versions, iter_vectors, read_vectors
@@ -174,7 +177,21 @@ def similar_images(catalog: Catalog, query: str | np.ndarray, k: int = 10, *, em
     best_distances = np.empty(0, np.float64)
     best_ids: list[str] = []
     best_batches: list[str] = []
-    for chunk in iter_vectors(catalog, version, chunk_rows):
+    fingerprints = catalog.partition_versions(EMBEDDINGS)
+    graph = load_graph(catalog.storage, version)
+    held = graph.current_batches(fingerprints) if graph is not None else set()
+    if held:  # the graph's candidates for the batches it holds as they are now; the others are scanned below
+        if graph.graph.dimension != len(vector):
+            raise ValueError(f"embeddings of version {version} are not all {len(vector)}-dimensional like the query")
+        rows = graph.graph.candidates(vector[None], min(k + 1, len(graph.image_ids)))[0]
+        rows = np.array([r for r in rows.tolist() if r >= 0 and graph.batch_ids[r] in held
+                         and graph.image_ids[r] != exclude], dtype=np.int64)
+        distances = 1.0 - graph.graph.vectors(rows).astype(np.float64) @ vector.astype(np.float64)
+        survivors = _smallest(distances, k)
+        best_distances = distances[survivors]
+        best_ids = [graph.image_ids[rows[i]] for i in survivors]
+        best_batches = [graph.batch_ids[rows[i]] for i in survivors]
+    for chunk in iter_vectors(catalog, version, chunk_rows, batches=sorted(set(fingerprints) - held)):
         if not len(chunk):
             continue
         if chunk.dimension != len(vector):

@@ -507,6 +507,4 @@ class HashRowStore:
 
 def partition_fingerprints(catalog, table) -> dict[str, str]:
     """Each batch file of a catalog table and its version (S3 ETag, or size and mtime): a listing, no reads."""
-    prefix = catalog.key(table, "_").rsplit("/", 1)[0] + "/"
-    return {info.key[len(prefix):-len(".parquet")]: info.version for info in catalog.storage.list(prefix)
-            if info.key.endswith(".parquet") and "/" not in info.key[len(prefix):]}
+    return catalog.partition_versions(table)

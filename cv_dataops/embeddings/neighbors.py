@@ -240,6 +240,13 @@ class ApproximateIndex:
         rows[valid & ~self._finite[np.where(valid, rows, 0)]] = -1
         return rows
 
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        """The stored unit vectors of ``rows`` (zero for rows that were not finite), to score candidates exactly."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(rows):
+            return np.zeros((0, self.dimension), np.float32)
+        return self._index.reconstruct_batch(rows)
+
     def to_bytes(self) -> bytes:
         import faiss
 

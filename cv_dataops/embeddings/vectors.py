@@ -141,10 +141,12 @@ def read_vectors(tables, embedder_version: str | None = None, *,
     return _vectors(same, version, waiting)
 
 
-def iter_vectors(tables, embedder_version: str, chunk_rows: int = 65_536) -> Iterator[Vectors]:
-    """The vectors of ``embedder_version``, one batch file and at most ``chunk_rows`` rows at a time (memory bounded
-    however large the catalog); each chunk's ``waiting`` counts its batch's rows of other versions."""
-    for partition in tables.partitions(EMBEDDINGS):
+def iter_vectors(tables, embedder_version: str, chunk_rows: int = 65_536,
+                 batches: Sequence[str] | None = None) -> Iterator[Vectors]:
+    """The vectors of ``embedder_version`` (in every batch, or in ``batches``), one batch file and at most
+    ``chunk_rows`` rows at a time (memory bounded however large the catalog); each chunk's ``waiting`` counts its
+    batch's rows of other versions."""
+    for partition in tables.partitions(EMBEDDINGS) if batches is None else batches:
         same, waiting = _of_version(tables.read(EMBEDDINGS, [partition], columns=_COLUMNS), embedder_version)
         if not same.num_rows:
             if waiting:

@@ -22,8 +22,10 @@ from cv_dataops.discovery.search import (
     stored_embedder,
 )
 from cv_dataops.embeddings.embedders import PatchKMeansEmbedder, embed_bytes
+from cv_dataops.embeddings.graph_store import graph_key, load_graph, update_graph
 from cv_dataops.embeddings.store import PATCH_KMEANS_KEY
 from cv_dataops.embeddings.tables import EMBEDDINGS
+from cv_dataops.embeddings.vectors import read_vectors
 from cv_dataops.ingest.tables import IMAGES
 from cv_dataops_tests.conftest import encode, photo
 
@@ -61,13 +63,43 @@ def search(*args: str) -> int:
         return cli.main(["search", *args])
 
 
-@pytest.fixture
-def catalog(tmp_path) -> Catalog:
+def build_graph(catalog: Catalog, version: str = "v1"):
+    """The neighbour_index asset's work, at any size (it starts a graph only from 20,000 vectors)."""
+    return update_graph(catalog.storage, version, catalog.partition_versions(EMBEDDINGS),
+                        lambda batch: read_vectors(catalog, version, batches=[batch]), catalog_rows=0, min_rows=0)
+
+
+@pytest.fixture(params=["scan", "graph"])
+def catalog(tmp_path, request) -> Catalog:
+    """Every search test runs twice: scanning every vector, and through the HNSW graph of the batches written here
+    (batches a test writes later are not in the graph: they are scanned)."""
     catalog = Catalog(LocalStorage(tmp_path / "data"))
     for batch_id, names in BATCHES.items():
         write_images(catalog, batch_id, [image_id(n) for n in names])
         write_embeddings(catalog, batch_id, {image_id(n): direction(ANGLES[n]) for n in names})
+    if request.param == "graph":
+        update = build_graph(catalog)
+        assert update.rows == 8 and update.batches_added == ["b1", "b2"]
     return catalog
+
+
+def test_the_graph_follows_the_catalog_batch_by_batch(tmp_path):
+    catalog = Catalog(LocalStorage(tmp_path / "data"))
+    write_embeddings(catalog, "b1", {image_id(n): direction(ANGLES[n]) for n in BATCHES["b1"]})
+    assert update_graph(catalog.storage, "v1", catalog.partition_versions(EMBEDDINGS), lambda b: None,
+                        catalog_rows=5).rows == 0  # below 20,000 vectors: no graph, searches scan
+    assert build_graph(catalog).rebuilt
+    write_embeddings(catalog, "b2", {image_id(n): direction(ANGLES[n]) for n in BATCHES["b2"]})
+    added = build_graph(catalog)
+    assert not added.rebuilt and added.batches_added == ["b2"] and added.rows == 8 and added.rows_added == 3
+    assert build_graph(catalog).batches_added == []  # nothing new: nothing read or written
+    write_embeddings(catalog, "b1", {image_id(n): direction(ANGLES[n] + 1) for n in BATCHES["b1"]})  # re-embedded
+    again = build_graph(catalog)
+    assert again.rebuilt and "changed" in again.reason and again.rows == 8
+    graph = load_graph(catalog.storage, "v1")
+    assert graph.current_batches(catalog.partition_versions(EMBEDDINGS)) == {"b1", "b2"}
+    catalog.storage.write_bytes(graph_key("v1"), b"torn")
+    assert load_graph(catalog.storage, "v1") is None and build_graph(catalog).rebuilt
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 2, 65_536])

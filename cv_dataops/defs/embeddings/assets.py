@@ -9,13 +9,20 @@ from PIL import Image
 from cv_dataops.core.versioning import versioned
 from cv_dataops.defs.shared.partitions import (
     PER_BATCH_TAG,
+    SPANNING,
     STALE_OR_NEW,
     batch_partitions,
     table_metadata,
 )
 from cv_dataops.embeddings.embedders import embed_bytes
+from cv_dataops.embeddings.graph_store import graph_key, update_graph
 from cv_dataops.embeddings.store import load_or_fit_embedder
 from cv_dataops.embeddings.tables import EMBEDDINGS
+from cv_dataops.embeddings.vectors import (
+    current_embedder_version,
+    embedder_versions,
+    read_vectors,
+)
 from cv_dataops.images.analysis_cache import (
     AnalysisImage,
     analysis_side_for,
@@ -95,3 +102,28 @@ def image_embeddings(context: dg.AssetExecutionContext, catalog: CatalogResource
         "dimension": int(embedder.dimension), "content_changed": dg.MetadataValue.json(changed),
         "images_per_second": round(len(images) / seconds, 1) if seconds else 0,
         "decoded_at_ingest": cached[0], "embeddings_table": dg.MetadataValue.path(uri)})
+
+
+@dg.asset(
+    deps=["image_embeddings"],
+    group_name="embeddings",
+    kinds={"python", "faiss"},
+    code_version="1",
+    automation_condition=SPANNING,
+)
+def neighbour_index(context: dg.AssetExecutionContext, catalog: CatalogResource,
+                    embedding: EmbeddingResource) -> dg.MaterializeResult:
+    """The current embedder's vectors as an HNSW graph under the data root, for similarity search in about log n
+    per query: batches embedded since are added, and the graph is built again only when a batch it holds was
+    re-embedded (see cv_dataops.embeddings.graph_store)."""
+    tables, storage = catalog.catalog(), catalog.storage()
+    version = current_embedder_version(tables, storage, embedding.spec)
+    update = update_graph(storage, version, tables.partition_versions(EMBEDDINGS),
+                          lambda batch: read_vectors(tables, version, batches=[batch]),
+                          catalog_rows=embedder_versions(tables).get(version, 0) if version else 0)
+    context.log.info(f"neighbour graph: {update.rows} rows, {update.rows_added} added"
+                     + (f"; {update.reason}" if update.reason else ""))
+    return dg.MaterializeResult(metadata={
+        "embedder_version": update.embedder_version or "", "rows": update.rows, "rows_added": update.rows_added,
+        "batches_added": len(update.batches_added), "rebuilt": update.rebuilt, "why": update.reason or "-",
+        "graph": dg.MetadataValue.path(storage.uri_of(graph_key(version))) if version else "-"})

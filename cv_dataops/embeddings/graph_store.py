@@ -1,0 +1,138 @@
+"""The current embedder's vectors as a persisted HNSW graph under the data root, kept in step batch by batch.
+
+A similarity search that scans every vector costs O(n) per query (seconds at a million images); the graph answers
+in about log n once loaded. The ``neighbour_index`` asset calls :func:`update_graph` after new batches are embedded:
+it adds the vectors of batches the graph does not hold yet (O(batch log n)) and builds the graph again only when a
+batch it holds changed (re-embedded) or vanished. Each embedder version has its own graph, one file
+(``models/neighbours/<version>.npz``: the graph, the image and batch id of each row, and the fingerprint of each
+batch file it was built from), written atomically, so a reader sees a whole graph or the one before.
+
+Readers (:func:`load_graph`) get the graph and which batches it holds as they are now: a batch added or changed
+since is not in it, and the search scans those exactly, so an out-of-date graph is slower, never wrong about what
+it holds. Deleting ``models/neighbours/`` is always safe: the next run builds it again.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from cv_dataops.embeddings.neighbors import APPROXIMATE_FROM, ApproximateIndex
+from cv_dataops.embeddings.vectors import Vectors
+
+GRAPH_PREFIX = "models/neighbours"
+GRAPH_FORMAT = "1"
+
+
+def graph_key(embedder_version: str) -> str:
+    """Where the graph of ``embedder_version`` is kept (the version made safe as a file name)."""
+    return f"{GRAPH_PREFIX}/{re.sub(r'[^A-Za-z0-9._-]', '_', embedder_version)}.npz"
+
+
+@dataclass
+class NeighbourGraph:
+    """The graph of one embedder version: ``graph`` row *i* is image ``image_ids[i]`` of batch ``batch_ids[i]``;
+    ``batches`` maps each batch it holds to the fingerprint of the embeddings file it was read from."""
+
+    embedder_version: str
+    graph: ApproximateIndex
+    image_ids: list[str]
+    batch_ids: list[str]
+    batches: dict[str, str]
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.savez(buffer, graph=np.frombuffer(self.graph.to_bytes(), dtype=np.uint8),
+                 image_ids=np.array(self.image_ids, dtype=object).astype(str),
+                 batch_ids=np.array(self.batch_ids, dtype=object).astype(str),
+                 about=np.array(json.dumps({"format": GRAPH_FORMAT, "embedder_version": self.embedder_version,
+                                            "batches": self.batches})))
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> NeighbourGraph | None:
+        """None for a file of another format or a torn one (the next update builds it again)."""
+        try:
+            stored = np.load(io.BytesIO(data), allow_pickle=False)
+            about = json.loads(str(stored["about"]))
+            if about.get("format") != GRAPH_FORMAT:
+                return None
+            graph = ApproximateIndex.from_bytes(stored["graph"].tobytes())
+            image_ids, batch_ids = stored["image_ids"].tolist(), stored["batch_ids"].tolist()
+        except (ValueError, KeyError, OSError, RuntimeError):
+            return None
+        if not (len(graph) == len(image_ids) == len(batch_ids)):
+            return None
+        return cls(str(about["embedder_version"]), graph, image_ids, batch_ids, dict(about["batches"]))
+
+    def current_batches(self, fingerprints: Mapping[str, str]) -> set[str]:
+        """The batches the graph holds as their files are now (``fingerprints``): a search can trust its rows."""
+        return {b for b, f in self.batches.items() if fingerprints.get(b) == f}
+
+
+def load_graph(storage, embedder_version: str) -> NeighbourGraph | None:
+    try:
+        data = storage.read_bytes(graph_key(embedder_version))
+    except FileNotFoundError:
+        return None
+    graph = NeighbourGraph.from_bytes(data)
+    return graph if graph is not None and graph.embedder_version == embedder_version else None
+
+
+@dataclass(frozen=True)
+class GraphUpdate:
+    """What :func:`update_graph` did: ``rebuilt`` (and why), the batches added, the rows now and added."""
+
+    embedder_version: str | None
+    rebuilt: bool
+    reason: str
+    batches_added: list[str]
+    rows: int
+    rows_added: int
+
+
+def update_graph(storage, embedder_version: str | None, fingerprints: Mapping[str, str],
+                 read_batch: Callable[[str], Vectors], *, catalog_rows: int,
+                 min_rows: int = APPROXIMATE_FROM) -> GraphUpdate:
+    """Bring the graph of ``embedder_version`` in step with the embeddings files (``fingerprints``: batch ->
+    version of its file), reading a batch's vectors of that version with ``read_batch`` only when the graph
+    lacks it. Nothing is written when nothing changed. No graph is started while the catalog holds fewer than
+    ``min_rows`` vectors of the version (``catalog_rows``): below that the engine's exact search is as fast."""
+    if embedder_version is None:
+        return GraphUpdate(None, False, "nothing is embedded yet", [], 0, 0)
+    graph = load_graph(storage, embedder_version)
+    if graph is None and catalog_rows < min_rows:
+        return GraphUpdate(embedder_version, False, f"no graph below {min_rows:,} vectors ({catalog_rows:,} now): "
+                           f"searches are exact", [], 0, 0)
+    changed = [] if graph is None else sorted(b for b, f in graph.batches.items() if fingerprints.get(b) != f)
+    reason = ""
+    if graph is None:
+        reason = "no graph of this embedder version yet"
+    elif changed:
+        reason = f"{len(changed)} batch(es) changed or vanished since they were added (e.g. {changed[0]})"
+    if reason:
+        graph = None
+    todo = sorted(fingerprints) if graph is None else sorted(set(fingerprints) - set(graph.batches))
+    if not todo and graph is not None:
+        return GraphUpdate(embedder_version, False, "", [], len(graph.image_ids), 0)
+    added_rows = 0
+    for batch in todo:
+        vectors = read_batch(batch)
+        if len(vectors) and graph is None:
+            graph = NeighbourGraph(embedder_version, ApproximateIndex(vectors.dimension), [], [], {})
+        if len(vectors):
+            graph.graph.add(vectors.matrix)
+            graph.image_ids.extend(vectors.image_ids)
+            graph.batch_ids.extend(vectors.batch_ids)
+            added_rows += len(vectors)
+        if graph is not None:
+            graph.batches[batch] = fingerprints[batch]  # held, even with no vector of this version
+    if graph is None:
+        return GraphUpdate(embedder_version, bool(reason), reason or "no vectors of this version", [], 0, 0)
+    storage.write_bytes(graph_key(embedder_version), graph.to_bytes())
+    return GraphUpdate(embedder_version, bool(reason), reason, todo, len(graph.image_ids), added_rows)
