@@ -5,7 +5,8 @@ in about log n once loaded. The ``neighbour_index`` asset calls :func:`update_gr
 it adds the vectors of batches the graph does not hold yet (O(batch log n)) and builds the graph again only when a
 batch it holds changed (re-embedded) or vanished. Each embedder version has its own graph, one file
 (``models/neighbours/<version>.npz``: the graph, the image and batch id of each row, and the fingerprint of each
-batch file it was built from), written atomically, so a reader sees a whole graph or the one before.
+batch file it was built from), written atomically, so a reader sees a whole graph or the one before; a small
+``<version>.batches.json`` beside it, written after it, lets a run with nothing new skip reading the graph.
 
 Readers (:func:`load_graph`) get the graph and which batches it holds as they are now: a batch added or changed
 since is not in it, and the search scans those exactly, so an out-of-date graph is slower, never wrong about what
@@ -75,6 +76,15 @@ class NeighbourGraph:
         return {b for b, f in self.batches.items() if fingerprints.get(b) == f}
 
 
+def _summary_key(embedder_version: str) -> str:
+    """A small file beside the graph naming the batches it holds: a run with nothing new reads only this."""
+    return graph_key(embedder_version)[:-len(".npz")] + ".batches.json"
+
+
+def _summary(graph: NeighbourGraph) -> str:
+    return json.dumps({"format": GRAPH_FORMAT, "batches": graph.batches, "rows": len(graph.image_ids)})
+
+
 def load_graph(storage, embedder_version: str) -> NeighbourGraph | None:
     try:
         data = storage.read_bytes(graph_key(embedder_version))
@@ -105,6 +115,12 @@ def update_graph(storage, embedder_version: str | None, fingerprints: Mapping[st
     ``min_rows`` vectors of the version (``catalog_rows``): below that the engine's exact search is as fast."""
     if embedder_version is None:
         return GraphUpdate(None, False, "nothing is embedded yet", [], 0, 0)
+    try:  # advisory (written after the graph): when it names exactly these files, nothing needs reading
+        summary = json.loads(storage.read_text(_summary_key(embedder_version)))
+        if summary.get("format") == GRAPH_FORMAT and summary.get("batches") == dict(fingerprints):
+            return GraphUpdate(embedder_version, False, "", [], int(summary["rows"]), 0)
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        pass
     graph = load_graph(storage, embedder_version)
     if graph is None and catalog_rows < min_rows:
         return GraphUpdate(embedder_version, False, f"no graph below {min_rows:,} vectors ({catalog_rows:,} now): "
@@ -119,6 +135,7 @@ def update_graph(storage, embedder_version: str | None, fingerprints: Mapping[st
         graph = None
     todo = sorted(fingerprints) if graph is None else sorted(set(fingerprints) - set(graph.batches))
     if not todo and graph is not None:
+        storage.write_text(_summary_key(embedder_version), _summary(graph))
         return GraphUpdate(embedder_version, False, "", [], len(graph.image_ids), 0)
     added_rows = 0
     for batch in todo:
@@ -135,4 +152,5 @@ def update_graph(storage, embedder_version: str | None, fingerprints: Mapping[st
     if graph is None:
         return GraphUpdate(embedder_version, bool(reason), reason or "no vectors of this version", [], 0, 0)
     storage.write_bytes(graph_key(embedder_version), graph.to_bytes())
+    storage.write_text(_summary_key(embedder_version), _summary(graph))
     return GraphUpdate(embedder_version, bool(reason), reason, todo, len(graph.image_ids), added_rows)

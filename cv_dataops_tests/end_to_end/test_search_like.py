@@ -98,8 +98,10 @@ def test_the_graph_follows_the_catalog_batch_by_batch(tmp_path):
     assert again.rebuilt and "changed" in again.reason and again.rows == 8
     graph = load_graph(catalog.storage, "v1")
     assert graph.current_batches(catalog.partition_versions(EMBEDDINGS)) == {"b1", "b2"}
-    catalog.storage.write_bytes(graph_key("v1"), b"torn")
-    assert load_graph(catalog.storage, "v1") is None and build_graph(catalog).rebuilt
+    catalog.storage.write_bytes(graph_key("v1"), b"a graph of another format")
+    assert load_graph(catalog.storage, "v1") is None  # a search then scans every batch
+    catalog.storage.delete(graph_key("v1")[:-len(".npz")] + ".batches.json")
+    assert build_graph(catalog).rebuilt and load_graph(catalog.storage, "v1") is not None
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 2, 65_536])
