@@ -29,6 +29,9 @@ IMAGEFOLDER_SKIPPED = "imagefolder_skipped.json"  # in a snapshot: images its Im
 IMAGEFOLDER_PRUNED = "imagefolder_pruned.json"    # in a snapshot: its ImageFolder copy was removed, and how to rebuild
 HISTORY_KEY = f"{SNAPSHOTS_PREFIX}/history.json"  # the snapshots in the order they became current
 
+# (image ids, radius) -> their near pairs as positions (i < j, distance), or None when not known
+KnownPairs = Callable[[list, float], "tuple[np.ndarray, np.ndarray, np.ndarray] | None"]
+
 
 @dataclass(frozen=True)
 class CuratedDataset:
@@ -47,14 +50,18 @@ class CuratedDataset:
         return pa.Table.from_pandas(rows[CURATED.column_names], preserve_index=False)
 
 
-def curate(pool: pd.DataFrame, vectors: np.ndarray, settings: CurationSettings) -> CuratedDataset:
+def curate(pool: pd.DataFrame, vectors: np.ndarray, settings: CurationSettings,
+           known_pairs: KnownPairs | None = None) -> CuratedDataset:
     """Unusable images and all but one of each duplicate group out; a selection within the budget; leak-free
     splits; the content-addressed snapshot id. ``vectors[i]`` is the embedding of ``pool``'s *i*-th row, and
-    ``pool`` is on a RangeIndex (as :func:`~cv_dataops.curation.pool.curation_pool` returns it)."""
+    ``pool`` is on a RangeIndex (as :func:`~cv_dataops.curation.pool.curation_pool` returns it).
+    ``known_pairs(image_ids, radius)``: the near pairs among those images when something keeps them (the
+    neighbour graph's edges), or None to have the engine search the selected vectors."""
     kept, excluded = eligible(pool)
     selected = select(kept, vectors[kept.index.to_numpy()], settings)
+    pairs = known_pairs(selected["image_id"].tolist(), settings.neighbour_radius) if known_pairs else None
     selected = selected.assign(split=leak_free_split(selected, vectors[selected.index.to_numpy()], settings,
-                                                     selected.get("group_id")).values)
+                                                     selected.get("group_id"), pairs=pairs).values)
     snapshot_id, manifest = snapshot_manifest(selected)
     return CuratedDataset(selected.assign(snapshot_id=snapshot_id), excluded, len(kept), snapshot_id, manifest)
 
@@ -90,16 +97,19 @@ def _write_imagefolder(storage: Storage, folder: str, selected: pd.DataFrame,
         storage.write_text(f"{folder}/{IMAGEFOLDER_SKIPPED}", json.dumps(skipped, indent=1))
 
 
-def curated_leakage(curated: pd.DataFrame, vectors: Vectors, groups: pd.Series, radius: float) -> dict:
+def curated_leakage(curated: pd.DataFrame, vectors: Vectors, groups: pd.Series, radius: float,
+                    known_pairs: KnownPairs | None = None) -> dict:
     """:func:`~cv_dataops.curation.splits.leakage` of the ``curated`` rows (``image_id, split``) with their vectors
     of ``vectors``' embedder version, ``groups`` mapping image ids to duplicate groups. Curated images without such a
     vector (embedded by another version since) cannot be checked for near pairs: ``images_without_vector`` counts
     them (their duplicate groups are still checked)."""
     has_vector = curated.image_id.isin(set(vectors.image_ids)).to_numpy()
     checked = curated[has_vector]
+    pairs = known_pairs(checked.image_id.tolist(), radius) if known_pairs and len(checked) else None
     near = leakage(checked.set_index("image_id").split,
+                   None if pairs is not None else
                    vectors.matrix[vectors.rows_of(checked.image_id)] if len(checked) else np.zeros((0, 1), np.float32),
-                   None, radius)
+                   None, radius, pairs=pairs)
     split = curated.set_index("image_id").split
     by_group = leakage(split, None, split.index.to_series().map(groups), radius)
     found = {**near, "duplicate_groups_across_splits": by_group["duplicate_groups_across_splits"],

@@ -50,7 +50,8 @@ def _aligned_groups(groups: pd.Series | None, index: pd.Index, n: int) -> list:
 
 
 def leak_free_split(selected: pd.DataFrame, vectors: np.ndarray, settings: CurationSettings,
-                    duplicate_groups: pd.Series | None = None) -> pd.Series:
+                    duplicate_groups: pd.Series | None = None,
+                    pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> pd.Series:
     """``train``/``val``/``test`` for each row of ``selected`` (a Series on its index, named ``split``).
 
     Rows are first joined into clusters: connected components of the graph whose edges are pairs closer than
@@ -59,7 +60,9 @@ def leak_free_split(selected: pd.DataFrame, vectors: np.ndarray, settings: Curat
     if there is one). Whole clusters are then assigned, largest first (equal sizes in an order drawn with
     ``settings.seed``), each to the split furthest below its target for the cluster's labels (target = the split's
     fraction of that label's rows; unlabelled rows are one more label). A single cluster larger than a split's
-    target still goes to one split: leakage is never traded for fractions.
+    target still goes to one split: leakage is never traded for fractions. ``pairs``: the near pairs (positions
+    ``i < j`` in ``selected``) when they are known already (the neighbour graph's kept edges), instead of
+    :func:`near_pairs` on ``vectors``.
     """
     n = len(selected)
     if n == 0:
@@ -68,7 +71,7 @@ def leak_free_split(selected: pd.DataFrame, vectors: np.ndarray, settings: Curat
     if duplicate_groups is None and "group_id" in selected.columns:
         duplicate_groups = selected["group_id"]
     groups = _aligned_groups(duplicate_groups, selected.index, n)
-    i, j, _ = near_pairs(x, settings.neighbour_radius)
+    i, j, _ = pairs if pairs is not None else near_pairs(x, settings.neighbour_radius)
     ga, gb = _group_edges(groups)
     component = connected_components(np.concatenate([i, ga]), np.concatenate([j, gb]), n)
 
@@ -104,13 +107,15 @@ def leak_free_split(selected: pd.DataFrame, vectors: np.ndarray, settings: Curat
     return pd.Series(assignment, index=selected.index, name="split", dtype=object)
 
 
-def leakage(split: pd.Series, vectors: np.ndarray, groups: pd.Series | None, radius: float) -> dict:
+def leakage(split: pd.Series, vectors: np.ndarray, groups: pd.Series | None, radius: float,
+            pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> dict:
     """What crosses splits: 0 in both counts means leak-free.
 
     ``duplicate_groups_across_splits``: duplicate groups with members in more than one split;
     ``near_pairs_across_splits``: pairs closer than ``radius`` (cosine) in different splits, out of
     ``near_pairs`` such pairs in all. ``examples``: up to five crossing pairs of index labels (as strings).
-    ``groups`` is aligned on ``split``'s index (or by position), ``vectors`` by position.
+    ``groups`` is aligned on ``split``'s index (or by position), ``vectors`` by position; ``pairs``, when given,
+    are the near pairs (positions) already known, as in :func:`leak_free_split`.
     """
     n = len(split)
     values = split.tolist()
@@ -122,15 +127,15 @@ def leakage(split: pd.Series, vectors: np.ndarray, groups: pd.Series | None, rad
             seen.setdefault(group, set()).add(value)
     cross_groups = sum(1 for s in seen.values() if len(s) > 1)
     crossing = 0
-    pairs = 0
-    if vectors is not None and n > 1:
-        i, j, _ = near_pairs(aligned_matrix(vectors, n, "leakage"), radius)
-        pairs = len(i)
+    pair_count = 0
+    if (vectors is not None or pairs is not None) and n > 1:
+        i, j, _ = pairs if pairs is not None else near_pairs(aligned_matrix(vectors, n, "leakage"), radius)
+        pair_count = len(i)
         labels = np.array(values, dtype=object)
         across = labels[i] != labels[j]
         crossing = int(across.sum())
         names = split.index
         examples = [[str(names[a]), str(names[b])] for a, b in zip(i[across][:5], j[across][:5], strict=True)]
     return {"duplicate_groups_across_splits": int(cross_groups), "near_pairs_across_splits": crossing,
-            "near_pairs": int(pairs), "leak_free": cross_groups == 0 and crossing == 0, "examples": examples}
+            "near_pairs": int(pair_count), "leak_free": cross_groups == 0 and crossing == 0, "examples": examples}
 

@@ -23,11 +23,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cv_dataops.embeddings.neighbors import APPROXIMATE_FROM, ApproximateIndex
+from cv_dataops.embeddings.neighbors import (
+    APPROXIMATE_FROM,
+    ApproximateIndex,
+    NeighborIndex,
+    Pairs,
+    graph_radius_pairs,
+)
 from cv_dataops.embeddings.vectors import Vectors
 
 GRAPH_PREFIX = "models/neighbours"
 GRAPH_FORMAT = "1"
+# Pairs closer than this are kept as edges when their later image is added: the leak-free split reads them
+# instead of searching the whole catalog (its radius, 0.05 by default, must not exceed this).
+EDGE_RADIUS = 0.1
+_EXACT_CHUNK = 65_536
 
 
 def graph_key(embedder_version: str) -> str:
@@ -45,12 +55,15 @@ class NeighbourGraph:
     image_ids: list[str]
     batch_ids: list[str]
     batches: dict[str, str]
+    edges: Pairs = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64))
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
+        low, high, distance = self.edges
         np.savez(buffer, graph=np.frombuffer(self.graph.to_bytes(), dtype=np.uint8),
                  image_ids=np.array(self.image_ids, dtype=object).astype(str),
                  batch_ids=np.array(self.batch_ids, dtype=object).astype(str),
+                 edge_low=low, edge_high=high, edge_distance=distance,
                  about=np.array(json.dumps({"format": GRAPH_FORMAT, "embedder_version": self.embedder_version,
                                             "batches": self.batches})))
         return buffer.getvalue()
@@ -65,11 +78,34 @@ class NeighbourGraph:
                 return None
             graph = ApproximateIndex.from_bytes(stored["graph"].tobytes())
             image_ids, batch_ids = stored["image_ids"].tolist(), stored["batch_ids"].tolist()
+            edges = (stored["edge_low"].astype(np.int64), stored["edge_high"].astype(np.int64),
+                     stored["edge_distance"].astype(np.float64))
         except (ValueError, KeyError, OSError, RuntimeError):
             return None
         if not (len(graph) == len(image_ids) == len(batch_ids)):
             return None
-        return cls(str(about["embedder_version"]), graph, image_ids, batch_ids, dict(about["batches"]))
+        return cls(str(about["embedder_version"]), graph, image_ids, batch_ids, dict(about["batches"]), edges)
+
+    def pairs_among(self, image_ids: list[str], radius: float, *, strict: bool = True) -> Pairs | None:
+        """The kept edges among ``image_ids`` closer than ``radius`` (``<=`` unless ``strict``), as positions in
+        ``image_ids`` (``i < j``, sorted): what the engine's ``radius_pairs`` on their vectors answers. None when
+        the edges cannot answer: a radius above :data:`EDGE_RADIUS`, or an image the graph does not hold."""
+        if radius > EDGE_RADIUS:
+            return None
+        rows = dict(zip(self.image_ids, range(len(self.image_ids)), strict=True))
+        try:
+            row_of = np.array([rows[i] for i in image_ids], dtype=np.int64)
+        except KeyError:
+            return None
+        position = np.full(len(self.image_ids), -1, dtype=np.int64)
+        position[row_of] = np.arange(len(row_of))
+        low, high, distance = self.edges
+        a, b = position[low], position[high]
+        keep = (a >= 0) & (b >= 0) & ((distance < radius) if strict else (distance <= radius))
+        a, b, distance = a[keep], b[keep], distance[keep]
+        i, j = np.minimum(a, b), np.maximum(a, b)
+        order = np.lexsort((j, i))
+        return i[order], j[order], distance[order]
 
     def current_batches(self, fingerprints: Mapping[str, str]) -> set[str]:
         """The batches the graph holds as their files are now (``fingerprints``): a search can trust its rows."""
@@ -138,6 +174,7 @@ def update_graph(storage, embedder_version: str | None, fingerprints: Mapping[st
         storage.write_text(_summary_key(embedder_version), _summary(graph))
         return GraphUpdate(embedder_version, False, "", [], len(graph.image_ids), 0)
     added_rows = 0
+    first_new = 0 if graph is None else len(graph.image_ids)
     for batch in todo:
         vectors = read_batch(batch)
         if len(vectors) and graph is None:
@@ -151,6 +188,68 @@ def update_graph(storage, embedder_version: str | None, fingerprints: Mapping[st
             graph.batches[batch] = fingerprints[batch]  # held, even with no vector of this version
     if graph is None:
         return GraphUpdate(embedder_version, bool(reason), reason or "no vectors of this version", [], 0, 0)
+    graph.edges = _merge(graph.edges, _new_edges(graph.graph, np.arange(first_new, len(graph.image_ids))))
     storage.write_bytes(graph_key(embedder_version), graph.to_bytes())
     storage.write_text(_summary_key(embedder_version), _summary(graph))
     return GraphUpdate(embedder_version, bool(reason), reason, todo, len(graph.image_ids), added_rows)
+
+
+def _new_edges(graph: ApproximateIndex, rows: np.ndarray) -> Pairs:
+    """The pairs within :data:`EDGE_RADIUS` that involve ``rows`` (just added): each pair is found when its later
+    image is added, so the edges of earlier rows stand. A dense neighbourhood is searched exactly, a block of the
+    stored vectors at a time."""
+    def exact(saturated: np.ndarray) -> Pairs:
+        queries = graph.vectors(saturated)
+        found_a, found_b, found_d = [], [], []
+        for start in range(0, len(graph), _EXACT_CHUNK):
+            block = graph.vectors(np.arange(start, min(len(graph), start + _EXACT_CHUNK)))
+            q, r, d = NeighborIndex(block, approximate_from=None).query_radius(queries, EDGE_RADIUS)
+            found_a.append(saturated[q])
+            found_b.append(r + start)
+            found_d.append(d)
+        return np.concatenate(found_a), np.concatenate(found_b), np.concatenate(found_d)
+
+    return graph_radius_pairs(graph, rows, EDGE_RADIUS, exact=exact)
+
+
+def _merge(old: Pairs, new: Pairs) -> Pairs:
+    low = np.concatenate([old[0], new[0]])
+    high = np.concatenate([old[1], new[1]])
+    distance = np.concatenate([old[2], new[2]])
+    if not len(low):
+        return low.astype(np.int64), high.astype(np.int64), distance.astype(np.float64)
+    _, first = np.unique(np.stack([low, high], axis=1), axis=0, return_index=True)
+    return low[first], high[first], distance[first]
+
+
+@dataclass
+class KeptPairs:
+    """The near pairs a stage can take from the graph's kept edges instead of searching: call it with image ids
+    and a radius (None: the edges cannot answer, search instead). ``used`` says, after the calls, where the pairs
+    of the last call came from, in words (for the asset's metadata)."""
+
+    graph: NeighbourGraph | None
+    why_not: str = ""
+    used: str = ""
+
+    def __call__(self, image_ids: list, radius: float) -> Pairs | None:
+        pairs = self.graph.pairs_among(image_ids, radius) if self.graph is not None else None
+        if pairs is None:
+            self.used = "searched by the neighbour engine: " + (self.why_not or (
+                f"the radius {radius} is above the kept edges' {EDGE_RADIUS}" if radius > EDGE_RADIUS
+                else "some images are not in the neighbour graph"))
+        else:
+            self.used = f"the neighbour graph's kept edges ({len(self.graph.image_ids):,} images)"
+        return pairs
+
+
+def kept_pairs(storage, embedder_version: str | None, fingerprints: Mapping[str, str]) -> KeptPairs:
+    """The graph's edges when the graph holds every embeddings file as it is now, else the reason it cannot."""
+    graph = load_graph(storage, embedder_version) if embedder_version else None
+    if graph is None:
+        return KeptPairs(None, f"no neighbour graph (one is kept from {APPROXIMATE_FROM:,} vectors)")
+    held = graph.current_batches(fingerprints)
+    if held != set(fingerprints):
+        return KeptPairs(None, f"the neighbour graph lacks {len(set(fingerprints) - held)} batch(es) as they are "
+                               f"now (neighbour_index has not run since)")
+    return KeptPairs(graph)

@@ -17,6 +17,7 @@ that are not finite (an undecodable image) are never anyone's neighbour.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import numpy as np
 
@@ -69,7 +70,7 @@ class NeighborIndex:
         """The HNSW graph over the index's rows, built on first use."""
         if self._graph is None:
             self._graph = ApproximateIndex(self.dimension)
-            self._graph.add(self.vectors_)
+            self._graph.add(self.vectors_, unit=True)
         return self._graph
 
     def __len__(self) -> int:
@@ -148,33 +149,12 @@ class NeighborIndex:
         return self._within(self.vectors_, radius, strict, own=True)
 
     def _graph_pairs(self, radius: float, strict: bool) -> Pairs:
-        """:meth:`radius_pairs` from the graph's candidates; rows whose candidates were all within the radius are
-        searched again exactly (their neighbourhood may hold more)."""
-        rows = np.flatnonzero(self._finite)
-        want = min(RADIUS_CANDIDATES + 1, len(rows))
-        candidates = self.graph().candidates(self.vectors_[rows], want)
-        a = np.repeat(rows, want)
-        b = candidates.ravel()
-        usable = (b >= 0) & (b != a)
-        a, b = a[usable], b[usable]
-        distances = self._exact(self.vectors_, a, b)
-        close = distances < radius if strict else distances <= radius
-        within = np.zeros(len(self), dtype=np.int64)
-        np.add.at(within, a[close], 1)
-        saturated = np.flatnonzero(within >= want - 1)
-        pairs_a, pairs_b = [a[close]], [b[close]]
-        if len(saturated):
-            qa, qb, _ = self._within(self.vectors_[saturated], radius, strict, own=False)
-            qa = saturated[qa]
-            other = qa != qb
-            pairs_a.append(qa[other])
-            pairs_b.append(qb[other])
-        a, b = np.concatenate(pairs_a), np.concatenate(pairs_b)
-        low, high = np.minimum(a, b), np.maximum(a, b)
-        unique = np.unique(np.stack([low, high], axis=1), axis=0) if len(low) else np.zeros((0, 2), np.int64)
-        low, high = unique[:, 0].astype(np.int64), unique[:, 1].astype(np.int64)
-        distances = self._exact(self.vectors_, low, high)
-        return low, high, distances
+        """:meth:`radius_pairs` from the graph's candidates (see :func:`graph_radius_pairs`)."""
+        def exact(rows: np.ndarray) -> Pairs:
+            q, r, d = self._within(self.vectors_[rows], radius, strict, own=False)
+            return rows[q], r, d
+
+        return graph_radius_pairs(self.graph(), np.flatnonzero(self._finite), radius, strict=strict, exact=exact)
 
     def _within(self, q: np.ndarray, radius: float, strict: bool, own: bool) -> Pairs:
         n = len(self)
@@ -198,6 +178,51 @@ class NeighborIndex:
         return rows[order], columns[order], distances[order]
 
 
+def graph_radius_pairs(graph: ApproximateIndex, rows: np.ndarray, radius: float, *, strict: bool = False,
+                       exact: Callable[[np.ndarray], Pairs]) -> Pairs:
+    """Every pair ``(low, high, distance)`` (``low < high``, graph row numbers, float64 distances, sorted) within
+    ``radius`` that involves one of ``rows``, from the graph's :data:`RADIUS_CANDIDATES` candidates of each. A row
+    whose candidates were all within the radius may have more neighbours than that: ``exact(those rows)`` searches
+    them exactly (``(rows, other rows, distances)``), so only the graph's recall is approximate."""
+    rows = np.asarray(rows, dtype=np.int64)
+    want = min(RADIUS_CANDIDATES + 1, len(graph))
+    if not len(rows) or want < 2:
+        return _empty_pairs()
+    candidates = graph.candidates(graph.vectors(rows), want)
+    a, b = np.repeat(rows, want), candidates.ravel()
+    usable = (b >= 0) & (b != a)
+    a, b = a[usable], b[usable]
+    distances = _pair_distances(graph, a, b)
+    close = distances < radius if strict else distances <= radius
+    within = np.zeros(len(graph), dtype=np.int64)
+    np.add.at(within, a[close], 1)
+    saturated = np.flatnonzero(within >= want - 1)
+    pairs_a, pairs_b = [a[close]], [b[close]]
+    if len(saturated):
+        qa, qb, _ = exact(saturated)
+        other = qa != qb
+        pairs_a.append(qa[other])
+        pairs_b.append(qb[other])
+    a, b = np.concatenate(pairs_a), np.concatenate(pairs_b)
+    if not len(a):
+        return _empty_pairs()
+    unique = np.unique(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1), axis=0)
+    low, high = unique[:, 0].astype(np.int64), unique[:, 1].astype(np.int64)
+    return low, high, _pair_distances(graph, low, high)
+
+
+def _pair_distances(graph: ApproximateIndex, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine distances of row pairs, in float64 from the stored float32 unit vectors (as :class:`NeighborIndex`
+    computes them), a block of pairs at a time."""
+    out = np.empty(len(a), np.float64)
+    step = 1 << 16
+    for start in range(0, len(a), step):
+        va = graph.vectors(a[start:start + step]).astype(np.float64)
+        vb = graph.vectors(b[start:start + step]).astype(np.float64)
+        out[start:start + step] = 1.0 - np.einsum("ij,ij->i", va, vb)
+    return out
+
+
 class ApproximateIndex:
     """An HNSW graph over unit vectors (faiss-cpu's ``IndexHNSWFlat``, inner product): candidates for the nearest
     rows in about log n per query instead of n. Only candidates: :class:`NeighborIndex` recomputes their distances.
@@ -219,8 +244,10 @@ class ApproximateIndex:
     def __len__(self) -> int:
         return int(self._index.ntotal)
 
-    def add(self, vectors: np.ndarray) -> None:
-        x = unit_rows(vectors)
+    def add(self, vectors: np.ndarray, *, unit: bool = False) -> None:
+        """Append rows (scaled to unit length here, unless ``unit`` says they already are: scaling twice would move
+        the last bits, and every path must score a pair the same)."""
+        x = np.asarray(vectors, dtype=np.float32) if unit else unit_rows(vectors)
         if len(x) and x.shape[1] != self.dimension:
             raise ValueError(f"vectors have {x.shape[1]} dimensions, the graph {self.dimension}")
         finite = np.isfinite(x).all(axis=1)

@@ -17,6 +17,8 @@ from cv_dataops.curation.dataset import (
 from cv_dataops.curation.pool import curation_pool
 from cv_dataops.curation.tables import CURATED
 from cv_dataops.defs.shared.partitions import SPANNING, table_metadata
+from cv_dataops.embeddings.graph_store import kept_pairs
+from cv_dataops.embeddings.tables import EMBEDDINGS
 from cv_dataops.embeddings.vectors import current_vectors, waiting_message
 from cv_dataops.resources import (
     CatalogResource,
@@ -27,10 +29,12 @@ from cv_dataops.resources import (
 
 
 @dg.asset(
-    deps=["image_quality", "image_duplicates", "image_embeddings", "scenarios", "audited_labels", "drift_report"],
+    deps=["image_quality", "image_duplicates", "image_embeddings", "neighbour_index", "scenarios", "audited_labels",
+          "drift_report"],
     group_name="curation",
     kinds={"python", "parquet"},
-    code_version="5",  # 4: the audited label, not the landing label; 5: drifted batches favoured under a budget
+    code_version="6",  # 4: the audited label, not the landing label; 5: drifted batches favoured under a budget;
+    # 6: near pairs from the neighbour graph's kept edges once it holds every batch
     metadata=table_metadata(CURATED),
     automation_condition=SPANNING,
     output_required=False,
@@ -52,7 +56,8 @@ def curated_dataset(context: dg.AssetExecutionContext, catalog: CatalogResource,
         context.log.warning(waiting_message(vectors))
         return
     pool, pool_vectors = curation_pool(tables, quality.max_unusable_rate, vectors)
-    dataset = curate(pool, pool_vectors, curation.settings())
+    near = kept_pairs(storage, vectors.embedder_version, tables.partition_versions(EMBEDDINGS))
+    dataset = curate(pool, pool_vectors, curation.settings(), near)
     folder = write_snapshot(storage, dataset, catalog.uri_reader(), imagefolder=curation.export_imagefolder)
     uri = tables.write(CURATED, dataset.table())
     now = datetime.now(UTC).isoformat(timespec="seconds")
@@ -77,6 +82,7 @@ def curated_dataset(context: dg.AssetExecutionContext, catalog: CatalogResource,
         "labels": dg.MetadataValue.json(selected.label.value_counts(dropna=False).rename(str).to_dict()
                                         if len(selected) else {}),
         **vectors.summary(),
+        "near_pairs_from": near.used or "-",
         "imagefolder_skipped": dg.MetadataValue.json(skipped),
         "imagefolders_pruned": dg.MetadataValue.json(pruned),
         "curated_table": dg.MetadataValue.path(uri)})

@@ -10,6 +10,8 @@ from cv_dataops.curation.pool import curation_pool
 from cv_dataops.curation.tables import CURATED
 from cv_dataops.defs.curation.assets import curated_dataset
 from cv_dataops.duplicates.tables import DUPLICATES
+from cv_dataops.embeddings.graph_store import kept_pairs
+from cv_dataops.embeddings.tables import EMBEDDINGS
 from cv_dataops.embeddings.vectors import current_vectors
 from cv_dataops.quality.tables import QUALITY
 from cv_dataops.resources import (
@@ -29,10 +31,11 @@ def curated_no_leakage(catalog: CatalogResource, curation: CurationResource,
     curated = tables.read(CURATED, columns=["image_id", "split"]).to_pandas()
     vectors = current_vectors(tables, catalog.storage(), embedding.spec)
     groups = tables.read(DUPLICATES, columns=["image_id", "group_id"]).to_pandas().set_index("image_id").group_id
-    found = curated_leakage(curated, vectors, groups, curation.neighbour_radius)
+    near = kept_pairs(catalog.storage(), vectors.embedder_version, tables.partition_versions(EMBEDDINGS))
+    found = curated_leakage(curated, vectors, groups, curation.neighbour_radius, near)
     return dg.AssetCheckResult(passed=found["leak_free"], metadata={
         **{k: dg.MetadataValue.json(v) if isinstance(v, list) else v for k, v in found.items()},
-        "embedder_version": vectors.embedder_version or ""})
+        "embedder_version": vectors.embedder_version or "", "near_pairs_from": near.used or "-"})
 
 
 @dg.asset_check(asset=curated_dataset, blocking=True)

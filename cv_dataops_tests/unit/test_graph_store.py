@@ -1,0 +1,129 @@
+"""The persisted neighbour graph's kept edges: batch by batch they equal an exact search of the whole catalog, a
+re-embedded batch rebuilds them, and the leak-free split and its check read them instead of searching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cv_dataops.core.catalog import Catalog
+from cv_dataops.core.storage import LocalStorage
+from cv_dataops.curation.dataset import curate, curated_leakage
+from cv_dataops.curation.settings import CurationSettings
+from cv_dataops.embeddings.graph_store import (
+    EDGE_RADIUS,
+    kept_pairs,
+    load_graph,
+    update_graph,
+)
+from cv_dataops.embeddings.neighbors import NeighborIndex
+from cv_dataops.embeddings.tables import EMBEDDINGS
+from cv_dataops.embeddings.vectors import read_vectors
+
+
+def _vectors(seed: int = 0, n: int = 900, dimension: int = 24) -> np.ndarray:
+    """Spread-out rows with planted near copies and one dense cluster (more members than the graph's candidates)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, dimension))
+    copies = rng.choice(n - 100, 120, replace=False)
+    x[copies[:60]] = x[copies[60:]] + 0.1 * rng.normal(size=(60, dimension))
+    x[n - 60:] = x[0] + 0.05 * rng.normal(size=(60, dimension))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _ids(n: int) -> list[str]:
+    return [f"{i:064x}" for i in range(n)]
+
+
+def _write(catalog: Catalog, batch: str, ids: list[str], vectors: np.ndarray) -> None:
+    catalog.write(EMBEDDINGS, EMBEDDINGS.from_rows(
+        {"image_id": i, "batch_id": batch, "vector": v.tolist(), "embedder": "test", "embedder_version": "v1"}
+        for i, v in zip(ids, vectors, strict=True)), batch)
+
+
+def _update(catalog: Catalog):
+    return update_graph(catalog.storage, "v1", catalog.partition_versions(EMBEDDINGS),
+                        lambda batch: read_vectors(catalog, "v1", batches=[batch]), catalog_rows=0, min_rows=0)
+
+
+def _pair_set(pairs, ids):
+    return {(ids[a], ids[b]) for a, b in zip(pairs[0].tolist(), pairs[1].tolist(), strict=True)}
+
+
+@pytest.fixture
+def catalog(tmp_path) -> Catalog:
+    return Catalog(LocalStorage(tmp_path / "data"))
+
+
+def test_edges_kept_batch_by_batch_equal_an_exact_search_of_the_whole_catalog(catalog):
+    x, ids = _vectors(), _ids(900)
+    order = np.random.default_rng(1).permutation(900)  # copies and originals land in any order
+    for number, rows in enumerate(np.array_split(order, 3)):
+        _write(catalog, f"b{number}", [ids[r] for r in rows], x[rows])
+        _update(catalog)
+    graph = load_graph(catalog.storage, "v1")
+    exact = NeighborIndex(x, approximate_from=None).radius_pairs(EDGE_RADIUS)
+    want = {tuple(sorted(p)) for p in _pair_set(exact, ids)}
+    got = {tuple(sorted(p)) for p in _pair_set(graph.edges, graph.image_ids)}
+    assert len(want) > 60 * 59 // 2 and got == want
+    low, high, distance = graph.edges
+    rows = {image_id: row for row, image_id in enumerate(graph.image_ids)}
+    back = np.array([rows[i] for i in ids])
+    inverse = np.empty(900, np.int64)
+    inverse[back] = np.arange(900)
+    np.testing.assert_allclose(distance, 1.0 - np.einsum("ij,ij->i", x[inverse[low]].astype(np.float64),
+                                                         x[inverse[high]].astype(np.float64)), atol=1e-6)
+
+    # a batch re-embedded: the graph and its edges are built again, as if from scratch
+    moved = x.copy()
+    first = np.array_split(order, 3)[0]
+    moved[first] = _vectors(seed=5, n=900)[first]
+    _write(catalog, "b0", [ids[r] for r in first], moved[first])
+    update = _update(catalog)
+    assert update.rebuilt
+    graph = load_graph(catalog.storage, "v1")
+    want = {tuple(sorted(p)) for p in _pair_set(NeighborIndex(moved, approximate_from=None).radius_pairs(EDGE_RADIUS),
+                                                 ids)}
+    assert {tuple(sorted(p)) for p in _pair_set(graph.edges, graph.image_ids)} == want
+
+
+def test_pairs_among_a_subset_are_what_the_engine_finds_on_its_vectors(catalog):
+    x, ids = _vectors(seed=2), _ids(900)
+    _write(catalog, "b0", ids, x)
+    _update(catalog)
+    graph = load_graph(catalog.storage, "v1")
+    subset = np.random.default_rng(3).choice(900, 500, replace=False)
+    for radius in (0.02, 0.05, EDGE_RADIUS):
+        got = graph.pairs_among([ids[r] for r in subset], radius)
+        want = NeighborIndex(x[subset], approximate_from=None).radius_pairs(radius, strict=True)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, w, atol=1e-9)
+    assert graph.pairs_among([ids[0]], EDGE_RADIUS + 0.01) is None  # beyond the kept edges: search instead
+    assert graph.pairs_among([ids[0], "f" * 64], 0.05) is None       # an image the graph does not hold
+
+
+def test_the_split_and_its_check_read_the_kept_edges_only_when_the_graph_is_current(catalog):
+    x, ids = _vectors(seed=4), _ids(900)
+    _write(catalog, "b0", ids[:600], x[:600])
+    _write(catalog, "b1", ids[600:], x[600:])
+    pool = pd.DataFrame({"image_id": ids, "uri": [f"/landing/{i}.jpg" for i in range(900)],
+                         "label": [str(i % 3) for i in range(900)], "batch_id": "b0"})
+    settings = CurationSettings(neighbour_radius=0.05)
+    near = kept_pairs(catalog.storage, "v1", catalog.partition_versions(EMBEDDINGS))
+    assert near.graph is None and "no neighbour graph" in near.why_not
+    searched = curate(pool, x, settings, near)
+    assert near.used.startswith("searched by the neighbour engine: no neighbour graph")
+    _update(catalog)
+    near = kept_pairs(catalog.storage, "v1", catalog.partition_versions(EMBEDDINGS))
+    from_edges = curate(pool, x, settings, near)
+    assert near.used.startswith("the neighbour graph's kept edges")
+    pd.testing.assert_series_equal(from_edges.selected.split, searched.selected.split)
+    vectors = read_vectors(catalog, "v1")
+    curated = from_edges.selected[["image_id", "split"]]
+    groups = pd.Series(dtype=object)
+    checked = curated_leakage(curated, vectors, groups, 0.05, near)
+    assert checked == curated_leakage(curated, vectors, groups, 0.05)
+    assert checked["near_pairs"] >= 60 * 59 // 2 and checked["leak_free"]  # the dense cluster kept in one split
+    _write(catalog, "b1", ids[600:], x[600:] * 1.0)  # rewritten since the graph was updated
+    assert "lacks 1 batch" in kept_pairs(catalog.storage, "v1", catalog.partition_versions(EMBEDDINGS)).why_not
