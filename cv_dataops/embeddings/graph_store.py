@@ -117,8 +117,9 @@ def _summary_key(embedder_version: str) -> str:
     return graph_key(embedder_version)[:-len(".npz")] + ".batches.json"
 
 
-def _summary(graph: NeighbourGraph) -> str:
-    return json.dumps({"format": GRAPH_FORMAT, "batches": graph.batches, "rows": len(graph.image_ids)})
+def _summary(seen: Mapping[str, str], rows: int) -> str:
+    """The embeddings files (as they were) the last update looked at, held or not, and the graph's rows."""
+    return json.dumps({"format": GRAPH_FORMAT, "seen": dict(seen), "rows": rows})
 
 
 def load_graph(storage, embedder_version: str) -> NeighbourGraph | None:
@@ -153,7 +154,7 @@ def update_graph(storage, embedder_version: str | None, fingerprints: Mapping[st
         return GraphUpdate(None, False, "nothing is embedded yet", [], 0, 0)
     try:  # advisory (written after the graph): when it names exactly these files, nothing needs reading
         summary = json.loads(storage.read_text(_summary_key(embedder_version)))
-        if summary.get("format") == GRAPH_FORMAT and summary.get("batches") == dict(fingerprints):
+        if summary.get("format") == GRAPH_FORMAT and summary.get("seen") == dict(fingerprints):
             return GraphUpdate(embedder_version, False, "", [], int(summary["rows"]), 0)
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         pass
@@ -170,28 +171,27 @@ def update_graph(storage, embedder_version: str | None, fingerprints: Mapping[st
     if reason:
         graph = None
     todo = sorted(fingerprints) if graph is None else sorted(set(fingerprints) - set(graph.batches))
-    if not todo and graph is not None:
-        storage.write_text(_summary_key(embedder_version), _summary(graph))
-        return GraphUpdate(embedder_version, False, "", [], len(graph.image_ids), 0)
-    added_rows = 0
+    added_rows, added = 0, []
     first_new = 0 if graph is None else len(graph.image_ids)
     for batch in todo:
         vectors = read_batch(batch)
-        if len(vectors) and graph is None:
+        if not len(vectors):
+            continue  # no vector of this version (yet): not held, and looked at again once it is re-embedded
+        if graph is None:
             graph = NeighbourGraph(embedder_version, ApproximateIndex(vectors.dimension), [], [], {})
-        if len(vectors):
-            graph.graph.add(vectors.matrix)
-            graph.image_ids.extend(vectors.image_ids)
-            graph.batch_ids.extend(vectors.batch_ids)
-            added_rows += len(vectors)
-        if graph is not None:
-            graph.batches[batch] = fingerprints[batch]  # held, even with no vector of this version
+        graph.graph.add(vectors.matrix)
+        graph.image_ids.extend(vectors.image_ids)
+        graph.batch_ids.extend(vectors.batch_ids)
+        graph.batches[batch] = fingerprints[batch]
+        added_rows += len(vectors)
+        added.append(batch)
     if graph is None:
         return GraphUpdate(embedder_version, bool(reason), reason or "no vectors of this version", [], 0, 0)
-    graph.edges = _merge(graph.edges, _new_edges(graph.graph, np.arange(first_new, len(graph.image_ids))))
-    storage.write_bytes(graph_key(embedder_version), graph.to_bytes())
-    storage.write_text(_summary_key(embedder_version), _summary(graph))
-    return GraphUpdate(embedder_version, bool(reason), reason, todo, len(graph.image_ids), added_rows)
+    if added or reason:
+        graph.edges = _merge(graph.edges, _new_edges(graph.graph, np.arange(first_new, len(graph.image_ids))))
+        storage.write_bytes(graph_key(embedder_version), graph.to_bytes())
+    storage.write_text(_summary_key(embedder_version), _summary(fingerprints, len(graph.image_ids)))
+    return GraphUpdate(embedder_version, bool(reason), reason, added, len(graph.image_ids), added_rows)
 
 
 def _new_edges(graph: ApproximateIndex, rows: np.ndarray) -> Pairs:
@@ -244,12 +244,12 @@ class KeptPairs:
 
 
 def kept_pairs(storage, embedder_version: str | None, fingerprints: Mapping[str, str]) -> KeptPairs:
-    """The graph's edges when the graph holds every embeddings file as it is now, else the reason it cannot."""
+    """The graph's edges, unless a batch it holds changed since (its edges may be stale): then the reason."""
     graph = load_graph(storage, embedder_version) if embedder_version else None
     if graph is None:
         return KeptPairs(None, f"no neighbour graph (one is kept from {APPROXIMATE_FROM:,} vectors)")
-    held = graph.current_batches(fingerprints)
-    if held != set(fingerprints):
-        return KeptPairs(None, f"the neighbour graph lacks {len(set(fingerprints) - held)} batch(es) as they are "
-                               f"now (neighbour_index has not run since)")
-    return KeptPairs(graph)
+    stale = set(graph.batches) - graph.current_batches(fingerprints)
+    if stale:
+        return KeptPairs(None, f"{len(stale)} batch(es) in the neighbour graph changed since it was updated "
+                               f"(neighbour_index has not run since)")
+    return KeptPairs(graph)  # images of batches it does not hold yet make it answer None (then the engine searches)

@@ -125,5 +125,28 @@ def test_the_split_and_its_check_read_the_kept_edges_only_when_the_graph_is_curr
     checked = curated_leakage(curated, vectors, groups, 0.05, near)
     assert checked == curated_leakage(curated, vectors, groups, 0.05)
     assert checked["near_pairs"] >= 60 * 59 // 2 and checked["leak_free"]  # the dense cluster kept in one split
-    _write(catalog, "b1", ids[600:], x[600:] * 1.0)  # rewritten since the graph was updated
-    assert "lacks 1 batch" in kept_pairs(catalog.storage, "v1", catalog.partition_versions(EMBEDDINGS)).why_not
+    _write(catalog, "b1", ids[600:], x[600:] * 1.0)  # rewritten since the graph was updated: its edges may be stale
+    stale = kept_pairs(catalog.storage, "v1", catalog.partition_versions(EMBEDDINGS))
+    assert stale.graph is None and "1 batch(es) in the neighbour graph changed" in stale.why_not
+    _update(catalog)
+    _write(catalog, "b2", ["e" * 64], x[:1])  # a batch not in the graph yet: its image makes the edges answer None
+    near = kept_pairs(catalog.storage, "v1", catalog.partition_versions(EMBEDDINGS))
+    assert near(ids[:5] + ["e" * 64], 0.05) is None and "not in the neighbour graph" in near.used
+    assert near(ids[:5], 0.05) is not None
+
+
+def test_a_batch_of_another_embedder_waits_outside_the_graph_and_joins_it_once_re_embedded(catalog):
+    x, ids = _vectors(seed=6, n=400), _ids(400)
+    _write(catalog, "b0", ids[:300], x[:300])
+    assert _update(catalog).rows == 300
+    catalog.write(EMBEDDINGS, EMBEDDINGS.from_rows(
+        {"image_id": i, "batch_id": "b1", "vector": [1.0, 0.0], "embedder": "test", "embedder_version": "v0"}
+        for i in ids[300:]), "b1")
+    before = catalog.storage.local_path("models/neighbours/v1.npz").stat().st_mtime_ns
+    waiting = _update(catalog)
+    assert not waiting.rebuilt and waiting.batches_added == [] and waiting.rows == 300
+    assert catalog.storage.local_path("models/neighbours/v1.npz").stat().st_mtime_ns == before  # not rewritten
+    assert _update(catalog).rows == 300  # nothing new since: the summary answers
+    _write(catalog, "b1", ids[300:], x[300:])  # re-embedded by the current embedder
+    joined = _update(catalog)
+    assert not joined.rebuilt and joined.batches_added == ["b1"] and joined.rows == 400
