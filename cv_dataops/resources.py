@@ -78,7 +78,7 @@ class CatalogResource(StageResource):
     outage_seconds: float = Field(default=CATALOG_OUTAGE_SECONDS, description=(
         "How long a catalog on S3 retries an unreachable or failing endpoint before the step fails."))
 
-    lease_wait_seconds: float = Field(default=1800.0, description=(
+    lease_wait_seconds: float = Field(default=6 * 3600.0, description=(
         "How long a step of a run not started by `cv-dataops run` (the daemon's, the UI's) waits for the data "
         "root's lease held by another batcher before it fails (and is retried)."))
 
