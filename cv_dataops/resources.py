@@ -68,6 +68,7 @@ CATALOG_OUTAGE_SECONDS = DATA_ROOT_OUTAGE_SECONDS
 
 # The tag `cv-dataops run` puts on its runs (it holds the data root's lease for them itself).
 LAUNCHED_BY_TAG, LAUNCHED_BY_CLI = "cv_dataops/launched_by", "cli"
+RE_EXECUTED_CLI_RUN = "re-execution of a cli run"
 
 
 class CatalogResource(StageResource):
@@ -86,13 +87,20 @@ class CatalogResource(StageResource):
     def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator[CatalogResource]:
         """Every step of a run holds the data root's lease while it works, so the daemon's runs, a UI launch and
         `cv-dataops run` never work on one data root at once. A `cv-dataops run` holds the lease for all its
-        runs itself (its steps do not take it again); a sensor tick or a resource built outside a run takes none
-        (the sensors that batch take it themselves)."""
+        runs itself (its steps, its descendant processes, do not take it again); a sensor tick or a resource built
+        outside a run takes none (the sensors that batch take it themselves)."""
         self.setup_for_execution(context)
         run = context.dagster_run
-        if run is None or run.tags.get(LAUNCHED_BY_TAG) == LAUNCHED_BY_CLI:
+        if run is None:
             yield self
             return
+        if run.tags.get(LAUNCHED_BY_TAG) == LAUNCHED_BY_CLI:
+            if Lease.held_by_an_ancestor(Lease(self.storage(), "probe").current()):
+                yield self  # a step of the `cv-dataops run` holding the lease
+                return
+            # the CLI's tag without the CLI: a re-execution from the UI (tags are copied). It is no orphan of a
+            # killed CLI (which the next `cv-dataops run` would mark failed), and takes the lease like any run.
+            context.instance.add_run_tags(run.run_id, {LAUNCHED_BY_TAG: RE_EXECUTED_CLI_RUN})
         holder = f"run {run.run_id} of {run.job_name}"
         with Lease(self.storage(), holder, wait_seconds=self.lease_wait_seconds, poll_seconds=2.0):
             yield self

@@ -254,6 +254,9 @@ def _run(defs: dg.Definitions, instance: dg.DagsterInstance, select: Sequence[st
     resources = defs.resources
     summary = RunSummary()
     tags = {**CLI_TAGS, DATA_ROOT_TAG: resources["catalog"].storage().uri}
+    # the daemon must not retry a CLI run (a retry would carry its tags without its lease): the next
+    # `cv-dataops run` finishes what one left unfinished
+    run_tags = {**tags, "dagster/max_retries": "0"}
     ledger = resources["catalog"].ledger()
     summary.new_batches = [m.batch_id for m in resources["landing"].plan(ledger)]  # min age 0: run_pipeline
     summary.orphaned_runs = fail_orphaned_runs(instance, tags)  # we hold the lease: their processes are gone
@@ -280,7 +283,7 @@ def _run(defs: dg.Definitions, instance: dg.DagsterInstance, select: Sequence[st
             if on_batch:
                 on_batch(batch.batch_id, position, len(todo))
             result = _execute_for(f"batch {batch.batch_id}", job, instance, partition_key=batch.batch_id,
-                                  asset_selection=stages, tags=tags)
+                                  asset_selection=stages, tags=run_tags)
             summary.run_ids.append(result.run_id)
             if result.success:
                 summary.ingested_batches.append(batch.batch_id)
@@ -298,7 +301,7 @@ def _run(defs: dg.Definitions, instance: dg.DagsterInstance, select: Sequence[st
     if spanning_keys and (summary.ingested_batches or not blocked and (summary.status.spanning_needs_refresh()
                                                                        or waiting_label_files(resources))):
         job = defs.resolve_implicit_global_asset_job_def()
-        result = _execute_for("downstream assets", job, instance, asset_selection=spanning_keys, tags=tags)
+        result = _execute_for("downstream assets", job, instance, asset_selection=spanning_keys, tags=run_tags)
         summary.run_ids.append(result.run_id)
         if result.success:
             summary.downstream_assets = [k.to_user_string() for k in spanning_keys]

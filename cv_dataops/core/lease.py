@@ -128,6 +128,14 @@ class Lease:
             return False
         return False
 
+    @staticmethod
+    def held_by_an_ancestor(holder: LeaseRecord | None) -> bool:
+        """Whether ``holder`` is this process or one of its ancestors on this host (a `cv-dataops run` whose step
+        processes ask: they work under its lease)."""
+        if holder is None or holder.host != socket.gethostname():
+            return False
+        return holder.pid in _ancestors()
+
     def try_acquire_once_more(self) -> LeaseRecord | None:
         if self.storage.create_bytes(self.key, self._encode()):
             return None
@@ -191,3 +199,18 @@ class Lease:
 
     def __exit__(self, *exc_info) -> None:
         self.release()
+
+
+def _ancestors() -> set[int]:
+    """This process and its ancestors, from /proc (elsewhere: this process and its parent)."""
+    found, pid = {os.getpid()}, os.getpid()
+    for _ in range(64):
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+                pid = int(stat.read().rsplit(")", 1)[1].split()[1])  # the field after the state: the parent
+        except (OSError, ValueError, IndexError):
+            return found | {os.getppid()}
+        if pid <= 0 or pid in found:
+            return found
+        found.add(pid)
+    return found

@@ -183,9 +183,14 @@ def similar_images(catalog: Catalog, query: str | np.ndarray, k: int = 10, *, em
     if held:  # the graph's candidates for the batches it holds as they are now; the others are scanned below
         if graph.graph.dimension != len(vector):
             raise ValueError(f"embeddings of version {version} are not all {len(vector)}-dimensional like the query")
-        rows = graph.graph.candidates(vector[None], min(k + 1, len(graph.image_ids)))[0]
-        rows = np.array([r for r in rows.tolist() if r >= 0 and graph.batch_ids[r] in held
-                         and graph.image_ids[r] != exclude], dtype=np.int64)
+        want = min(k + 1, len(graph.image_ids))
+        while True:  # rows of batches changed since take candidate places: widen until k current rows are found
+            rows = graph.graph.candidates(vector[None], want)[0]
+            rows = np.array([r for r in rows.tolist() if r >= 0 and graph.batch_ids[r] in held
+                             and graph.image_ids[r] != exclude], dtype=np.int64)
+            if len(rows) >= k or want >= len(graph.image_ids):
+                break
+            want = min(len(graph.image_ids), want * 4)
         distances = 1.0 - graph.graph.vectors(rows).astype(np.float64) @ vector.astype(np.float64)
         survivors = _smallest(distances, k)
         best_distances = distances[survivors]

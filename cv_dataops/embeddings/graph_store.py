@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from cv_dataops.embeddings.neighbors import (
-    APPROXIMATE_FROM,
     ApproximateIndex,
     NeighborIndex,
     Pairs,
@@ -37,6 +36,9 @@ GRAPH_FORMAT = "1"
 # Pairs closer than this are kept as edges when their later image is added: the leak-free split reads them
 # instead of searching the whole catalog (its radius, 0.05 by default, must not exceed this).
 EDGE_RADIUS = 0.1
+# A graph is kept from this many vectors on: a batch added costs about what the exact search of every pair did at
+# 20,000 (3.1 against 2.8 CPU s), and less beyond (4.3 against 15.4 at 50,000: bench/neighbour_index.py).
+GRAPH_FROM = 20_000
 _EXACT_CHUNK = 65_536
 
 
@@ -74,17 +76,18 @@ class NeighbourGraph:
         try:
             stored = np.load(io.BytesIO(data), allow_pickle=False)
             about = json.loads(str(stored["about"]))
-            if about.get("format") != GRAPH_FORMAT:
+            if not isinstance(about, dict) or about.get("format") != GRAPH_FORMAT:
                 return None
+            version, batches = str(about["embedder_version"]), dict(about["batches"])
             graph = ApproximateIndex.from_bytes(stored["graph"].tobytes())
             image_ids, batch_ids = stored["image_ids"].tolist(), stored["batch_ids"].tolist()
             edges = (stored["edge_low"].astype(np.int64), stored["edge_high"].astype(np.int64),
                      stored["edge_distance"].astype(np.float64))
-        except (ValueError, KeyError, OSError, RuntimeError):
+        except Exception:  # noqa: BLE001 - a torn, foreign or corrupt file (zip, JSON, faiss errors alike) is no graph
             return None
         if not (len(graph) == len(image_ids) == len(batch_ids)):
             return None
-        return cls(str(about["embedder_version"]), graph, image_ids, batch_ids, dict(about["batches"]), edges)
+        return cls(version, graph, image_ids, batch_ids, batches, edges)
 
     def pairs_among(self, image_ids: list[str], radius: float, *, strict: bool = True) -> Pairs | None:
         """The kept edges among ``image_ids`` closer than ``radius`` (``<=`` unless ``strict``), as positions in
@@ -92,6 +95,9 @@ class NeighbourGraph:
         the edges cannot answer: a radius above :data:`EDGE_RADIUS`, or an image the graph does not hold."""
         if radius > EDGE_RADIUS:
             return None
+        if radius < 0 or (strict and radius <= 0):  # as the engine answers: no pair
+            empty = np.zeros(0, np.int64)
+            return empty, empty.copy(), np.zeros(0, np.float64)
         rows = dict(zip(self.image_ids, range(len(self.image_ids)), strict=True))
         try:
             row_of = np.array([rows[i] for i in image_ids], dtype=np.int64)
@@ -145,7 +151,7 @@ class GraphUpdate:
 
 def update_graph(storage, embedder_version: str | None, fingerprints: Mapping[str, str],
                  read_batch: Callable[[str], Vectors], *, catalog_rows: int,
-                 min_rows: int = APPROXIMATE_FROM) -> GraphUpdate:
+                 min_rows: int = GRAPH_FROM) -> GraphUpdate:
     """Bring the graph of ``embedder_version`` in step with the embeddings files (``fingerprints``: batch ->
     version of its file), reading a batch's vectors of that version with ``read_batch`` only when the graph
     lacks it. Nothing is written when nothing changed. No graph is started while the catalog holds fewer than
@@ -247,7 +253,7 @@ def kept_pairs(storage, embedder_version: str | None, fingerprints: Mapping[str,
     """The graph's edges, unless a batch it holds changed since (its edges may be stale): then the reason."""
     graph = load_graph(storage, embedder_version) if embedder_version else None
     if graph is None:
-        return KeptPairs(None, f"no neighbour graph (one is kept from {APPROXIMATE_FROM:,} vectors)")
+        return KeptPairs(None, f"no neighbour graph (one is kept from {GRAPH_FROM:,} vectors)")
     stale = set(graph.batches) - graph.current_batches(fingerprints)
     if stale:
         return KeptPairs(None, f"{len(stale)} batch(es) in the neighbour graph changed since it was updated "

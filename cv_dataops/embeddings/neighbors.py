@@ -6,7 +6,7 @@ audit, active learning and drift) asks a :class:`NeighborIndex` built on the uni
 produce, 64 and more, trees do not help): k-nearest candidates from scikit-learn's brute-force search, radius
 candidates from float32 matrix products in blocks of at most ``block`` scores (memory bounded, never n^2).
 All-pairs questions about the index's own rows (``radius_pairs``, ``kneighbors(None, k)``) are n^2 that way; from
-``approximate_from`` rows on (20,000) their candidates come from an HNSW graph instead (:class:`ApproximateIndex`,
+``approximate_from`` rows on (200,000) their candidates come from an HNSW graph instead (:class:`ApproximateIndex`,
 faiss-cpu: chosen over usearch by ``bench/neighbour_index.py``), n log n, and a radius query falls back to the exact
 search for every row whose candidates were all within the radius (a dense cluster), so only the graph's recall is
 approximate, never a cluster's size. Every candidate's distance is then recomputed in float64, so every consumer
@@ -25,8 +25,12 @@ import numpy as np
 BLOCK = 1 << 24
 # Slack on a radius for the float32 candidate pass; the float64 distances then decide.
 _SLACK = 1e-5
-# All-pairs questions over at least this many rows take their candidates from the HNSW graph.
-APPROXIMATE_FROM = 20_000
+# All-pairs questions over at least this many rows take their candidates from an HNSW graph built for them. Measured
+# (bench/neighbour_index.py, every pair within 0.05, graph build included): the exact blocked search is faster up
+# to 100,000 rows (2.0 against 11.0 CPU s at 20,000; 58 against 84 at 100,000), and it grows as n^2 where the
+# graph grows as n log n, so the graph takes over beyond that. (The persisted graph of graph_store starts earlier:
+# it is built once, not every run.)
+APPROXIMATE_FROM = 200_000
 # Candidates per row a radius query over the graph asks for; a row whose candidates are all within the radius is
 # searched again exactly.
 RADIUS_CANDIDATES = 32
@@ -111,11 +115,17 @@ class NeighborIndex:
         want = min(k + 1 if own else k, len(fit_rows))
         if k <= 0 or want <= 0 or not len(query_rows):
             return distances, found
+        def brute(rows: np.ndarray) -> np.ndarray:
+            return fit_rows[NearestNeighbors(n_neighbors=want, algorithm="brute").fit(self.vectors_[fit_rows])
+                            .kneighbors(q[rows], return_distance=False)]
+
         if own and self.approximate:
             candidates = self.graph().candidates(q[query_rows], want)
+            short = np.flatnonzero((candidates < 0).any(axis=1))  # the graph found fewer: search those exactly
+            if len(short):
+                candidates[short] = brute(query_rows[short])
         else:
-            candidates = fit_rows[NearestNeighbors(n_neighbors=want, algorithm="brute")
-                                  .fit(self.vectors_[fit_rows]).kneighbors(q[query_rows], return_distance=False)]
+            candidates = brute(query_rows)
         step = max(1, self.block // max(1, want * self.dimension))
         for start in range(0, len(query_rows), step):
             rows, cand = query_rows[start:start + step], candidates[start:start + step]
@@ -226,14 +236,13 @@ def _pair_distances(graph: ApproximateIndex, a: np.ndarray, b: np.ndarray) -> np
 class ApproximateIndex:
     """An HNSW graph over unit vectors (faiss-cpu's ``IndexHNSWFlat``, inner product): candidates for the nearest
     rows in about log n per query instead of n. Only candidates: :class:`NeighborIndex` recomputes their distances.
-    Rows that are not finite are stored as zero vectors and never returned. One thread (the process's policy).
+    Rows that are not finite are stored as zero vectors and never returned.
     ``to_bytes``/``from_bytes`` persist it; rows are numbered in the order they were added."""
 
     def __init__(self, dimension: int, *, links: int = 32, construction_breadth: int = 80,
                  search_breadth: int = 64):
-        import faiss
+        import faiss  # its OpenMP threads follow the process's policy (cv_dataops.core.threads)
 
-        faiss.omp_set_num_threads(1)
         self.dimension = int(dimension)
         self.search_breadth = int(search_breadth)
         self._index = faiss.IndexHNSWFlat(self.dimension, int(links), faiss.METRIC_INNER_PRODUCT)

@@ -62,3 +62,36 @@ def test_the_cli_s_own_runs_do_not_take_the_lease_it_holds(tmp_path):
     with Lease(LocalStorage(tmp_path / "data"), "cv-dataops run"):
         result = _materialize(tmp_path, wait_seconds=0.0, tags={LAUNCHED_BY_TAG: LAUNCHED_BY_CLI})
     assert result.success and _holder(result) == "cv-dataops run"
+
+
+def test_a_re_executed_cli_run_is_no_cli_run_it_takes_the_lease_and_loses_the_cli_tag(tmp_path):
+    """A run carrying the CLI's tag outside any `cv-dataops run` (a re-execution from the UI copies the tags): the
+    lease is not held by an ancestor, so the step takes it, and the tag changes so no `cv-dataops run` ever takes the
+    live run for an orphan of a killed one."""
+    import json
+    import socket
+    import subprocess
+    import time
+
+    from cv_dataops.core.lease import LEASE_KEY
+    from cv_dataops.resources import RE_EXECUTED_CLI_RUN
+
+    instance = dg.DagsterInstance.ephemeral()
+    catalog = CatalogResource(data_root=str(tmp_path / "data"), lease_wait_seconds=0.0)
+    result = dg.materialize([lease_seen_by_the_step], resources={"catalog": catalog}, instance=instance,
+                            tags={LAUNCHED_BY_TAG: LAUNCHED_BY_CLI})
+    assert _holder(result).startswith(f"run {result.run_id}")
+    assert instance.get_run_by_id(result.run_id).tags[LAUNCHED_BY_TAG] == RE_EXECUTED_CLI_RUN
+
+    other = subprocess.Popen(["sleep", "60"])  # a live `cv-dataops run` elsewhere on this host, not our ancestor
+    try:
+        storage = LocalStorage(tmp_path / "data")
+        storage.write_bytes(LEASE_KEY, json.dumps({"holder": "cv-dataops run", "pid": other.pid,
+                                                   "host": socket.gethostname(), "token": "t",
+                                                   "expires_at": time.time() + 60}).encode())
+        refused = dg.materialize([lease_seen_by_the_step], resources={"catalog": catalog}, instance=instance,
+                                 tags={LAUNCHED_BY_TAG: LAUNCHED_BY_CLI}, raise_on_error=False)
+        assert not refused.success  # it waited (0 s) for that holder instead of working beside it
+    finally:
+        other.kill()
+        other.wait()

@@ -205,6 +205,8 @@ def test_a_failed_stage_is_finished_by_the_next_run_and_the_error_is_one_line(tm
     last_batch_run = [r for r in instance.get_runs() if r.job_name == "ingest_batch"][0]
     assert {k.to_user_string() for k in last_batch_run.asset_selection} == {"image_quality", "image_embeddings",
                                                                               "drift_report"}
+    # the daemon never retries a CLI run (a retry would carry the CLI's tag without its lease)
+    assert all(r.tags.get("dagster/max_retries") == "0" for r in instance.get_runs())
     assert all(s.state == "done" for b in summary.status.batches for s in b.stages.values())
     assert all(s.state == "fresh" for s in summary.status.spanning.values())
     _assert_every_image_in_every_table(root, 1)

@@ -283,3 +283,17 @@ def test_search_like_errors_are_one_clear_line(pipeline_catalog, tmp_path, capsy
     assert search("--sql", "SELECT 1", "-k", "3", "--data-root", data_root) == cli.EXIT_USAGE
     with pytest.raises(SystemExit):  # argparse: --sql and --like are exclusive
         search("--sql", "SELECT 1", "--like", "abc")
+
+
+def test_rows_of_batches_changed_since_the_graph_was_built_do_not_crowd_out_current_ones(tmp_path):
+    catalog = Catalog(LocalStorage(tmp_path / "data"))
+    near = {f"{i:064x}": direction(0.05 * i) for i in range(20)}          # nearest to the query
+    far = {f"{100 + i:064x}": direction(20 + 2 * i) for i in range(30)}   # further off
+    for batch, vectors in (("near", near), ("far", far)):
+        write_images(catalog, batch, list(vectors))
+        write_embeddings(catalog, batch, vectors)
+    build_graph(catalog)
+    write_embeddings(catalog, "near", near, version="v0")  # re-embedded by another embedder since
+    with pytest.warns(MixedEmbedderVersionsWarning):
+        result = similar_images(catalog, np.array(direction(0)), k=5, embedder_version="v1")
+    assert result.column("image_id").to_pylist() == list(far)[:5]

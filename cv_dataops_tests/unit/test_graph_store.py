@@ -150,3 +150,18 @@ def test_a_batch_of_another_embedder_waits_outside_the_graph_and_joins_it_once_r
     _write(catalog, "b1", ids[300:], x[300:])  # re-embedded by the current embedder
     joined = _update(catalog)
     assert not joined.rebuilt and joined.batches_added == ["b1"] and joined.rows == 400
+
+
+def test_pairs_at_radius_zero_and_a_corrupt_graph_file(catalog):
+    x, ids = _vectors(seed=7, n=300), _ids(300)
+    x[100:150] = x[0]  # exact copies: distance about 0, a little below or above in float64
+    _write(catalog, "b0", ids, x)
+    _update(catalog)
+    graph = load_graph(catalog.storage, "v1")
+    for strict in (True, False):
+        got = graph.pairs_among(ids, 0.0, strict=strict)
+        want = NeighborIndex(x, approximate_from=None).radius_pairs(0.0, strict=strict)
+        assert set(zip(got[0].tolist(), got[1].tolist())) == set(zip(want[0].tolist(), want[1].tolist()))
+    for junk in (b"PK\x03\x04 torn zip", b"", b"not a zip at all"):
+        catalog.storage.write_bytes("models/neighbours/v1.npz", junk)
+        assert load_graph(catalog.storage, "v1") is None

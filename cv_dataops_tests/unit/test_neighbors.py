@@ -140,14 +140,35 @@ def test_the_graph_persists_and_finds_the_same_candidates():
 
 @pytest.mark.slow
 def test_large_sets_take_the_graph_and_keep_their_radius_pairs():
-    """At the engine's own threshold: planted near copies among 21,000 rows, found as the exact search finds them."""
+    """Planted near copies among 21,000 rows through the graph (the engine takes it itself from 200,000), found as the
+    exact search finds them; below the threshold the engine stays exact."""
     rng = np.random.default_rng(3)
     x = rng.normal(size=(21_000, 64)).astype(np.float32) * (1.0 / (1.0 + np.arange(64)) ** 0.5)
     copies = rng.choice(21_000, 300, replace=False)
     x[copies[:150]] = x[copies[150:]] + 0.01 * rng.normal(size=(150, 64)).astype(np.float32)
-    index = NeighborIndex(x)
+    assert not NeighborIndex(x).approximate
+    index = NeighborIndex(x, approximate_from=20_000)
     assert index.approximate
     got = set(zip(*[a.tolist() for a in index.radius_pairs(0.02)[:2]]))
     block = NeighborIndex(x, approximate_from=None)
     want = set(zip(*[a.tolist() for a in block.radius_pairs(0.02)[:2]]))
     assert len(want) >= 150 and len(got & want) / len(want) >= 0.99 and got <= want
+
+
+def test_rows_the_graph_finds_too_few_candidates_for_are_searched_exactly(monkeypatch):
+    from cv_dataops.embeddings.neighbors import ApproximateIndex
+
+    rng = np.random.default_rng(4)
+    x = _unit(rng.normal(size=(200, 8)))
+    original = ApproximateIndex.candidates
+
+    def short(self, queries, k):
+        rows = original(self, queries, k)
+        rows[::3, -2:] = -1  # as if the graph had found fewer for every third row
+        return rows
+
+    monkeypatch.setattr(ApproximateIndex, "candidates", short)
+    distances, rows = NeighborIndex(x, approximate_from=1).kneighbors(k=4)
+    want_d, want_r = NeighborIndex(x, approximate_from=None).kneighbors(k=4)
+    np.testing.assert_allclose(distances, want_d, atol=1e-9)
+    assert np.isfinite(distances).all() and not (rows == np.arange(200)[:, None]).any()
