@@ -27,9 +27,8 @@ BLOCK = 1 << 24
 _SLACK = 1e-5
 # All-pairs questions over at least this many rows take their candidates from an HNSW graph built for them. Measured
 # (bench/neighbour_index.py, every pair within 0.05, graph build included): the exact blocked search is faster up
-# to 100,000 rows (2.0 against 11.0 CPU s at 20,000; 58 against 84 at 100,000), and it grows as n^2 where the
-# graph grows as n log n, so the graph takes over beyond that. (The persisted graph of graph_store starts earlier:
-# it is built once, not every run.)
+# to 100,000 rows (2.0 against 11.0 CPU s at 20,000; 58 against 84 at 100,000) and slower at 200,000 (313 against
+# 211). (The persisted graph of graph_store starts earlier: it is built once, not every run.)
 APPROXIMATE_FROM = 200_000
 # Candidates per row a radius query over the graph asks for; a row whose candidates are all within the radius is
 # searched again exactly.
