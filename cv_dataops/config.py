@@ -68,7 +68,8 @@ VARIABLES = {v.name: v for v in (
                                                   "quarantined as unreadable_after_retries (default: 5)"),
     Variable("CV_DATAOPS_RETRY_PAUSE_SECONDS", LANDING, "pause before a later run retries a deferred object the "
                                                         "second time, doubled after each one, up to 6 h (default: 60)"),
-    Variable("CV_DATAOPS_WORKERS", QUALITY, "processes measuring image quality (default: min(4, CPUs))"),
+    Variable("CV_DATAOPS_WORKERS", QUALITY, "processes measuring image quality, and threads running "
+                                                "the embedder on that many batches at once (default: min(4, CPUs))"),
     Variable("CV_DATAOPS_QUALITY_THRESHOLDS", QUALITY, 'JSON object overriding issue thresholds, e.g. {"dark": 0.25}'),
     Variable("CV_DATAOPS_EMBEDDER", EMBEDDING, 'JSON object naming the embedder, e.g. {"kind": "onnx", '
                                                '"path": "model.onnx", "input_size": [224, 224], "mean": [...], '

@@ -231,6 +231,8 @@ class EmbeddingResource(StageResource):
     spec: dict = Field(default_factory=lambda: dict(DEFAULT_EMBEDDER), description="Embedder kind and settings.")
     fit_images: int = Field(default=3000, description="Images the built-in embedder is fitted on, at most.")
     batch_size: int = Field(default=256, description="Images embedded at a time.")
+    workers: int = Field(default=2, description="Threads running the embedder on that many batches at once "
+                                                "(CV_DATAOPS_WORKERS; one BLAS thread each).")
     decode_workers: int = Field(default=1, description="Threads decoding images ahead of the embedder (more only "
                                                              "helped small images on an idle machine: docs/benchmarks.md).")
 
@@ -360,7 +362,8 @@ def build_resources(settings: Settings | None = None, *, landing: str | None = N
         "catalog": CatalogResource(data_root=settings.data_root, s3=s3, settings_error=settings.stage_error(CATALOG)),
         "landing": LandingResource(uri=settings.landing, labels=settings.labels, s3=s3,
                                    settings_error=settings.stage_error(LANDING), **landing_options),
-        "embedding": EmbeddingResource(spec=dict(settings.embedder), settings_error=settings.stage_error(EMBEDDING)),
+        "embedding": EmbeddingResource(spec=dict(settings.embedder), workers=settings.workers,
+                                       settings_error=settings.stage_error(EMBEDDING)),
         "curation": CurationResource(**curation, settings_error=settings.stage_error(CURATION)),
         "labelling": LabelsResource(**labelling, settings_error=settings.stage_error(LABELLING)),
         "quality": QualityResource(thresholds=dict(settings.quality_thresholds), workers=settings.workers,

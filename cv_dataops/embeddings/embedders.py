@@ -511,11 +511,14 @@ class OnnxEmbedder:
     ``channel_order`` ("RGB" or "BGR"; mean and std are given in that order) and ``layout`` ("NCHW" or "NHWC").
     The chosen output (name or index) is pooled if ``pool`` says so ("avg" or "max" over the spatial axes of a
     4-D output, laid out like the input, or "flatten"), must then be 2-D, and is L2-normalised.
+
+    ``threads``: onnxruntime's threads per batch; by default one, as for every native library here
+    (core.threads), since :func:`embed_bytes` runs ``workers`` batches at once instead.
     """
 
     def __init__(self, model_path: str, *, input_size: tuple[int, int] | int, mean: Sequence[float],
                  std: Sequence[float], layout: str = "NCHW", channel_order: str = "RGB", output: str | int = 0,
-                 pool: str | None = None, pixel_scale: float = 1.0 / 255.0, threads: int | None = None):
+                 pool: str | None = None, pixel_scale: float = 1.0 / 255.0, threads: int | None = 1):
         path = Path(model_path)
         if not path.is_file():
             raise FileNotFoundError(f"ONNX model not found: {model_path}")
@@ -730,14 +733,17 @@ def _byte_count(data: bytes | AnalysisImage) -> int:
 
 
 def embed_bytes(embedder: Embedder, datas: Iterable[bytes | AnalysisImage], batch_size: int = 64,
-                on_error: str = "raise", decode_workers: int = 1) -> Iterator[np.ndarray]:
+                on_error: str = "raise", decode_workers: int = 1, workers: int = 1) -> Iterator[np.ndarray]:
     """Decode (THE decoder: JPEG draft mode, EXIF orientation, first frame, RGB) and embed encoded images, or
     analysis images ingestion kept, yielding one (batch, dimension) float32 array per ``batch_size`` images, in
-    order; memory stays bounded by one batch.
+    order; memory stays bounded by ``workers + 1`` batches.
 
     ``on_error="raise"`` (default) raises ValueError naming the position of an undecodable image;
     ``on_error="nan"`` gives that image a row of NaN instead (the only rows that are not unit vectors).
     ``decode_workers`` threads decode ahead while the embedder works (decoding dominates for large photos).
+    ``workers`` threads run the embedder's math on that many batches at once, while this thread decodes the next:
+    numpy's matrix products and onnxruntime release the GIL, so with one BLAS thread per process (core.threads)
+    two threads use two cores; the vectors are the same, bit for bit, as with one.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -747,30 +753,51 @@ def embed_bytes(embedder: Embedder, datas: Iterable[bytes | AnalysisImage], batc
     images: list[Image.Image] = []
     failed: list[int] = []
 
-    def flush() -> np.ndarray:
-        vectors = embedder.embed(images)
-        if failed:
-            out = np.full((len(images) + len(failed), embedder.dimension), np.nan, dtype=np.float32)
-            good = np.setdiff1d(np.arange(len(out)), failed)
+    def embed(batch: list[Image.Image], unreadable: list[int]) -> np.ndarray:
+        vectors = embedder.embed(batch)
+        if unreadable:
+            out = np.full((len(batch) + len(unreadable), embedder.dimension), np.nan, dtype=np.float32)
+            good = np.setdiff1d(np.arange(len(out)), unreadable)
             out[good] = vectors
             vectors = out
-        images.clear()
-        failed.clear()
         return vectors
 
-    for position, (count, decoded) in enumerate(_decoded_in_order(datas, size, decode_workers)):
-        if isinstance(decoded, Exception):
-            if on_error == "raise":
-                cause = decoded.__cause__ or decoded  # the decoder's ValueError wraps Pillow's error
-                raise ValueError(f"cannot decode image #{position} ({count} bytes): "
-                                 f"{type(cause).__name__}: {cause}") from decoded
-            failed.append(len(images) + len(failed))
-        else:
-            images.append(decoded)
-        if len(images) + len(failed) >= batch_size:
-            yield flush()
-    if images or failed:
-        yield flush()
+    def batches() -> Iterator[tuple[list[Image.Image], list[int]]]:
+        for position, (count, decoded) in enumerate(_decoded_in_order(datas, size, decode_workers)):
+            if isinstance(decoded, Exception):
+                if on_error == "raise":
+                    cause = decoded.__cause__ or decoded  # the decoder's ValueError wraps Pillow's error
+                    raise ValueError(f"cannot decode image #{position} ({count} bytes): "
+                                     f"{type(cause).__name__}: {cause}") from decoded
+                failed.append(len(images) + len(failed))
+            else:
+                images.append(decoded)
+            if len(images) + len(failed) >= batch_size:
+                yield images.copy(), failed.copy()
+                images.clear()
+                failed.clear()
+        if images or failed:
+            yield images.copy(), failed.copy()
+
+    if workers <= 1:
+        for batch, unreadable in batches():
+            yield embed(batch, unreadable)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="embed") as pool:
+        pending: deque = deque()
+        try:
+            for batch, unreadable in batches():
+                pending.append(pool.submit(embed, batch, unreadable))
+                if len(pending) > workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:  # a consumer that stops early (or an error) does not wait for batches nobody will read
+            for future in pending:
+                future.cancel()
 
 
 def linear_probe_accuracy(train_x: np.ndarray, train_y: Any, test_x: np.ndarray, test_y: Any, *,

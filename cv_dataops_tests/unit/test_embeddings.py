@@ -202,6 +202,24 @@ def test_embed_bytes_undecodable(fitted, photos, decode_workers):
     assert np.isnan(vectors[1]).all() and np.isfinite(vectors[[0, 2]]).all()
 
 
+def test_embed_bytes_workers_give_the_same_vectors_in_order(fitted, photos):
+    """Batches embedded by several threads at once come back in input order, bit for bit as with one, NaN rows of
+    undecodable images in their places; a consumer that stops early does not hang."""
+    datas = [encode(p, "PNG") for p in photos[:6]] * 4
+    datas[5] = b"not an image"
+    datas[17] = b"not one either"
+    serial = list(embed_bytes(fitted, datas, batch_size=3, on_error="nan"))
+    threaded = list(embed_bytes(fitted, datas, batch_size=3, on_error="nan", workers=3))
+    assert [len(b) for b in threaded] == [len(b) for b in serial] == [3] * 8
+    assert np.array_equal(np.concatenate(threaded), np.concatenate(serial), equal_nan=True)
+    rows = np.concatenate(threaded)
+    assert np.isnan(rows[[5, 17]]).all() and np.isfinite(np.delete(rows, [5, 17], axis=0)).all()
+    first = next(iter(embed_bytes(fitted, datas, batch_size=3, workers=2, on_error="nan")))
+    assert np.array_equal(first, serial[0])
+    with pytest.raises(ValueError, match="#5 "):
+        list(embed_bytes(fitted, datas, batch_size=3, workers=2))
+
+
 # --- ONNX models ----------------------------------------------------------------------------------------------
 
 

@@ -91,7 +91,8 @@ def image_embeddings(context: dg.AssetExecutionContext, catalog: CatalogResource
                             analysis_side=analysis_side_for(getattr(embedder, "input_shape", None)))
     vectors = [v for chunk in embed_bytes(embedder, verified(sources, embedded, changed),
                                           batch_size=embedding.batch_size,
-                                          decode_workers=embedding.decode_workers) for v in chunk]
+                                          decode_workers=embedding.decode_workers, workers=embedding.workers)
+               for v in chunk]
     seconds = time.perf_counter() - start
     table = EMBEDDINGS.from_rows({"image_id": image_id, "batch_id": batch_id, "vector": vector.tolist(),
                                   "embedder": embedder.name, "embedder_version": embedder.version}
