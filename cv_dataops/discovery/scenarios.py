@@ -37,35 +37,49 @@ def _cluster(vectors: np.ndarray, k: int, seed: int) -> np.ndarray:
     return kmeans_labels(vectors, k, seed=seed, n_init=4)
 
 
-def choose_count(vectors: np.ndarray, seed: int = 0, largest: int = 12, sample: int = 4000) -> int:
-    """The number of scenarios with the best silhouette (cosine) among 2..largest, on a sample."""
+def choose_count(vectors: np.ndarray, seed: int = 0, largest: int = 12, sample: int = 4000, workers: int = 1) -> int:
+    """The number of scenarios with the best silhouette (cosine) among 2..largest, on a sample. The sample's
+    cosine distances are computed once for every count's silhouette, and ``workers`` threads try counts at once
+    (k-means and the silhouette's reductions release the GIL): the same answer as one thread, in less time."""
     n = len(vectors)
     if n < 6:
         return 1
+    from concurrent.futures import ThreadPoolExecutor
+
     from sklearn.metrics import (
         silhouette_score,  # here, not at import: loading the definitions stays light
     )
 
     rng = np.random.default_rng(seed)
     subset = vectors[rng.choice(n, min(n, sample), replace=False)]
-    best, best_score = 2, -1.0
-    for k in range(2, min(largest, len(subset) // 3) + 1):
+    distances = 1.0 - subset @ subset.T  # unit rows: cosine distance, (sample, sample) float32
+    np.clip(distances, 0.0, 2.0, out=distances)
+    np.fill_diagonal(distances, 0.0)
+
+    def score(k: int) -> float | None:
         labels = _cluster(subset, k, seed)
         if len(set(labels)) < 2:
-            continue
-        score = silhouette_score(subset, labels, metric="cosine")
-        if score > best_score:
-            best, best_score = k, score
+            return None
+        return float(silhouette_score(distances, labels, metric="precomputed"))
+
+    counts = list(range(2, min(largest, len(subset) // 3) + 1))
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="scenario-count") as pool:
+        scores = list(pool.map(score, counts))
+    best, best_score = 2, -1.0
+    for k, value in zip(counts, scores, strict=True):  # in order of k: the first best wins, as before
+        if value is not None and value > best_score:
+            best, best_score = k, value
     return best
 
 
-def discover(vectors: np.ndarray, n_scenarios: int | None = None, seed: int = 0) -> Scenarios:
-    """Cluster L2-normalised ``vectors``; scenarios are numbered by size, largest first."""
+def discover(vectors: np.ndarray, n_scenarios: int | None = None, seed: int = 0, workers: int = 1) -> Scenarios:
+    """Cluster L2-normalised ``vectors``; scenarios are numbered by size, largest first (``workers``: see
+    :func:`choose_count`)."""
     vectors = np.asarray(vectors, dtype=np.float32)
     if len(vectors) == 0:
         return Scenarios(np.zeros(0, int), np.zeros(0, np.float32), np.zeros((0, vectors.shape[1] if vectors.ndim == 2
                                                                                 else 0), np.float32))
-    k = min(n_scenarios or choose_count(vectors, seed), len(vectors))
+    k = min(n_scenarios or choose_count(vectors, seed, workers=workers), len(vectors))
     raw = _cluster(vectors, k, seed) if k > 1 else np.zeros(len(vectors), int)
     order = np.argsort(-np.bincount(raw, minlength=k), kind="stable")
     labels = np.empty_like(raw)
@@ -205,7 +219,7 @@ class ScenarioUpdate:
 
 def update_scenarios(image_ids: list[str], batch_ids: list[str], vectors: np.ndarray, embedder_version: str,
                      previous: ScenarioModel | None, *, drifted_batches: Iterable[str] = (), growth: float = 0.25,
-                     seed: int = 0) -> ScenarioUpdate:
+                     seed: int = 0, workers: int = 1) -> ScenarioUpdate:
     """The scenarios of every image: the previous clustering's, with later images assigned to its centres, or a
     new choice (:func:`discover`, :func:`map_2d`) when :func:`refit_reason` says so."""
     vectors = np.asarray(vectors, dtype=np.float32)
@@ -216,7 +230,7 @@ def update_scenarios(image_ids: list[str], batch_ids: list[str], vectors: np.nda
         reason = (f"{len(previous.centres)} scenarios chosen on {previous.fitted_images} images; "
                   f"{len(vectors) - previous.fitted_images:+d} images since, assigned to the nearest")
     else:
-        found = discover(vectors, seed=seed)
+        found = discover(vectors, seed=seed, workers=workers)
         mean, components = _map_basis(vectors, seed)
         coordinates = ((vectors - mean) @ components.T).astype(np.float32) if len(vectors) else \
             np.zeros((0, 2), np.float32)

@@ -27,6 +27,20 @@ def test_planted_scenarios_are_recovered_and_numbered_by_size():
     assert (found.distances >= -1e-5).all() and found.distances.max() < 0.5
 
 
+def test_choosing_the_count_in_threads_gives_the_same_answer_as_sklearn_alone():
+    """The precomputed distances and the threads change the time, not the choice: each count's silhouette is
+    sklearn's own cosine silhouette, and the count chosen is the same with 1 or 3 threads."""
+    from sklearn.metrics import silhouette_score
+
+    from cv_dataops.discovery.scenarios import _cluster
+
+    centres = _unit(np.random.default_rng(1).normal(size=(6, 24))) * 4
+    vectors = _unit(make_blobs(n_samples=600, centers=centres, cluster_std=1.5, random_state=1)[0])
+    scores = [silhouette_score(vectors, _cluster(vectors, k, 0), metric="cosine") for k in range(2, 13)]
+    expected = 2 + int(np.argmax(scores))
+    assert choose_count(vectors) == choose_count(vectors, workers=3) == expected
+
+
 def test_map_and_plot():
     vectors = _unit(np.random.default_rng(1).normal(size=(50, 8)))
     coordinates = map_2d(vectors)

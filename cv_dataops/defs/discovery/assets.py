@@ -50,7 +50,7 @@ def scenarios(context: dg.AssetExecutionContext, catalog: CatalogResource, embed
     summary = tables.read(DRIFT_SUMMARY, columns=["batch_id", "drifted"]).to_pandas()
     update = update_scenarios(vectors.image_ids, vectors.batch_ids, vectors.matrix, vectors.embedder_version,
                               previous, drifted_batches=summary["batch_id"][summary["drifted"].astype(bool)],
-                              growth=curation.scenario_refit_growth)
+                              growth=curation.scenario_refit_growth, workers=embedding.workers)
     if update.rechosen:
         storage.write_bytes(MODEL_KEY, update.model.to_bytes())
     context.log.info(f"scenarios: {update.reason}")
