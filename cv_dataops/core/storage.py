@@ -12,6 +12,7 @@ import errno
 import os
 import posixpath
 import random
+import shutil
 import stat as stat_module
 import tempfile
 import threading
@@ -19,11 +20,13 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 TEMPORARY_PREFIX = "_tmp/"
+LOCAL_TEMPORARY = ".cv-dataops-tmp-"  # a temporary file or staging folder beside what it becomes; never listed
 
 
 class StorageError(RuntimeError):
@@ -149,6 +152,14 @@ class Storage(ABC):
     def ensure_exists(self) -> None:
         """Raise :class:`StorageError` with a clear message when the root cannot be reached."""
 
+    @contextmanager
+    def tree_writer(self, prefix: str) -> Iterator[Callable[[str, bytes], None]]:
+        """A ``write(relative key, data)`` for many objects under ``prefix`` at once (an ImageFolder tree). Here each
+        object is written as :meth:`write_bytes` writes it; a local folder stages the whole tree and publishes it
+        in one rename instead (:meth:`LocalStorage.tree_writer`)."""
+        check_key(prefix)
+        yield lambda relative, data: self.write_bytes(f"{prefix}/{check_key(relative)}", data)
+
     def read_text(self, key: str) -> str:
         return self.read_bytes(key).decode("utf-8")
 
@@ -190,6 +201,7 @@ class LocalStorage(Storage):
             if rel_dir.startswith(TEMPORARY_PREFIX):
                 subdirectories[:] = []
                 continue
+            subdirectories[:] = [name for name in subdirectories if not name.startswith(LOCAL_TEMPORARY)]
             # Symlinked directories are not walked; one that points outside the root is reported as unsafe.
             for name in list(subdirectories):
                 path = os.path.join(directory, name)
@@ -200,7 +212,7 @@ class LocalStorage(Storage):
                                      f"symlinked folder points outside the root to {os.path.realpath(path)}",
                                      "unsafe_path")
             for name in files:
-                if name.startswith(".cv-dataops-tmp-"):
+                if name.startswith(LOCAL_TEMPORARY):
                     continue
                 info = self._file_entry(os.path.join(directory, name), rel_dir + name, real_root)
                 if info is not None:
@@ -286,7 +298,7 @@ class LocalStorage(Storage):
         job running as another user can read what the pipeline wrote; folders get 0777 less the umask."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(prefix=".cv-dataops-tmp-", dir=path.parent)
+        descriptor, temporary = tempfile.mkstemp(prefix=LOCAL_TEMPORARY, dir=path.parent)
         try:
             with os.fdopen(descriptor, "wb") as handle:
                 os.fchmod(handle.fileno(), 0o666 & ~current_umask())
@@ -316,6 +328,48 @@ class LocalStorage(Storage):
             return False
         finally:
             os.unlink(temporary)
+
+    @contextmanager
+    def tree_writer(self, prefix: str) -> Iterator[Callable[[str, bytes], None]]:
+        """Stage every file in a hidden folder beside ``prefix``, fsync them together (concurrent fsyncs share the
+        filesystem's journal commits), then rename the folder into place, replacing any tree there: readers see
+        the old tree or the whole new one. One fsync after another cost 1.1 s per 4,000 small files here, 90 % of
+        writing a CIFAR snapshot's ImageFolder copy; together, about half. Nothing is published if the block
+        raises, and the staging folder is removed."""
+        target = self._path(prefix)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=LOCAL_TEMPORARY, dir=target.parent))
+        written: list[Path] = []
+        try:
+            os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp's 0700 would hide the tree from other users
+            folders: set[Path] = set()
+
+            def write(relative: str, data: bytes) -> None:
+                path = staging / check_key(relative)
+                if path.parent not in folders:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    folders.add(path.parent)
+                with open(path, "wb") as handle:  # 0666 less the umask, as write_bytes gives
+                    handle.write(data)
+                written.append(path)
+
+            yield write
+            _fsync_all([*written, *folders, staging])
+            if target.exists():
+                retired = Path(tempfile.mkdtemp(prefix=LOCAL_TEMPORARY, dir=target.parent))
+                os.rename(target, retired / "tree")
+                try:
+                    os.rename(staging, target)
+                except BaseException:
+                    os.rename(retired / "tree", target)  # the old tree back
+                    raise
+                shutil.rmtree(retired, ignore_errors=True)
+            else:
+                os.rename(staging, target)
+            _fsync_all([target.parent])
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
 
     def exists(self, key: str) -> bool:
         return self._path(key).exists()
@@ -348,6 +402,25 @@ def read_with_retries(storage: Storage, key: str, max_bytes: int | None = None, 
                 raise
             sleep(min(max_pause, first_pause * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0))
     raise AssertionError("unreachable")
+
+
+def _fsync_all(paths: list[Path], threads: int = 8) -> None:
+    """fsync files and folders, several at a time."""
+    def sync(path: Path) -> None:
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+    if len(paths) < 2 * threads:
+        for path in paths:
+            sync(path)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="fsync") as pool:
+        list(pool.map(sync, paths))
 
 
 def current_umask() -> int:

@@ -91,8 +91,8 @@ def write_snapshot(storage: Storage, dataset: CuratedDataset, read_bytes: Callab
 
 def _write_imagefolder(storage: Storage, folder: str, selected: pd.DataFrame,
                        read_bytes: Callable[[str], bytes]) -> None:
-    skipped = export_imagefolder(selected, read_bytes,
-                                 lambda path, data: storage.write_bytes(f"{folder}/imagefolder/{path}", data))
+    with storage.tree_writer(f"{folder}/imagefolder") as write:
+        skipped = export_imagefolder(selected, read_bytes, write)
     if skipped:  # images whose files changed since ingest: not in the ImageFolder tree, and said so here
         storage.write_text(f"{folder}/{IMAGEFOLDER_SKIPPED}", json.dumps(skipped, indent=1))
 

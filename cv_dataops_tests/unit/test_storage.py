@@ -48,6 +48,45 @@ def test_writes_leave_no_temporary_objects(storage):
     assert [info.key for info in storage.list()] == ["t.bin"]
 
 
+def test_a_tree_is_published_whole_and_replaces_the_one_before(storage):
+    with storage.tree_writer("snap/imagefolder") as write:
+        write("train/cat/a.jpg", b"a")
+        write("val/dog/b.jpg", b"b")
+    assert {info.key for info in storage.list()} == {"snap/imagefolder/train/cat/a.jpg",
+                                                     "snap/imagefolder/val/dog/b.jpg"}
+    with pytest.raises(RuntimeError, match="stopped"), storage.tree_writer("snap/imagefolder") as write:
+        write("train/cat/c.jpg", b"c")
+        raise RuntimeError("stopped")
+    if isinstance(storage, LocalStorage):  # staged: nothing of a tree that failed is published
+        assert {info.key for info in storage.list()} == {"snap/imagefolder/train/cat/a.jpg",
+                                                         "snap/imagefolder/val/dog/b.jpg"}
+        assert [p.name for p in storage.root.joinpath("snap").iterdir()] == ["imagefolder"]
+    with storage.tree_writer("snap/imagefolder") as write:
+        write("test/cat/d.jpg", b"d")
+    expected = {"snap/imagefolder/test/cat/d.jpg"}
+    if isinstance(storage, S3Storage):  # objects, one at a time: earlier ones stay unless deleted
+        expected |= {"snap/imagefolder/train/cat/a.jpg", "snap/imagefolder/val/dog/b.jpg",
+                     "snap/imagefolder/train/cat/c.jpg"}
+    assert {info.key for info in storage.list()} == expected
+    assert storage.read_bytes("snap/imagefolder/test/cat/d.jpg") == b"d"
+    with pytest.raises(UnsafeKeyError), storage.tree_writer("snap/t") as write:
+        write("../escape.jpg", b"x")
+
+
+def test_a_staged_tree_honours_the_umask_and_is_never_listed_half_written(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        storage = LocalStorage(tmp_path / "root")
+        with storage.tree_writer("s/imagefolder") as write:
+            write("train/cat/a.jpg", b"a")
+            assert list(storage.list()) == []  # still staged
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(os.stat(storage.local_path("s/imagefolder/train/cat/a.jpg")).st_mode) == 0o644
+    for folder in ("s/imagefolder", "s/imagefolder/train", "s/imagefolder/train/cat"):
+        assert stat.S_IMODE(os.stat(storage.local_path(folder)).st_mode) == 0o755, folder
+
+
 def test_create_only_if_absent_lets_one_writer_win(storage):
     from concurrent.futures import ThreadPoolExecutor
 
