@@ -220,6 +220,19 @@ def test_embed_bytes_workers_give_the_same_vectors_in_order(fitted, photos):
         list(embed_bytes(fitted, datas, batch_size=3, workers=2))
 
 
+def test_embeddings_table_from_a_matrix_is_the_table_from_rows():
+    from cv_dataops.embeddings.tables import EMBEDDINGS, embeddings_table
+
+    matrix = np.random.default_rng(0).normal(size=(5, 7)).astype(np.float32)
+    ids = [f"{n:064x}" for n in range(5)]
+    rows = EMBEDDINGS.from_rows({"image_id": i, "batch_id": "b1", "vector": v.tolist(), "embedder": "e",
+                                 "embedder_version": "v"} for i, v in zip(ids, matrix, strict=True))
+    assert embeddings_table(ids, "b1", matrix, "e", "v").equals(rows)
+    assert embeddings_table([], "b1", np.zeros((0, 7), np.float32), "e", "v").num_rows == 0
+    with pytest.raises(ValueError, match="5 image ids but vectors of shape"):
+        embeddings_table(ids, "b1", matrix[:4], "e", "v")
+
+
 # --- ONNX models ----------------------------------------------------------------------------------------------
 
 

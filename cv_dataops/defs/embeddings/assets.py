@@ -4,6 +4,7 @@ import time
 from collections.abc import Iterator
 
 import dagster as dg
+import numpy as np
 from PIL import Image
 
 from cv_dataops.core.versioning import versioned
@@ -17,7 +18,7 @@ from cv_dataops.defs.shared.partitions import (
 from cv_dataops.embeddings.embedders import embed_bytes
 from cv_dataops.embeddings.graph_store import graph_key, update_graph
 from cv_dataops.embeddings.store import load_or_fit_embedder
-from cv_dataops.embeddings.tables import EMBEDDINGS
+from cv_dataops.embeddings.tables import EMBEDDINGS, embeddings_table
 from cv_dataops.embeddings.vectors import (
     current_embedder_version,
     embedder_versions,
@@ -89,14 +90,11 @@ def image_embeddings(context: dg.AssetExecutionContext, catalog: CatalogResource
     start = time.perf_counter()
     sources = batch_sources(tables.storage, batch_id, zip(images.image_id, images.uri),
                             analysis_side=analysis_side_for(getattr(embedder, "input_shape", None)))
-    vectors = [v for chunk in embed_bytes(embedder, verified(sources, embedded, changed),
-                                          batch_size=embedding.batch_size,
-                                          decode_workers=embedding.decode_workers, workers=embedding.workers)
-               for v in chunk]
+    chunks = list(embed_bytes(embedder, verified(sources, embedded, changed), batch_size=embedding.batch_size,
+                              decode_workers=embedding.decode_workers, workers=embedding.workers))
     seconds = time.perf_counter() - start
-    table = EMBEDDINGS.from_rows({"image_id": image_id, "batch_id": batch_id, "vector": vector.tolist(),
-                                  "embedder": embedder.name, "embedder_version": embedder.version}
-                                 for image_id, vector in zip(embedded, vectors, strict=True))
+    matrix = np.concatenate(chunks) if chunks else np.zeros((0, embedder.dimension), np.float32)
+    table = embeddings_table(embedded, batch_id, matrix, embedder.name, embedder.version)
     uri = tables.write(EMBEDDINGS, table, batch_id)
     return dg.MaterializeResult(metadata={
         "dagster/row_count": table.num_rows, "embedder": embedder.name, "embedder_version": embedder.version,
