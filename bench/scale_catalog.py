@@ -129,7 +129,7 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", type=int, default=[25_000, 50_000, 100_000])
     parser.add_argument("--step", type=int, default=25_000)
     parser.add_argument("--added", type=int, default=3_000)
-    parser.add_argument("--work", default=None)
+    parser.add_argument("--work", default=None, help="folder for the landing zone, data root and instance")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="scale-catalog-"))
