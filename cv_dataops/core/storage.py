@@ -108,6 +108,20 @@ def check_key(key: str) -> str:
     return key
 
 
+@dataclass(frozen=True)
+class TreeWriter:
+    """What :meth:`Storage.tree_writer` yields: ``writer(relative key, data)`` writes an object of the tree, and
+    ``writer.link(relative key, source key)`` makes it the same object as ``source`` (another tree's file, which
+    must never change: tree files are written read-only) without reading it: True if it could, False if the caller
+    must write the bytes (no such source, or a storage that cannot)."""
+
+    write: Callable[[str, bytes], None]
+    link: Callable[[str, str], bool]
+
+    def __call__(self, relative: str, data: bytes) -> None:
+        self.write(relative, data)
+
+
 class Storage(ABC):
     """A root (folder or bucket prefix) holding objects addressed by relative keys."""
 
@@ -153,12 +167,26 @@ class Storage(ABC):
         """Raise :class:`StorageError` with a clear message when the root cannot be reached."""
 
     @contextmanager
-    def tree_writer(self, prefix: str) -> Iterator[Callable[[str, bytes], None]]:
-        """A ``write(relative key, data)`` for many objects under ``prefix`` at once (an ImageFolder tree). Here each
-        object is written as :meth:`write_bytes` writes it; a local folder stages the whole tree and publishes it
-        in one rename instead (:meth:`LocalStorage.tree_writer`)."""
+    def tree_writer(self, prefix: str) -> Iterator[TreeWriter]:
+        """A :class:`TreeWriter` for many objects under ``prefix`` at once (an ImageFolder tree). Here each object
+        is written as :meth:`write_bytes` writes it, and ``link`` is :meth:`copy`; a local folder stages the whole
+        tree, hard-links instead of copying, and publishes the tree in one rename (:meth:`LocalStorage.tree_writer`)."""
         check_key(prefix)
-        yield lambda relative, data: self.write_bytes(f"{prefix}/{check_key(relative)}", data)
+        yield TreeWriter(lambda relative, data: self.write_bytes(f"{prefix}/{check_key(relative)}", data),
+                         lambda relative, source: self.copy(source, f"{prefix}/{check_key(relative)}"))
+
+    def copy(self, source: str, key: str) -> bool:
+        """Make ``key`` a copy of the object ``source`` without its bytes passing through this process, where the
+        storage can (a server-side copy on S3): True if done, False if the storage cannot or ``source`` is not
+        there (the caller then writes the bytes itself)."""
+        return False
+
+    def delete_tree(self, prefix: str) -> int:
+        """Remove every object under ``prefix`` (a folder of keys): how many were removed."""
+        keys = [info.key for info in self.list(f"{check_key(prefix)}/") if info.unsafe_reason is None]
+        for key in keys:
+            self.delete(key)
+        return len(keys)
 
     def read_text(self, key: str) -> str:
         return self.read_bytes(key).decode("utf-8")
@@ -330,30 +358,50 @@ class LocalStorage(Storage):
             os.unlink(temporary)
 
     @contextmanager
-    def tree_writer(self, prefix: str) -> Iterator[Callable[[str, bytes], None]]:
+    def tree_writer(self, prefix: str) -> Iterator[TreeWriter]:
         """Stage every file in a hidden folder beside ``prefix``, fsync them together (concurrent fsyncs share the
         filesystem's journal commits), then rename the folder into place, replacing any tree there: readers see
         the old tree or the whole new one. One fsync after another cost 1.1 s per 4,000 small files here, 90 % of
-        writing a CIFAR snapshot's ImageFolder copy; together, about half. Nothing is published if the block
-        raises, and the staging folder is removed."""
+        writing a CIFAR snapshot's ImageFolder copy; together, about half. ``link`` hard-links a file of another
+        tree (nothing to read, write or fsync; a tree of 100k images that the last snapshot's tree mostly holds
+        costs links, not copies, on disk too). Files are written read-only (0444 less the umask): linked files are
+        shared by several trees, so none may change in place. Nothing is published if the block raises, and the
+        staging folder is removed."""
         target = self._path(prefix)
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=LOCAL_TEMPORARY, dir=target.parent))
         written: list[Path] = []
+        read_only = 0o444 & ~current_umask()
         try:
             os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp's 0700 would hide the tree from other users
             folders: set[Path] = set()
 
-            def write(relative: str, data: bytes) -> None:
+            def staged(relative: str) -> Path:
                 path = staging / check_key(relative)
                 if path.parent not in folders:
                     path.parent.mkdir(parents=True, exist_ok=True)
                     folders.add(path.parent)
-                with open(path, "wb") as handle:  # 0666 less the umask, as write_bytes gives
+                return path
+
+            def write(relative: str, data: bytes) -> None:
+                path = staged(relative)
+                descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, read_only)
+                with os.fdopen(descriptor, "wb") as handle:
                     handle.write(data)
                 written.append(path)
 
-            yield write
+            def link(relative: str, source: str) -> bool:
+                source_path = self._path(check_key(source))
+                try:  # only a regular file of this root, never through a symlink
+                    if not stat_module.S_ISREG(os.lstat(source_path).st_mode) or not _inside(
+                            os.path.realpath(source_path), os.path.realpath(self.root)):
+                        return False
+                    os.link(source_path, staged(relative), follow_symlinks=False)
+                except OSError:  # gone, another filesystem, too many links: the caller writes the bytes
+                    return False
+                return True
+
+            yield TreeWriter(write, link)
             _fsync_all([*written, *folders, staging])
             if target.exists():
                 retired = Path(tempfile.mkdtemp(prefix=LOCAL_TEMPORARY, dir=target.parent))
@@ -376,6 +424,21 @@ class LocalStorage(Storage):
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def delete_tree(self, prefix: str) -> int:
+        """The folder is renamed out of sight first (readers see the whole tree or none), then removed."""
+        target = self._path(check_key(prefix))
+        if not target.is_dir() or target.is_symlink():
+            return 0
+        retired = Path(tempfile.mkdtemp(prefix=LOCAL_TEMPORARY, dir=target.parent))
+        os.rename(target, retired / "tree")
+        removed = 0
+        for folder, _, files in os.walk(retired, topdown=False):
+            for name in files:
+                os.unlink(os.path.join(folder, name))
+                removed += 1
+            os.rmdir(folder)
+        return removed
 
     def uri_of(self, key: str) -> str:
         return str(self._path(key))
@@ -618,6 +681,27 @@ class S3Storage(Storage):
 
     def delete(self, key: str) -> None:
         self._call("delete_object", self.client.delete_object, Bucket=self.bucket, Key=self._key(key))
+
+    def copy(self, source: str, key: str) -> bool:
+        try:
+            self._call("copy_object", self.client.copy_object, Bucket=self.bucket, Key=self._key(key),
+                       CopySource={"Bucket": self.bucket, "Key": self._key(check_key(source))})
+        except FileNotFoundError:
+            return False
+        return True
+
+    def delete_tree(self, prefix: str) -> int:
+        """A thousand keys per request."""
+        keys = [info.key for info in self.list(f"{check_key(prefix)}/") if info.unsafe_reason is None]
+        for start in range(0, len(keys), 1000):
+            chunk = [{"Key": self._key(key)} for key in keys[start:start + 1000]]
+            answer = self._call("delete_objects", self.client.delete_objects, Bucket=self.bucket,
+                                Delete={"Objects": chunk, "Quiet": True})
+            if answer.get("Errors"):
+                first = answer["Errors"][0]
+                raise StorageError(f"could not delete {len(answer['Errors'])} object(s) under "
+                                   f"{self.uri_of(prefix)}: {first.get('Key')}: {first.get('Message')}")
+        return len(keys)
 
     def uri_of(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"

@@ -75,7 +75,7 @@ def write_snapshot(storage: Storage, dataset: CuratedDataset, read_bytes: Callab
     folder = f"{SNAPSHOTS_PREFIX}/{dataset.snapshot_id}"
     if storage.exists(f"{folder}/manifest.json"):
         if imagefolder and storage.exists(f"{folder}/{IMAGEFOLDER_PRUNED}"):
-            _write_imagefolder(storage, folder, dataset.selected, read_bytes)
+            _write_imagefolder(storage, folder, dataset, read_bytes)
             storage.delete(f"{folder}/{IMAGEFOLDER_PRUNED}")
         return folder
     selected = dataset.selected
@@ -84,17 +84,36 @@ def write_snapshot(storage: Storage, dataset: CuratedDataset, read_bytes: Callab
                                                                                          "height"]]), indent=1))
     storage.write_text(f"{folder}/label_studio.json", json.dumps(export_label_studio(selected), indent=1))
     if imagefolder:
-        _write_imagefolder(storage, folder, selected, read_bytes)
+        _write_imagefolder(storage, folder, dataset, read_bytes)
     storage.write_bytes(f"{folder}/manifest.json", dataset.manifest)
     return folder
 
 
-def _write_imagefolder(storage: Storage, folder: str, selected: pd.DataFrame,
+def _write_imagefolder(storage: Storage, folder: str, dataset: CuratedDataset,
                        read_bytes: Callable[[str], bytes]) -> None:
-    with storage.tree_writer(f"{folder}/imagefolder") as write:
-        skipped = export_imagefolder(selected, read_bytes, write)
+    """The snapshot's ImageFolder tree. Each image the last current snapshot's tree holds at the same path (same
+    split, label and id) is linked from there rather than read and written again: a run that adds a batch to a
+    large catalog would otherwise copy every curated image (at 100k images, 22 of curated_dataset's 31 s)."""
+    previous = _linkable_tree(storage, dataset.snapshot_id)
+    with storage.tree_writer(f"{folder}/imagefolder") as writer:
+        link = (lambda path: writer.link(path, f"{previous}/{path}")) if previous else None
+        skipped = export_imagefolder(dataset.selected, read_bytes, writer, link=link)
     if skipped:  # images whose files changed since ingest: not in the ImageFolder tree, and said so here
         storage.write_text(f"{folder}/{IMAGEFOLDER_SKIPPED}", json.dumps(skipped, indent=1))
+
+
+def _linkable_tree(storage: Storage, snapshot_id: str) -> str | None:
+    """The ImageFolder tree of the most recently current snapshot other than ``snapshot_id`` that still has a whole
+    one (its manifest written, its copy not pruned), or None."""
+    history = json.loads(storage.read_text(HISTORY_KEY)) if storage.exists(HISTORY_KEY) else []
+    for entry in reversed(history):
+        folder = f"{SNAPSHOTS_PREFIX}/{entry['snapshot_id']}"
+        if entry["snapshot_id"] == snapshot_id:
+            continue
+        if storage.exists(f"{folder}/manifest.json") and not storage.exists(f"{folder}/{IMAGEFOLDER_PRUNED}"):
+            return f"{folder}/imagefolder"
+        return None  # an older tree than the last one is seldom worth looking for
+    return None
 
 
 def curated_leakage(curated: pd.DataFrame, vectors: Vectors, groups: pd.Series, radius: float,
@@ -139,13 +158,11 @@ def prune_imagefolders(storage: Storage, history: list[dict], keep: int | None, 
     pruned = []
     for snapshot_id in order[keep:]:
         folder = f"{SNAPSHOTS_PREFIX}/{snapshot_id}"
-        keys = [info.key for info in storage.list(f"{folder}/imagefolder/") if info.unsafe_reason is None]
-        if not keys:
+        removed = storage.delete_tree(f"{folder}/imagefolder")
+        if not removed:
             continue
-        for key in keys:
-            storage.delete(key)
         storage.write_text(f"{folder}/{IMAGEFOLDER_PRUNED}", json.dumps({
-            "pruned_at": now, "images_removed": len(keys),
+            "pruned_at": now, "images_removed": removed,
             "rebuild": f"cv-dataops export {snapshot_id} -o DIR"}, indent=1) + "\n")
         pruned.append(snapshot_id)
     return pruned

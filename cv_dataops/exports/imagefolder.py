@@ -43,7 +43,8 @@ def export_path(image_id: str, uri: str, label: object, split: str) -> str:
 
 
 def export_imagefolder(rows: pd.DataFrame, read_bytes: Callable[[str], bytes],
-                       write_bytes: Callable[[str, bytes], None], *, verify: bool = True) -> list[dict]:
+                       write_bytes: Callable[[str, bytes], None], *, verify: bool = True,
+                       link: Callable[[str], bool] | None = None) -> list[dict]:
     """Write each row's image to ``<split>/<label or "unlabelled">/<image_id[:16]><original extension>``.
 
     ``read_bytes(uri)`` fetches an image, ``write_bytes(relative_path, data)`` stores it (paths use ``/``; labels
@@ -51,10 +52,14 @@ def export_imagefolder(rows: pd.DataFrame, read_bytes: Callable[[str], bytes],
     hash to the image's id (:func:`~cv_dataops.images.verified.read_verified`): an image whose file changed or
     vanished since ingestion is left out, never exported as that image, and returned as ``{image_id, uri,
     problem}`` (an empty list when every image was written). Rows are written in ``image_id`` order.
+    ``link(relative_path)``, when given, puts an image in place from a tree that already holds it at that path
+    (the previous snapshot's, whose files were verified when written): True means done, nothing read.
     """
     skipped = []
     for entry in manifest_rows(rows):
         path = export_path(entry["image_id"], entry["uri"], entry["label"], entry["split"])
+        if link is not None and link(path):
+            continue
         try:
             data = read_verified(entry["uri"], entry["image_id"], read_bytes) if verify else read_bytes(entry["uri"])
         except ContentChanged as error:

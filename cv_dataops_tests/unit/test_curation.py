@@ -553,3 +553,41 @@ def test_older_snapshots_lose_their_imagefolder_copy_but_can_be_rebuilt(tmp_path
     assert len(list(storage.list(f"snapshots/{oldest}/imagefolder/"))) == 1
     assert not storage.exists(f"snapshots/{oldest}/{IMAGEFOLDER_PRUNED}")
 
+
+
+def test_a_new_snapshot_links_what_the_last_one_holds_and_reads_only_the_rest(tmp_path):
+    """A run that adds a batch writes a snapshot holding nearly every image of the last one: those are hard links
+    to the last tree (not read from the landing zone again), and only the new or moved images (a new label or
+    split is another path) are read and verified. The old tree can be pruned without touching the new one."""
+    from cv_dataops.core.storage import LocalStorage
+    from cv_dataops.curation.dataset import CuratedDataset, prune_imagefolders, record_current, write_snapshot
+
+    storage = LocalStorage(tmp_path / "root")
+    files = {f"/land/{number}.jpg": f"image {number}".encode() for number in range(4)}
+    ids = {uri: hashlib.sha256(data).hexdigest() for uri, data in files.items()}
+    reads = []
+
+    def read(uri):
+        reads.append(uri)
+        return files[uri]
+
+    def snapshot(uris, labels, when):
+        rows = pd.DataFrame({"image_id": [ids[u] for u in uris], "uri": uris, "label": labels, "split": "train",
+                             "width": 1, "height": 1})
+        snapshot_id, manifest = snapshot_manifest(rows)
+        write_snapshot(storage, CuratedDataset(rows.assign(snapshot_id=snapshot_id), rows.iloc[:0], len(rows),
+                                               snapshot_id, manifest), read)
+        return snapshot_id, record_current(storage, snapshot_id, when)
+
+    first, _ = snapshot(list(files)[:3], ["cat", "cat", "dog"], "1")
+    assert sorted(reads) == list(files)[:3]
+    reads.clear()
+    second, history = snapshot(list(files), ["cat", "dog", "dog", "dog"], "2")  # one relabelled, one new
+    assert sorted(reads) == ["/land/1.jpg", "/land/3.jpg"]
+    tree = storage.local_path(f"snapshots/{second}/imagefolder")
+    kept = tree / "train" / "cat" / f"{ids['/land/0.jpg'][:16]}.jpg"
+    assert kept.stat().st_nlink == 2 and kept.read_bytes() == b"image 0"
+    assert sorted(p.relative_to(tree).as_posix() for p in tree.rglob("*.jpg")) == sorted(
+        [f"train/cat/{ids['/land/0.jpg'][:16]}.jpg"] + [f"train/dog/{ids[u][:16]}.jpg" for u in list(files)[1:]])
+    assert prune_imagefolders(storage, history, keep=1, now="3") == [first]
+    assert kept.stat().st_nlink == 1 and kept.read_bytes() == b"image 0"

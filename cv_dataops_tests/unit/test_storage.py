@@ -82,9 +82,45 @@ def test_a_staged_tree_honours_the_umask_and_is_never_listed_half_written(tmp_pa
             assert list(storage.list()) == []  # still staged
     finally:
         os.umask(previous)
-    assert stat.S_IMODE(os.stat(storage.local_path("s/imagefolder/train/cat/a.jpg")).st_mode) == 0o644
+    # read-only: a tree's files may be hard links shared with other trees, so none may change in place
+    assert stat.S_IMODE(os.stat(storage.local_path("s/imagefolder/train/cat/a.jpg")).st_mode) == 0o444
     for folder in ("s/imagefolder", "s/imagefolder/train", "s/imagefolder/train/cat"):
         assert stat.S_IMODE(os.stat(storage.local_path(folder)).st_mode) == 0o755, folder
+
+
+def test_a_tree_links_files_of_another_tree_instead_of_copying_them(storage):
+    with storage.tree_writer("one/imagefolder") as write:
+        write("train/cat/a.jpg", b"a")
+        write("val/dog/b.jpg", b"b")
+    storage.write_bytes("outside.jpg", b"o")
+    with storage.tree_writer("two/imagefolder") as writer:
+        assert writer.link("train/cat/a.jpg", "one/imagefolder/train/cat/a.jpg")
+        assert not writer.link("val/dog/c.jpg", "one/imagefolder/val/dog/c.jpg")  # no such file: caller writes
+        writer("val/dog/c.jpg", b"c")
+    assert storage.read_bytes("two/imagefolder/train/cat/a.jpg") == b"a"
+    assert {info.key for info in storage.list("two/")} == {"two/imagefolder/train/cat/a.jpg",
+                                                          "two/imagefolder/val/dog/c.jpg"}
+    if isinstance(storage, LocalStorage):  # the same file, not a copy: one inode, two names
+        first, second = (os.stat(storage.local_path(f"{tree}/imagefolder/train/cat/a.jpg")) for tree in ("one", "two"))
+        assert first.st_ino == second.st_ino and first.st_nlink == 2
+    assert storage.delete_tree("one/imagefolder") == 2
+    assert {info.key for info in storage.list()} == {"outside.jpg", "two/imagefolder/train/cat/a.jpg",
+                                                     "two/imagefolder/val/dog/c.jpg"}
+    assert storage.read_bytes("two/imagefolder/train/cat/a.jpg") == b"a"  # the other name keeps the file
+    assert storage.delete_tree("one/imagefolder") == 0
+
+
+def test_a_local_tree_never_links_through_a_symlink_or_from_outside_the_root(tmp_path):
+    (tmp_path / "secret.txt").write_bytes(b"secret")
+    storage = LocalStorage(tmp_path / "root")
+    storage.write_bytes("one/imagefolder/real.jpg", b"r")
+    os.symlink(tmp_path / "secret.txt", storage.local_path("one/imagefolder/link.jpg"))
+    with storage.tree_writer("two/imagefolder") as writer:
+        assert not writer.link("a.jpg", "one/imagefolder/link.jpg")
+        assert writer.link("b.jpg", "one/imagefolder/real.jpg")
+        with pytest.raises(UnsafeKeyError):
+            writer.link("c.jpg", "../secret.txt")
+    assert {info.key for info in storage.list("two/")} == {"two/imagefolder/b.jpg"}
 
 
 def test_create_only_if_absent_lets_one_writer_win(storage):
