@@ -11,7 +11,8 @@ faiss-cpu: chosen over usearch by ``bench/neighbour_index.py``), n log n, and a 
 search for every row whose candidates were all within the radius (a dense cluster), so only the graph's recall is
 approximate, never a cluster's size. Every candidate's distance is then recomputed in float64, so every consumer
 sees the same distance for the same pair, whatever the blocks or the path. Ties are broken by row number. Vectors
-that are not finite (an undecodable image) are never anyone's neighbour.
+that are not finite (an undecodable image) or zero (no direction, so no cosine: a blank image some embedders map
+to 0) are never anyone's neighbour.
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ def unit_rows(vectors: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+def has_direction(vectors: np.ndarray) -> np.ndarray:
+    """Per row: finite and not all zero, i.e. a row a cosine distance is defined for."""
+    x = np.asarray(vectors)
+    return np.isfinite(x).all(axis=1) & (x != 0).any(axis=1)
+
+
 def _empty_pairs() -> Pairs:
     return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64)
 
@@ -62,7 +69,7 @@ class NeighborIndex:
 
     def __init__(self, vectors: np.ndarray, *, block: int = BLOCK, approximate_from: int | None = APPROXIMATE_FROM):
         self.vectors_ = unit_rows(vectors)
-        self._finite = np.isfinite(self.vectors_).all(axis=1)
+        self._finite = has_direction(self.vectors_)  # the rows that can be neighbours
         self.block = max(1, int(block))
         self.approximate_from = approximate_from  # None: always exact
         self._graph: ApproximateIndex | None = None
@@ -113,7 +120,7 @@ class NeighborIndex:
         distances = np.full((len(q), max(k, 0)), np.inf)
         found = np.zeros((len(q), max(k, 0)), dtype=np.int64)
         fit_rows = np.flatnonzero(self._finite)
-        query_rows = np.flatnonzero(np.isfinite(q).all(axis=1))
+        query_rows = np.flatnonzero(has_direction(q))
         want = min(k + 1 if own else k, len(fit_rows))
         if k <= 0 or want <= 0 or not len(query_rows):
             return distances, found
@@ -183,6 +190,8 @@ class NeighborIndex:
             found_q.append(rows)
             found_r.append(columns)
         rows, columns = np.concatenate(found_q).astype(np.int64), np.concatenate(found_r).astype(np.int64)
+        usable = self._finite[columns] & (self._finite if own else has_direction(q))[rows]
+        rows, columns = rows[usable], columns[usable]
         distances = self._exact(q, rows, columns)
         close = distances < radius if strict else distances <= radius
         rows, columns, distances = rows[close], columns[close], distances[close]
@@ -244,7 +253,7 @@ def _pair_distances(graph: ApproximateIndex, a: np.ndarray, b: np.ndarray) -> np
 class ApproximateIndex:
     """An HNSW graph over unit vectors (faiss-cpu's ``IndexHNSWFlat``, inner product): candidates for the nearest
     rows in about log n per query instead of n. Only candidates: :class:`NeighborIndex` recomputes their distances.
-    Rows that are not finite are stored as zero vectors and never returned.
+    Rows without a direction (not finite, or zero) are stored as zero vectors and never returned.
     ``to_bytes``/``from_bytes`` persist it; rows are numbered in the order they were added."""
 
     def __init__(self, dimension: int, *, links: int = 32, construction_breadth: int = 80,
@@ -267,7 +276,7 @@ class ApproximateIndex:
         x = np.asarray(vectors, dtype=np.float32) if unit else unit_rows(vectors)
         if len(x) and x.shape[1] != self.dimension:
             raise ValueError(f"vectors have {x.shape[1]} dimensions, the graph {self.dimension}")
-        finite = np.isfinite(x).all(axis=1)
+        finite = has_direction(x)
         x = np.where(finite[:, None], x, 0.0).astype(np.float32)
         self._index.add(np.ascontiguousarray(x))
         self._finite = np.concatenate([self._finite, finite])

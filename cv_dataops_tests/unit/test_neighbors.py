@@ -72,6 +72,23 @@ def test_ties_by_row_vectors_not_finite_and_other_dimensions():
     assert NeighborIndex(np.zeros((0, 4))).radius_pairs(0.1)[0].size == 0
 
 
+def test_zero_vectors_have_no_direction_and_are_nobodys_neighbour():
+    """A zero row has no cosine with anything. Ranked by Euclidean distance between unit vectors it would sit at
+    cosine distance 0.5 from every query and push true neighbours farther than that out of the k nearest."""
+    x = _unit([[1, 0, 0], [0.2, 1, 0], [0.2, 0, 1], [0.25, -1, 0]]).astype(np.float32)  # all ~0.8 from [1, 0, 0]
+    x = np.vstack([x, np.zeros((3, 3), np.float32)])  # three blank images
+    for index in (NeighborIndex(x), NeighborIndex(x, approximate_from=2)):
+        distances, rows = index.kneighbors(np.array([1.0, 0.0, 0.0]), 4)
+        assert rows[0, 0] == 0 and set(rows[0, 1:].tolist()) == {1, 2, 3}, rows
+        assert np.isfinite(distances).all()
+        own_distances, own_rows = index.kneighbors(k=3)
+        assert set(own_rows[0].tolist()) == {1, 2, 3} and np.isinf(own_distances[4:]).all()
+        low, high, _ = index.radius_pairs(1.9)
+        assert len(low) and not (set(low.tolist()) | set(high.tolist())) & {4, 5, 6}
+        assert 4 not in index.query_radius(np.array([1.0, 0.0, 0.0]), 1.9)[1]
+        assert not len(index.query_radius(np.zeros(3), 1.9)[0])  # a zero query finds nothing
+
+
 def test_connected_components_roots_are_the_smallest_node():
     rng = np.random.default_rng(4)
     n = 5000
