@@ -207,6 +207,8 @@ class CurationResource(StageResource):
     scenario_refit_growth: float = Field(default=0.25, ge=0, description="Scenarios (the strata) are chosen again "
                                                                          "when the catalog has grown by this "
                                                                          "fraction since; 0: on every run.")
+    keep_splits: bool = Field(default=True, description="An image keeps its split from the last current "
+                                                        "snapshot; false: every version is split afresh.")
     min_per_class_and_split: int = Field(default=1, description="ERROR below this many per label and split.")
     max_class_ratio: float = Field(default=3.0, description="WARN when the largest class exceeds the smallest "
                                                             "by more than this ratio.")
@@ -221,7 +223,7 @@ class CurationResource(StageResource):
         budget = None if self.budget is None else (int(self.budget) if self.budget >= 1 else float(self.budget))
         return CurationSettings(budget=budget, split_fractions=tuple(self.split_fractions),
                                 neighbour_radius=self.neighbour_radius, seed=self.seed, method=self.method,
-                                drift_share=self.drift_share)
+                                drift_share=self.drift_share, keep_splits=self.keep_splits)
 
 
 class EmbeddingResource(StageResource):

@@ -4,7 +4,7 @@ on what was curated: what the ``curated_dataset`` asset and its checks call."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,17 +51,21 @@ class CuratedDataset:
 
 
 def curate(pool: pd.DataFrame, vectors: np.ndarray, settings: CurationSettings,
-           known_pairs: KnownPairs | None = None) -> CuratedDataset:
+           known_pairs: KnownPairs | None = None, previous_splits: Mapping[str, str] | None = None) -> CuratedDataset:
     """Unusable images and all but one of each duplicate group out; a selection within the budget; leak-free
     splits; the content-addressed snapshot id. ``vectors[i]`` is the embedding of ``pool``'s *i*-th row, and
     ``pool`` is on a RangeIndex (as :func:`~cv_dataops.curation.pool.curation_pool` returns it).
     ``known_pairs(image_ids, radius)``: the near pairs among those images when something keeps them (the
-    neighbour graph's edges), or None to have the engine search the selected vectors."""
+    neighbour graph's edges), or None to have the engine search the selected vectors. ``previous_splits``: image
+    id -> split in the last current snapshot (:func:`current_splits`), which images keep when
+    ``settings.keep_splits``."""
     kept, excluded = eligible(pool)
     selected = select(kept, vectors[kept.index.to_numpy()], settings)
     pairs = known_pairs(selected["image_id"].tolist(), settings.neighbour_radius) if known_pairs else None
     selected = selected.assign(split=leak_free_split(selected, vectors[selected.index.to_numpy()], settings,
-                                                     selected.get("group_id"), pairs=pairs).values)
+                                                     selected.get("group_id"), pairs=pairs,
+                                                     previous=previous_splits if settings.keep_splits else None
+                                                     ).values)
     snapshot_id, manifest = snapshot_manifest(selected)
     return CuratedDataset(selected.assign(snapshot_id=snapshot_id), excluded, len(kept), snapshot_id, manifest)
 
@@ -100,6 +104,21 @@ def _write_imagefolder(storage: Storage, folder: str, dataset: CuratedDataset,
         skipped = export_imagefolder(dataset.selected, read_bytes, writer, link=link)
     if skipped:  # images whose files changed since ingest: not in the ImageFolder tree, and said so here
         storage.write_text(f"{folder}/{IMAGEFOLDER_SKIPPED}", json.dumps(skipped, indent=1))
+
+
+def current_splits(storage: Storage) -> dict[str, str]:
+    """Image id -> split in the last current snapshot (empty before the first)."""
+    history = json.loads(storage.read_text(HISTORY_KEY)) if storage.exists(HISTORY_KEY) else []
+    rows = read_snapshot(storage, history[-1]["snapshot_id"], SNAPSHOTS_PREFIX) if history else None
+    return {} if rows is None else dict(zip(rows["image_id"].tolist(), rows["split"].tolist(), strict=True))
+
+
+def split_changes(selected: pd.DataFrame, previous: Mapping[str, str]) -> dict[str, int]:
+    """Of the selected images the last snapshot held: how many kept their split and how many moved."""
+    before = selected["image_id"].map(previous)
+    held = before.notna()
+    return {"splits_kept": int((before[held] == selected["split"][held]).sum()),
+            "splits_moved": int((before[held] != selected["split"][held]).sum())}
 
 
 def _linkable_tree(storage: Storage, snapshot_id: str) -> str | None:

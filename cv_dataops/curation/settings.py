@@ -32,6 +32,10 @@ class CurationSettings:
     ``drift_share``: under a budget, at most this share of it goes first to images of batches whose drift report
     said they drifted (``drifted_batch`` in the pool), picked by the same method among them, so a new camera or
     scene reaches the snapshot even where the old data would fill the budget; ``0`` turns this off.
+    ``keep_splits``: an image keeps the split it had in the last current snapshot (a cluster of near neighbours
+    takes the split most of its earlier members had), and only clusters with no earlier member are assigned to fill
+    the targets: an image a model was trained on never turns up in a later version's test split, and test scores of
+    two versions compare. ``False`` splits every version afresh.
     ``seed``: makes selection tie-breaks and split assignment reproducible.
     """
 
@@ -44,6 +48,7 @@ class CurationSettings:
     cell_size: int = 8
     method: str = "herding"
     drift_share: float = 0.25
+    keep_splits: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in SELECTION_METHODS:

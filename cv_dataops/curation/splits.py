@@ -4,6 +4,7 @@ leakage count that checks it."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -51,7 +52,8 @@ def _aligned_groups(groups: pd.Series | None, index: pd.Index, n: int) -> list:
 
 def leak_free_split(selected: pd.DataFrame, vectors: np.ndarray, settings: CurationSettings,
                     duplicate_groups: pd.Series | None = None,
-                    pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> pd.Series:
+                    pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                    previous: Mapping[str, str] | None = None) -> pd.Series:
     """``train``/``val``/``test`` for each row of ``selected`` (a Series on its index, named ``split``).
 
     Rows are first joined into clusters: connected components of the graph whose edges are pairs closer than
@@ -62,7 +64,9 @@ def leak_free_split(selected: pd.DataFrame, vectors: np.ndarray, settings: Curat
     fraction of that label's rows; unlabelled rows are one more label). A single cluster larger than a split's
     target still goes to one split: leakage is never traded for fractions. ``pairs``: the near pairs (positions
     ``i < j`` in ``selected``) when they are known already (the neighbour graph's kept edges), instead of
-    :func:`near_pairs` on ``vectors``.
+    :func:`near_pairs` on ``vectors``. ``previous``: image id -> the split it had in the last version; with it,
+    a cluster holding such images takes the split most of them had (ties: the one furthest below its target), and
+    only the other clusters are assigned as above, on top of those.
     """
     n = len(selected)
     if n == 0:
@@ -90,21 +94,35 @@ def leak_free_split(selected: pd.DataFrame, vectors: np.ndarray, settings: Curat
     clusters = list(members.values())
     tiebreak = np.random.default_rng(settings.seed).permutation(len(clusters))
     order = np.lexsort((tiebreak, -np.array([len(c) for c in clusters], dtype=np.int64)))
+    earlier = _earlier_splits(selected, previous, active, n)
+    kept = [c for c in order.tolist() if any(earlier[r] is not None for r in clusters[c])]
+    order = kept + [c for c in order.tolist() if all(earlier[r] is None for r in clusters[c])]
     assignment = np.empty(n, dtype=object)
-    for c in order.tolist():
+    for c in order:
         rows = clusters[c]
         counts = Counter(labels[r] for r in rows)
         deficit = np.zeros(3)
         for label, count in counts.items():
             deficit += count * (target[label] - current[label])
         deficit += 1e-6 * (overall_target - overall)  # labels' deficits equal: the overall one decides
-        split = max(active, key=lambda s: (round(float(deficit[s]), 9), fractions[s], -s))
+        votes = Counter(earlier[r] for r in rows if earlier[r] is not None)
+        candidates = [s for s in active if votes and votes[s] == max(votes.values())] or active
+        split = max(candidates, key=lambda s: (round(float(deficit[s]), 9), fractions[s], -s))
         for label, count in counts.items():
             current[label][split] += count
         overall[split] += len(rows)
         for r in rows:
             assignment[r] = SPLITS[split]
     return pd.Series(assignment, index=selected.index, name="split", dtype=object)
+
+
+def _earlier_splits(selected: pd.DataFrame, previous: Mapping[str, str] | None, active: list[int],
+                    n: int) -> list[int | None]:
+    """Per row, the number of the split its image had before (None: new, unknown, or a split now left empty)."""
+    if not previous or "image_id" not in selected.columns:
+        return [None] * n
+    number = {name: s for s, name in enumerate(SPLITS) if s in active}
+    return [number.get(previous.get(str(image_id))) for image_id in selected["image_id"].tolist()]
 
 
 def leakage(split: pd.Series, vectors: np.ndarray, groups: pd.Series | None, radius: float,

@@ -15,7 +15,8 @@ CURATED = TableDefinition(
         Column("label", pa.string(), "Its label where known."),
         Column("scenario", pa.int32(), "Its scenario where known."),
         Column("split", pa.string(), "`train`, `val` or `test`; no duplicate group or near-neighbour cluster is "
-                                     "spread across splits.", False),
+               "spread across splits, and an image keeps the split it had in the version before (`keep_splits`).",
+               False),
         Column("snapshot_id", pa.string(), "The content-addressed snapshot this version is (same inputs, same id).",
                False),
         Column("selection_reason", pa.string(), "Why the image was selected.", False),

@@ -91,3 +91,33 @@ def test_scenarios_and_embeddings(curated_catalog):
     scenarios = pq.read_table(data / "catalog" / "scenarios").to_pandas()
     assert set(scenarios.image_id) == set(images.image_id) and scenarios.scenario.nunique() >= 2
     assert len(list((data / "models").glob("patch-kmeans-*.npz"))) == 1  # the configured options' own model
+
+
+def test_a_second_batch_keeps_earlier_splits_and_links_the_earlier_tree(tmp_path, monkeypatch):
+    """A run that adds a batch curates a new version: every earlier image keeps its split (none moves to test
+    after a model trained on it), and the new snapshot's ImageFolder tree shares the earlier tree's files (hard
+    links) instead of copying them again."""
+    import os
+
+    landing, data = tmp_path / "landing", tmp_path / "data"
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    settings = Settings.build(embedder=TINY_EMBEDDER)
+    demo_data.generate_demo(landing / "first", count=60, seed=11)
+    instance = open_instance(str(data))
+    run_pipeline(instance, landing=str(landing), data_root=str(data), settings=settings)
+    first = pq.read_table(data / "catalog" / "curated").to_pandas().set_index("image_id")
+    demo_data.generate_demo(landing / "second", count=30, seed=12)
+    run_pipeline(instance, landing=str(landing), data_root=str(data), settings=settings)
+    second = pq.read_table(data / "catalog" / "curated").to_pandas().set_index("image_id")
+    assert len(second) > len(first) and set(second.snapshot_id) != set(first.snapshot_id)
+    both = first.index.intersection(second.index)
+    assert len(both) >= 0.9 * len(first)
+    assert (first.split[both] == second.split[both]).all()
+    record = instance.get_latest_materialization_event(dg.AssetKey("curated_dataset")).asset_materialization
+    assert record.metadata["splits_kept"].value == len(both) and record.metadata["splits_moved"].value == 0
+    (snapshot_id,) = set(second.snapshot_id)
+    files = list((data / "snapshots" / snapshot_id / "imagefolder").rglob("*.jpg"))
+    assert len(files) == len(second)
+    linked = [f for f in files if os.stat(f).st_nlink >= 2]
+    new = second.index.difference(first.index)
+    assert len(linked) == len(both) and len(files) - len(linked) == len(new)

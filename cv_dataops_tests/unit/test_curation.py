@@ -374,6 +374,59 @@ def test_leak_free_split_with_a_positional_group_list_and_a_zero_fraction():
     assert leakage(split, vectors, groups, 0.05)["leak_free"]
 
 
+def test_images_keep_their_split_across_versions_and_new_clusters_fill_the_targets():
+    """Split afresh, a version that adds images moves many earlier ones to another split (a model trained on the
+    old train split would be scored on its own training images); kept, only a cluster that new images joined to
+    earlier images of two splits moves, and the new clusters bring the shares back to the targets."""
+    frame, vectors, groups, _ = _pool_with_planted_leaks()
+    settings = CurationSettings(neighbour_radius=0.05)
+    first = frame.iloc[:250]
+    before = leak_free_split(first, vectors[first.index.to_numpy()], settings, groups[first.index])
+    previous = dict(zip(first.image_id, before, strict=True))
+    order = frame.index.to_numpy()
+    fresh = leak_free_split(frame, vectors[order], settings, groups[order])
+    kept = leak_free_split(frame, vectors[order], settings, groups[order], previous=previous)
+    report = leakage(kept, vectors[order], groups[order], 0.05)
+    assert report["leak_free"] and report["near_pairs"] == 100
+
+    def moved(split):
+        return sum(split[row] != previous[frame.image_id[row]] for row in first.index)
+
+    # which earlier images had to move: those whose new cluster holds earlier images of two splits
+    i, j, _ = near_pairs(vectors[order], 0.05)
+    from cv_dataops.core.graph import connected_components
+
+    ga, gb = [], []
+    positions = {row: position for position, row in enumerate(order)}
+    for group in set(groups.dropna()):
+        members = [positions[r] for r in groups.index[groups == group]]
+        ga += members[:1] * (len(members) - 1)
+        gb += members[1:]
+    component = connected_components(np.concatenate([i, ga]).astype(np.int64),
+                                     np.concatenate([j, gb]).astype(np.int64), len(order))
+    earlier = {}
+    for position, row in enumerate(order):
+        if frame.image_id[row] in previous:
+            earlier.setdefault(component[position], set()).add(previous[frame.image_id[row]])
+    forced = sum(len(earlier[component[positions[row]]]) > 1 for row in first.index)
+    assert moved(kept) <= forced < 10
+    assert moved(fresh) > 40  # what keeping prevents
+    shares = kept.value_counts(normalize=True)
+    assert abs(shares["train"] - 0.8) < 0.03 and abs(shares["val"] - 0.1) < 0.03 and abs(shares["test"] - 0.1) < 0.03
+    assert kept.equals(leak_free_split(frame, vectors[order], settings, groups[order], previous=previous))
+
+
+def test_a_cluster_joining_earlier_splits_takes_the_majority_and_empty_splits_are_not_kept():
+    angles = np.radians([0.0, 5.0, 10.0, 20.0, 90.0])  # 0-5-10-20 degrees: one chain under 0.05; 90: alone
+    vectors = np.stack([np.cos(angles), np.sin(angles), np.zeros(5)], axis=1)
+    frame = pd.DataFrame({"image_id": list("adbcz"), "uri": "/x", "label": "a"})
+    previous = {"a": "train", "d": "train", "c": "test", "z": "test"}
+    split = leak_free_split(frame, vectors, CurationSettings(), previous=previous)
+    assert split.tolist() == ["train"] * 4 + ["test"]  # c joins a and d's train cluster; z keeps test
+    only_train = leak_free_split(frame, vectors, CurationSettings(split_fractions=(1.0, 0.0, 0.0)), previous=previous)
+    assert set(only_train) == {"train"}
+
+
 def test_one_cluster_larger_than_a_split_stays_whole():
     vectors = _unit(np.ones((10, 4)) + 0.001 * np.random.default_rng(0).normal(size=(10, 4)))
     frame = pd.DataFrame({"image_id": list("abcdefghij"), "uri": "/x", "label": "a"})

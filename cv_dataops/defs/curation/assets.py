@@ -10,8 +10,10 @@ import dagster as dg
 from cv_dataops.curation.dataset import (
     IMAGEFOLDER_SKIPPED,
     curate,
+    current_splits,
     prune_imagefolders,
     record_current,
+    split_changes,
     write_snapshot,
 )
 from cv_dataops.curation.pool import curation_pool
@@ -57,7 +59,8 @@ def curated_dataset(context: dg.AssetExecutionContext, catalog: CatalogResource,
         return
     pool, pool_vectors = curation_pool(tables, quality.max_unusable_rate, vectors)
     near = kept_pairs(storage, vectors.embedder_version, tables.partition_versions(EMBEDDINGS))
-    dataset = curate(pool, pool_vectors, curation.settings(), near)
+    previous_splits = current_splits(storage)
+    dataset = curate(pool, pool_vectors, curation.settings(), near, previous_splits)
     folder = write_snapshot(storage, dataset, catalog.uri_reader(), imagefolder=curation.export_imagefolder)
     uri = tables.write(CURATED, dataset.table())
     now = datetime.now(UTC).isoformat(timespec="seconds")
@@ -83,6 +86,7 @@ def curated_dataset(context: dg.AssetExecutionContext, catalog: CatalogResource,
                                         if len(selected) else {}),
         **vectors.summary(),
         "near_pairs_from": near.used or "-",
+        **split_changes(selected, previous_splits),
         "imagefolder_skipped": dg.MetadataValue.json(skipped),
         "imagefolders_pruned": dg.MetadataValue.json(pruned),
         "curated_table": dg.MetadataValue.path(uri)})
