@@ -390,11 +390,15 @@ class LocalStorage(Storage):
                     handle.write(data)
                 written.append(path)
 
+            real_root = os.path.realpath(self.root)
+            inside: dict[Path, bool] = {}  # source folder -> resolves inside the root (a tree has few folders)
+
             def link(relative: str, source: str) -> bool:
                 source_path = self._path(check_key(source))
                 try:  # only a regular file of this root, never through a symlink
-                    if not stat_module.S_ISREG(os.lstat(source_path).st_mode) or not _inside(
-                            os.path.realpath(source_path), os.path.realpath(self.root)):
+                    if source_path.parent not in inside:
+                        inside[source_path.parent] = _inside(os.path.realpath(source_path.parent), real_root)
+                    if not inside[source_path.parent] or not stat_module.S_ISREG(os.lstat(source_path).st_mode):
                         return False
                     os.link(source_path, staged(relative), follow_symlinks=False)
                 except OSError:  # gone, another filesystem, too many links: the caller writes the bytes

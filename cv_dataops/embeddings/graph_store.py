@@ -50,10 +50,11 @@ def graph_key(embedder_version: str) -> str:
 @dataclass
 class NeighbourGraph:
     """The graph of one embedder version: ``graph`` row *i* is image ``image_ids[i]`` of batch ``batch_ids[i]``;
-    ``batches`` maps each batch it holds to the fingerprint of the embeddings file it was read from."""
+    ``batches`` maps each batch it holds to the fingerprint of the embeddings file it was read from. ``graph`` is
+    None when it was loaded for its kept edges only (``load_graph(..., with_index=False)``)."""
 
     embedder_version: str
-    graph: ApproximateIndex
+    graph: ApproximateIndex | None
     image_ids: list[str]
     batch_ids: list[str]
     batches: dict[str, str]
@@ -71,21 +72,22 @@ class NeighbourGraph:
         return buffer.getvalue()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> NeighbourGraph | None:
-        """None for a file of another format or a torn one (the next update builds it again)."""
+    def from_bytes(cls, data: bytes, *, with_index: bool = True) -> NeighbourGraph | None:
+        """None for a file of another format or a torn one (the next update builds it again). Without
+        ``with_index`` the HNSW graph itself is not deserialized (most of the time at 100,000 images)."""
         try:
             stored = np.load(io.BytesIO(data), allow_pickle=False)
             about = json.loads(str(stored["about"]))
             if not isinstance(about, dict) or about.get("format") != GRAPH_FORMAT:
                 return None
             version, batches = str(about["embedder_version"]), dict(about["batches"])
-            graph = ApproximateIndex.from_bytes(stored["graph"].tobytes())
+            graph = ApproximateIndex.from_bytes(stored["graph"].tobytes()) if with_index else None
             image_ids, batch_ids = stored["image_ids"].tolist(), stored["batch_ids"].tolist()
             edges = (stored["edge_low"].astype(np.int64), stored["edge_high"].astype(np.int64),
                      stored["edge_distance"].astype(np.float64))
         except Exception:  # noqa: BLE001 - a torn, foreign or corrupt file (zip, JSON, faiss errors alike) is no graph
             return None
-        if not (len(graph) == len(image_ids) == len(batch_ids)):
+        if len(image_ids) != len(batch_ids) or graph is not None and len(graph) != len(image_ids):
             return None
         return cls(version, graph, image_ids, batch_ids, batches, edges)
 
@@ -128,12 +130,12 @@ def _summary(seen: Mapping[str, str], rows: int) -> str:
     return json.dumps({"format": GRAPH_FORMAT, "seen": dict(seen), "rows": rows})
 
 
-def load_graph(storage, embedder_version: str) -> NeighbourGraph | None:
+def load_graph(storage, embedder_version: str, *, with_index: bool = True) -> NeighbourGraph | None:
     try:
         data = storage.read_bytes(graph_key(embedder_version))
     except FileNotFoundError:
         return None
-    graph = NeighbourGraph.from_bytes(data)
+    graph = NeighbourGraph.from_bytes(data, with_index=with_index)
     return graph if graph is not None and graph.embedder_version == embedder_version else None
 
 
@@ -251,7 +253,7 @@ class KeptPairs:
 
 def kept_pairs(storage, embedder_version: str | None, fingerprints: Mapping[str, str]) -> KeptPairs:
     """The graph's edges, unless a batch it holds changed since (its edges may be stale): then the reason."""
-    graph = load_graph(storage, embedder_version) if embedder_version else None
+    graph = load_graph(storage, embedder_version, with_index=False) if embedder_version else None
     if graph is None:
         return KeptPairs(None, f"no neighbour graph (one is kept from {GRAPH_FROM:,} vectors)")
     stale = set(graph.batches) - graph.current_batches(fingerprints)

@@ -122,6 +122,8 @@ def _of_version(table: pa.Table, version: str | None) -> tuple[pa.Table, dict[st
     if same is None:
         return table.slice(0, 0), dict(Counter(table.column("batch_id").to_pylist()))
     same = pc.fill_null(same, False)
+    if pc.all(same).as_py() is not False:  # the usual case: filtering would copy every vector for nothing
+        return table, {}
     others = table.filter(pc.invert(same)).column("batch_id").to_pylist()
     return table.filter(same), dict(Counter(others))
 

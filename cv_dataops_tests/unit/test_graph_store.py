@@ -93,12 +93,15 @@ def test_pairs_among_a_subset_are_what_the_engine_finds_on_its_vectors(catalog):
     _write(catalog, "b0", ids, x)
     _update(catalog)
     graph = load_graph(catalog.storage, "v1")
+    edges_only = load_graph(catalog.storage, "v1", with_index=False)  # what the split reads: no HNSW to load
+    assert edges_only.graph is None and edges_only.image_ids == graph.image_ids
     subset = np.random.default_rng(3).choice(900, 500, replace=False)
     for radius in (0.02, 0.05, EDGE_RADIUS):
         got = graph.pairs_among([ids[r] for r in subset], radius)
         want = NeighborIndex(x[subset], approximate_from=None).radius_pairs(radius, strict=True)
-        for g, w in zip(got, want, strict=True):
+        for g, w, e in zip(got, want, edges_only.pairs_among([ids[r] for r in subset], radius), strict=True):
             np.testing.assert_allclose(g, w, atol=1e-9)
+            np.testing.assert_array_equal(g, e)
     assert graph.pairs_among([ids[0]], EDGE_RADIUS + 0.01) is None  # beyond the kept edges: search instead
     assert graph.pairs_among([ids[0], "f" * 64], 0.05) is None       # an image the graph does not hold
 
