@@ -947,15 +947,18 @@ def find_embedding_pairs_in_chunks(new_ids: Sequence[str] | np.ndarray, new_vect
         found_q.append(q[keep])
         found_r.append(r[keep])
         found_e.append(e[keep])
-        if local:
-            found_v.append(chunk_vectors[r_local[keep]])
+        if local:  # the vectors of the other images, once each (not once per pair: 512 floats a copy)
+            unique_local = np.unique(r_local[keep])
+            found_v.append((chunk_at[unique_local], chunk_vectors[unique_local]))
     if not found_q or not sum(len(q) for q in found_q):
         return []
     q, r, e = np.concatenate(found_q), np.concatenate(found_r), np.concatenate(found_e)
     dp = popcount(codes.phash[q] ^ codes.phash[r]).astype(np.int64)
     dd = popcount(codes.dhash[q] ^ codes.dhash[r]).astype(np.int64)
     if local:
-        cosine_scale, hash_scale = _pair_scales(q, r, query_vectors, new_at[queries], np.concatenate(found_v),
+        other_rows = np.concatenate([rows for rows, _ in found_v])
+        other_vectors = np.concatenate([vectors for _, vectors in found_v])
+        cosine_scale, hash_scale = _pair_scales(q, r, query_vectors, new_at[queries], other_rows, other_vectors,
                                                 reference, codes, settings)
         near = settings.is_near(e, dp + dd, cosine_scale, hash_scale)
     else:
@@ -989,10 +992,11 @@ def cosine_scales(vectors: np.ndarray, rows: np.ndarray, reference_rows: np.ndar
 
 
 def _pair_scales(q: np.ndarray, r: np.ndarray, query_vectors: np.ndarray, query_rows: np.ndarray,
-                 other_vectors: np.ndarray, reference: list[tuple[np.ndarray, np.ndarray]], codes: HashCodes,
-                 settings: EmbeddingDuplicateSettings) -> tuple[np.ndarray, np.ndarray]:
+                 other_rows: np.ndarray, other_vectors: np.ndarray, reference: list[tuple[np.ndarray, np.ndarray]],
+                 codes: HashCodes, settings: EmbeddingDuplicateSettings) -> tuple[np.ndarray, np.ndarray]:
     """Each candidate pair's local cosine and hash scales: the smaller of its two images' (see
-    :class:`EmbeddingDuplicateSettings`)."""
+    :class:`EmbeddingDuplicateSettings`). ``other_vectors[i]`` is the vector of hash row ``other_rows[i]``, each
+    row of ``r`` once."""
     k = settings.scale_neighbours
     reference_rows = np.concatenate([rows for rows, _ in reference]) if reference else np.empty(0, np.int64)
     reference_vectors = (np.concatenate([v for _, v in reference]) if reference
@@ -1001,9 +1005,8 @@ def _pair_scales(q: np.ndarray, r: np.ndarray, query_vectors: np.ndarray, query_
     reference_rows, reference_vectors = reference_rows[usable], reference_vectors[usable]
     query_scale = dict(zip(query_rows.tolist(), cosine_scales(query_vectors, query_rows, reference_rows,
                                                               reference_vectors, k).tolist()))
-    others, first = np.unique(r, return_index=True)
-    other_scale = dict(zip(others.tolist(), cosine_scales(other_vectors[first], others, reference_rows,
-                                                          reference_vectors, k).tolist()))
+    other_scale = dict(zip(other_rows.tolist(), cosine_scales(other_vectors, other_rows, reference_rows,
+                                                              reference_vectors, k).tolist()))
     cosine = np.minimum([query_scale[i] for i in q.tolist()], [other_scale[i] for i in r.tolist()])
     involved, at = np.unique(np.concatenate([q, r]), return_inverse=True)
     hashed = hash_scales(codes.phash, codes.dhash, involved, settings.scale_reference, k)
