@@ -277,6 +277,10 @@ def _run(defs: dg.Definitions, instance: dg.DagsterInstance, select: Sequence[st
     todo = [(batch, stages) for batch, stages in todo if stages]
     failures, blocked = [], False  # blocked: a batch was not ingested, so nothing after it is up to date
     checks_only = True  # every failure so far is a blocking check that failed
+    if any(QUALITY_KEY in stages for _, stages in todo):  # its GX check follows ingestion: prepare GX meanwhile
+        from cv_dataops.quality.expectations import prepare_in_background
+
+        prepare_in_background()
     if todo:
         job = defs.resolve_job_def("ingest_batch")
         for position, (batch, stages) in enumerate(todo, start=1):
@@ -313,6 +317,9 @@ def _run(defs: dg.Definitions, instance: dg.DagsterInstance, select: Sequence[st
     if failures:
         raise PipelineFailed("; ".join(failures), summary, checks_only=checks_only)
     return summary
+
+
+QUALITY_KEY = dg.AssetKey("image_quality")
 
 
 def waiting_label_files(resources: Mapping) -> int:

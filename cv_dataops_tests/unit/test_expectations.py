@@ -108,6 +108,23 @@ def test_one_gx_context_serves_every_batch_of_the_process():
     assert not list(context.list_data_docs_sites())  # no Data Docs site is built
 
 
+def test_the_context_prepared_in_the_background_is_the_one_validations_use(monkeypatch):
+    monkeypatch.setattr(expectations, "_VALIDATOR", None)
+    expectations.prepare_in_background().join(timeout=120)
+    prepared = expectations._VALIDATOR
+    assert prepared is not None
+    assert validate_frame(_frame(), "quality", "one").success and expectations._validator() is prepared
+
+    def broken():
+        raise RuntimeError("no GX here")
+
+    monkeypatch.setattr(expectations, "_VALIDATOR", None)
+    monkeypatch.setattr(expectations, "_Validator", broken)
+    expectations.prepare_in_background().join(timeout=120)  # a failure waits for the validation that needs it
+    with pytest.raises(RuntimeError, match="no GX here"):
+        validate_frame(_frame(), "quality", "two")
+
+
 def test_each_batch_gets_a_self_contained_page_and_the_index_lists_them(storage):
     first = validate_and_report(_frame(), "quality", "00000001-20261202T060000Z-aaaaaaaa", storage)
     second = validate_and_report(_frame().assign(dark_score=1.5), "quality", "00000002-20261202T061000Z-bbbbbbbb",
