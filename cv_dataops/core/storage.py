@@ -398,7 +398,10 @@ class LocalStorage(Storage):
                 try:  # only a regular file of this root, never through a symlink
                     if source_path.parent not in inside:
                         inside[source_path.parent] = _inside(os.path.realpath(source_path.parent), real_root)
-                    if not inside[source_path.parent] or not stat_module.S_ISREG(os.lstat(source_path).st_mode):
+                    mode = os.lstat(source_path).st_mode
+                    # a writable file (a tree written before trees were read-only) could change under every tree
+                    # linking it: copy those instead
+                    if not inside[source_path.parent] or not stat_module.S_ISREG(mode) or mode & 0o222:
                         return False
                     os.link(source_path, staged(relative), follow_symlinks=False)
                 except OSError:  # gone, another filesystem, too many links: the caller writes the bytes
@@ -435,13 +438,11 @@ class LocalStorage(Storage):
         if not target.is_dir() or target.is_symlink():
             return 0
         retired = Path(tempfile.mkdtemp(prefix=LOCAL_TEMPORARY, dir=target.parent))
-        os.rename(target, retired / "tree")
+        os.rename(target, retired / "tree")  # from here the tree is gone for readers, whatever the clean-up meets
         removed = 0
-        for folder, _, files in os.walk(retired, topdown=False):
-            for name in files:
-                os.unlink(os.path.join(folder, name))
-                removed += 1
-            os.rmdir(folder)
+        for folder, folders, files in os.walk(retired):
+            removed += len(files) + sum(os.path.islink(os.path.join(folder, name)) for name in folders)
+        shutil.rmtree(retired, ignore_errors=True)  # a hidden leftover (a permission error) is never listed
         return removed
 
     def uri_of(self, key: str) -> str:

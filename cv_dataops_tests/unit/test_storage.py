@@ -110,10 +110,25 @@ def test_a_tree_links_files_of_another_tree_instead_of_copying_them(storage):
     assert storage.delete_tree("one/imagefolder") == 0
 
 
+def test_a_local_tree_copies_writable_files_and_removes_trees_holding_links_to_folders(tmp_path):
+    storage = LocalStorage(tmp_path / "root")
+    storage.write_bytes("old/imagefolder/a.jpg", b"a")  # written 0644, as trees were before they were read-only
+    with storage.tree_writer("new/imagefolder") as writer:
+        assert not writer.link("a.jpg", "old/imagefolder/a.jpg")  # it could change under the new tree: copy
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "keep.txt").write_bytes(b"k")
+    os.symlink(tmp_path / "elsewhere", storage.local_path("old/imagefolder/linked"))
+    assert storage.delete_tree("old/imagefolder") == 2
+    assert not storage.local_path("old/imagefolder").exists() and not list(storage.list("old/"))
+    assert [p.name for p in storage.local_path("old").iterdir()] == []  # nothing hidden left behind
+    assert (tmp_path / "elsewhere" / "keep.txt").read_bytes() == b"k"  # a symlink is removed, never followed
+
+
 def test_a_local_tree_never_links_through_a_symlink_or_from_outside_the_root(tmp_path):
     (tmp_path / "secret.txt").write_bytes(b"secret")
     storage = LocalStorage(tmp_path / "root")
-    storage.write_bytes("one/imagefolder/real.jpg", b"r")
+    with storage.tree_writer("one/imagefolder") as write:
+        write("real.jpg", b"r")
     os.symlink(tmp_path / "secret.txt", storage.local_path("one/imagefolder/link.jpg"))
     with storage.tree_writer("two/imagefolder") as writer:
         assert not writer.link("a.jpg", "one/imagefolder/link.jpg")
