@@ -36,6 +36,7 @@ from cv_dataops.status import (
 # The console shows no step logs: a failure is one line from the CLI, its traceback stays in the run's logs (UI).
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 CLI_TAGS = {LAUNCHED_BY_TAG: LAUNCHED_BY_CLI}
+QUALITY_KEY = dg.AssetKey("image_quality")  # a run that measures quality validates it with GX next
 
 
 class PipelineFailed(RuntimeError):
@@ -317,9 +318,6 @@ def _run(defs: dg.Definitions, instance: dg.DagsterInstance, select: Sequence[st
     if failures:
         raise PipelineFailed("; ".join(failures), summary, checks_only=checks_only)
     return summary
-
-
-QUALITY_KEY = dg.AssetKey("image_quality")
 
 
 def waiting_label_files(resources: Mapping) -> int:

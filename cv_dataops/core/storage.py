@@ -183,10 +183,13 @@ class Storage(ABC):
 
     def delete_tree(self, prefix: str) -> int:
         """Remove every object under ``prefix`` (a folder of keys): how many were removed."""
-        keys = [info.key for info in self.list(f"{check_key(prefix)}/") if info.unsafe_reason is None]
+        keys = self._tree_keys(prefix)
         for key in keys:
             self.delete(key)
         return len(keys)
+
+    def _tree_keys(self, prefix: str) -> list[str]:
+        return [info.key for info in self.list(f"{check_key(prefix)}/") if info.unsafe_reason is None]
 
     def read_text(self, key: str) -> str:
         return self.read_bytes(key).decode("utf-8")
@@ -697,7 +700,7 @@ class S3Storage(Storage):
 
     def delete_tree(self, prefix: str) -> int:
         """A thousand keys per request."""
-        keys = [info.key for info in self.list(f"{check_key(prefix)}/") if info.unsafe_reason is None]
+        keys = self._tree_keys(prefix)
         for start in range(0, len(keys), 1000):
             chunk = [{"Key": self._key(key)} for key in keys[start:start + 1000]]
             answer = self._call("delete_objects", self.client.delete_objects, Bucket=self.bucket,

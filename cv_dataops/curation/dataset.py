@@ -106,9 +106,15 @@ def _write_imagefolder(storage: Storage, folder: str, dataset: CuratedDataset,
         storage.write_text(f"{folder}/{IMAGEFOLDER_SKIPPED}", json.dumps(skipped, indent=1))
 
 
+def read_history(storage: Storage) -> list[dict]:
+    """``snapshots/history.json``: the snapshots in the order they became current, oldest first (empty before the
+    first)."""
+    return json.loads(storage.read_text(HISTORY_KEY)) if storage.exists(HISTORY_KEY) else []
+
+
 def current_splits(storage: Storage) -> dict[str, str]:
     """Image id -> split in the last current snapshot (empty before the first)."""
-    history = json.loads(storage.read_text(HISTORY_KEY)) if storage.exists(HISTORY_KEY) else []
+    history = read_history(storage)
     rows = read_snapshot(storage, history[-1]["snapshot_id"], SNAPSHOTS_PREFIX) if history else None
     return {} if rows is None else dict(zip(rows["image_id"].tolist(), rows["split"].tolist(), strict=True))
 
@@ -124,15 +130,12 @@ def split_changes(selected: pd.DataFrame, previous: Mapping[str, str]) -> dict[s
 def _linkable_tree(storage: Storage, snapshot_id: str) -> str | None:
     """The ImageFolder tree of the most recently current snapshot other than ``snapshot_id`` that still has a whole
     one (its manifest written, its copy not pruned), or None."""
-    history = json.loads(storage.read_text(HISTORY_KEY)) if storage.exists(HISTORY_KEY) else []
-    for entry in reversed(history):
-        folder = f"{SNAPSHOTS_PREFIX}/{entry['snapshot_id']}"
-        if entry["snapshot_id"] == snapshot_id:
-            continue
-        if storage.exists(f"{folder}/manifest.json") and not storage.exists(f"{folder}/{IMAGEFOLDER_PRUNED}"):
-            return f"{folder}/imagefolder"
-        return None  # an older tree than the last one is seldom worth looking for
-    return None
+    others = [entry["snapshot_id"] for entry in read_history(storage) if entry["snapshot_id"] != snapshot_id]
+    if not others:  # only the last one is looked at: an older tree is seldom worth looking for
+        return None
+    folder = f"{SNAPSHOTS_PREFIX}/{others[-1]}"
+    whole = storage.exists(f"{folder}/manifest.json") and not storage.exists(f"{folder}/{IMAGEFOLDER_PRUNED}")
+    return f"{folder}/imagefolder" if whole else None
 
 
 def curated_leakage(curated: pd.DataFrame, vectors: Vectors, groups: pd.Series, radius: float,
@@ -159,7 +162,7 @@ def curated_leakage(curated: pd.DataFrame, vectors: Vectors, groups: pd.Series, 
 def record_current(storage: Storage, snapshot_id: str, now: str) -> list[dict]:
     """Note ``snapshot_id`` as current in ``snapshots/history.json`` (unless it already is the latest); the history,
     oldest first."""
-    history = json.loads(storage.read_text(HISTORY_KEY)) if storage.exists(HISTORY_KEY) else []
+    history = read_history(storage)
     if not history or history[-1]["snapshot_id"] != snapshot_id:
         history.append({"snapshot_id": snapshot_id, "current_from": now})
         storage.write_text(HISTORY_KEY, json.dumps(history, indent=1) + "\n")

@@ -95,8 +95,8 @@ def leak_free_split(selected: pd.DataFrame, vectors: np.ndarray, settings: Curat
     tiebreak = np.random.default_rng(settings.seed).permutation(len(clusters))
     order = np.lexsort((tiebreak, -np.array([len(c) for c in clusters], dtype=np.int64)))
     earlier = _earlier_splits(selected, previous, active, n)
-    kept = [c for c in order.tolist() if any(earlier[r] is not None for r in clusters[c])]
-    order = kept + [c for c in order.tolist() if all(earlier[r] is None for r in clusters[c])]
+    # clusters holding earlier images first (stable: each part keeps its order), so the new ones fill the targets
+    order = sorted(order.tolist(), key=lambda c: all(earlier[r] is None for r in clusters[c]))
     assignment = np.empty(n, dtype=object)
     for c in order:
         rows = clusters[c]
